@@ -1,0 +1,3 @@
+from nexa.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""One Settings object: built by the CLI from flags, passed into create_app, never global."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+from nexa.models.types import ModelType
+
+# --reload runs the app in a child process that uvicorn imports by name; the settings travel
+# there in this environment variable (uvicorn cannot pass objects across the re-import).
+SETTINGS_ENV = "NEXA_SERVER_SETTINGS"
+
+
+def _default_threads() -> int:
+    # llama.cpp is fastest with one thread per physical core; affinity respects cgroups/taskset.
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class Settings:
+    model: str | None = None  # None: the default model (SmolLM2-135M-Instruct)
+    source: str = "auto"  # auto (catalogue), local (-lp), hf (-hf), ms (-ms)
+    model_type: ModelType | None = None
+    onnx: bool = False
+    host: str = "localhost"
+    port: int = 8000
+    reload: bool = False
+    n_ctx: int = 2048
+    n_threads: int = field(default_factory=_default_threads)
+    n_gpu_layers: int = -1  # all layers on the GPU when the wheel has one; ignored on CPU builds
+    cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    shutdown_grace_s: float = 10.0
+    log_level: str = "info"
+
+    def to_env(self) -> str:
+        data = asdict(self)
+        data["model_type"] = self.model_type.value if self.model_type else None
+        return json.dumps(data)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        data = json.loads(os.environ[SETTINGS_ENV])
+        if data.get("model_type"):
+            data["model_type"] = ModelType(data["model_type"])
+        return cls(**data)

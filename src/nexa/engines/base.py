@@ -1,0 +1,130 @@
+"""Engine base class, task names and the plain result types engines yield.
+
+Engines know nothing of HTTP: they take plain parameters and yield plain results; the
+routers (the "spec" layer) wrap them into OpenAI/Nexa responses and SSE frames.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar
+
+from nexa.config import Settings
+from nexa.errors import UnsupportedTask
+from nexa.models.types import ResolvedModel
+
+
+class Task(str, Enum):
+    COMPLETION = "completion"
+    CHAT = "chat"
+    TOOLS = "tools"
+    VISION = "vision"
+    EMBEDDING = "embedding"
+    TXT2IMG = "txt2img"
+    IMG2IMG = "img2img"
+    TRANSCRIBE = "transcribe"
+    TRANSLATE = "translate"
+
+
+class Engine:
+    """A loaded model. Subclasses declare what they can do in `tasks`."""
+
+    tasks: ClassVar[frozenset[Task]] = frozenset()
+    name: str = "model"
+
+    def supports(self, task: Task) -> bool:
+        return task in self.tasks
+
+    def require(self, task: Task, endpoint: str) -> None:
+        """Refuse a task the model lacks with a 400 that names both."""
+        if task not in self.tasks:
+            can = ", ".join(sorted(t.value for t in self.tasks)) or "nothing"
+            raise UnsupportedTask(
+                f"The loaded model '{self.name}' cannot serve {endpoint} (it supports: {can}). "
+                f"Start the server with a model of the right type."
+            )
+
+    @classmethod
+    def from_resolved(cls, model: ResolvedModel, settings: Settings) -> Engine:
+        """Load the model; the manager calls this for the model's type (see manager.ENGINES)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Extra facts for /v1/models (context size, type...)."""
+        return {}
+
+    def close(self) -> None:
+        """Free the model's memory."""
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int | None = 128  # None: until the context is full
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # None: off; N >= 0: the chosen token plus N alternatives
+    grammar: str | None = None  # GBNF that constrains the output
+
+
+@dataclass
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: list[int]
+    top: list[TopLogprob]
+
+
+@dataclass
+class TextDelta:
+    """New output text, with the logprobs of the tokens that produced it."""
+
+    text: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class Finish:
+    """The last item of a generation."""
+
+    reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    prompt_seconds: float = 0.0
+    generation_seconds: float = 0.0
+
+
+class TextEngine(Engine):
+    """Text generation: completions and chat through one `generate` method."""
+
+    n_ctx: int = 0
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> tuple[str, list[str], bool]:
+        """The prompt the model sees for a conversation: (text, extra stop strings, has_special)."""
+        raise NotImplementedError
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        raise NotImplementedError
+
+    def generate(
+        self, prompt: list[int], params: SamplingParams, cancel: threading.Event
+    ) -> Iterator[TextDelta | Finish]:
+        """Yield TextDelta items, then exactly one Finish (unless cancelled)."""
+        raise NotImplementedError

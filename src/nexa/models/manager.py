@@ -1,0 +1,95 @@
+"""Turns a resolved model into a loaded engine; the server's only mutable state."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from typing import Any
+
+from nexa.config import Settings
+from nexa.engines.base import Engine, Task
+from nexa.errors import NotFound, StartupError
+from nexa.models.types import ModelType, ResolvedModel
+
+log = logging.getLogger("nexa.models")
+
+
+# Model type -> "module:Class" of its engine. Engine libraries are imported only when a
+# model of that type is loaded, so `import nexa` and `nexa --help` stay light.
+ENGINES = {
+    ModelType.NLP: "nexa.engines.llama:LlamaEngine",
+    ModelType.MULTIMODAL: "nexa.engines.llama:LlamaEngine",
+    ModelType.TEXT_EMBEDDING: "nexa.engines.embeddings:EmbeddingEngine",
+    ModelType.AUDIO: "nexa.engines.whisper:WhisperEngine",
+    ModelType.COMPUTER_VISION: "nexa.engines.diffusion:DiffusionEngine",
+}
+
+
+def load_engine(model: ResolvedModel, settings: Settings) -> Engine:
+    """Load the engine for a model type: `Class.from_resolved(model, settings)`."""
+    module_name, class_name = ENGINES[model.model_type].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise StartupError(
+            f"Model type {model.model_type.value} needs {exc.name}, which is not installed: "
+            f"reinstall nexa with its dependencies (pip install -e .)."
+        ) from exc
+    return getattr(module, class_name).from_resolved(model, settings)
+
+
+class ModelManager:
+    """Owns the loaded engine; routers ask it for an engine that can do a task."""
+
+    def __init__(self, engine: Engine, model: ResolvedModel | None = None):
+        self.engine = engine
+        self.model = model
+        self.created = int(time.time())
+
+    @classmethod
+    def load(cls, model: ResolvedModel, settings: Settings) -> ModelManager:
+        log.info("loading %s (%s) from %s", model.name, model.model_type.value, model.path)
+        started = time.perf_counter()
+        try:
+            engine = load_engine(model, settings)
+        except StartupError:
+            raise
+        except Exception as exc:  # a corrupt or unsupported file: say so in one line
+            raise StartupError(
+                f"Could not load {model.path}: {exc}. Check that the file is a complete model of "
+                f"type {model.model_type.value} (re-download it with `nexa pull`, or pass -mt)."
+            ) from exc
+        log.info("model ready in %.1fs", time.perf_counter() - started)
+        return cls(engine, model)
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.name
+
+    def get(self, task: Task, endpoint: str) -> Engine:
+        self.engine.require(task, endpoint)
+        return self.engine
+
+    def list_models(self) -> list[dict[str, Any]]:
+        entry: dict[str, Any] = {
+            "id": self.model_id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "nexa",
+            "tasks": sorted(t.value for t in self.engine.tasks),
+        }
+        if self.model is not None:
+            entry["model_type"] = self.model.model_type.value
+            entry["path"] = str(self.model.path)
+        entry.update(self.engine.describe())
+        return [entry]
+
+    def find(self, model_id: str) -> dict[str, Any]:
+        for entry in self.list_models():
+            if entry["id"] == model_id:
+                return entry
+        raise NotFound(f"The model '{model_id}' is not loaded on this server.", param="model", code="model_not_found")
+
+    def close(self) -> None:
+        self.engine.close()

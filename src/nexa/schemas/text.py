@@ -1,0 +1,162 @@
+"""Requests of /v1/completions and /v1/chat/completions, with both APIs' field names.
+
+Nexa's names (`max_new_tokens`, `stop_words`) and OpenAI's (`max_tokens`, `stop`) are
+accepted side by side. Out-of-range values become a 400 naming the field; a body of the
+wrong shape is a 422 (see the error handlers).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field
+
+from nexa.engines.base import SamplingParams
+from nexa.errors import InvalidRequest
+from nexa.schemas.common import RequestModel
+
+MAX_STOPS = 16
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingFields(RequestModel):
+    model: str | None = None
+    max_tokens: int | None = Field(
+        128, validation_alias=AliasChoices("max_tokens", "max_new_tokens", "max_completion_tokens")
+    )
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: str | list[str] | None = Field(None, validation_alias=AliasChoices("stop", "stop_words"))
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = 1
+    user: str | None = None
+
+    def sampling(self, logprobs: int | None) -> SamplingParams:
+        """Check ranges (400 with the field's name) and build the engine's parameters."""
+        _range("temperature", self.temperature, 0.0, 2.0)
+        _range("top_p", self.top_p, 0.0, 1.0)
+        _range("min_p", self.min_p, 0.0, 1.0)
+        _range("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        _range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        _range("repeat_penalty", self.repeat_penalty, 0.0, 10.0)
+        if self.top_k < 0:
+            raise InvalidRequest("top_k must be 0 (off) or a positive number of tokens.", param="top_k")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise InvalidRequest("max_tokens must be at least 1.", param="max_tokens")
+        if self.n != 1:
+            raise InvalidRequest("Only n=1 is supported: send several requests for several answers.", param="n")
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > MAX_STOPS:
+            raise InvalidRequest(f"At most {MAX_STOPS} stop strings are allowed.", param="stop")
+        if logprobs is not None and not 0 <= logprobs <= 20:
+            raise InvalidRequest("logprobs/top_logprobs must be between 0 and 20.", param="logprobs")
+        return SamplingParams(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            seed=self.seed,
+            stop=[s for s in stops if s],
+            logprobs=logprobs,
+        )
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def _range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be between {low} and {high}, got {value}.", param=name)
+
+
+class CompletionRequest(SamplingFields):
+    # SERVER.md's defaults for /v1/completions.
+    prompt: str | list[str] | list[int]
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    logprobs: int | None = None
+    echo: bool = False
+
+    def prompt_text(self) -> str | list[int]:
+        p = self.prompt
+        if isinstance(p, list) and p and all(isinstance(x, str) for x in p):
+            if len(p) != 1:
+                raise InvalidRequest("Send one prompt per request (a list of several prompts is not supported).", param="prompt")
+            return str(p[0])
+        if isinstance(p, list) and not p:
+            raise InvalidRequest("prompt must not be empty.", param="prompt")
+        return p  # a string, or token ids
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageUrl(BaseModel):
+    url: str
+    detail: str | None = None
+
+
+class ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageUrl | str
+
+
+class ChatMessage(RequestModel):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[TextPart | ImagePart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    def has_images(self) -> bool:
+        return isinstance(self.content, list) and any(isinstance(p, ImagePart) for p in self.content)
+
+    def as_template_dict(self) -> dict[str, Any]:
+        """The message as chat templates expect it: string content, developer -> system."""
+        content = self.content
+        if isinstance(content, list):
+            content = "\n".join(p.text for p in content if isinstance(p, TextPart))
+        msg: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        for key in ("name", "tool_calls", "tool_call_id"):
+            if getattr(self, key) is not None:
+                msg[key] = getattr(self, key)
+        return msg
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: dict[str, Any] | None = None
+
+
+class ChatRequest(SamplingFields):
+    # SERVER.md's defaults for chat: max_tokens 128, temperature 0.1, top_k 40, top_p 0.95.
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float = 0.1
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+
+    def logprob_count(self) -> int | None:
+        if not self.logprobs:
+            return None  # top_logprobs alone is ignored, as OpenAI and the original did
+        return self.top_logprobs or 0

@@ -1,0 +1,50 @@
+"""create_app(settings, manager) -> FastAPI. No globals: the manager lives on app.state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from nexa import __version__
+from nexa.config import Settings
+from nexa.models.manager import ModelManager
+from nexa.server.errors import install_error_handlers
+from nexa.server.logs import AccessLog
+from nexa.server.routers import audio, chat, completions, embeddings, functions, health, images, models
+
+log = logging.getLogger("nexa.server")
+
+
+def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("serving %s on http://%s:%d", manager.model_id, settings.host, settings.port)
+        yield
+        manager.close()
+
+    app = FastAPI(title="nexa", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.manager = manager
+    # No credentials with a wildcard origin: a browser page elsewhere cannot ride a user's cookies.
+    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(AccessLog)
+    install_error_handlers(app)
+    for router in (
+        health.router, models.router, completions.router, chat.router, functions.router,
+        embeddings.router, audio.router, images.router,
+    ):
+        app.include_router(router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The factory `--reload` hands to uvicorn: settings come through the environment."""
+    from nexa.models.store import ModelStore
+
+    settings = Settings.from_env()
+    model = ModelStore().resolve(settings.model, source=settings.source, model_type=settings.model_type)
+    return create_app(settings, ModelManager.load(model, settings))

@@ -1,0 +1,27 @@
+"""GET /health and the welcome page at GET /."""
+
+from __future__ import annotations
+
+import html
+import socket
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    return {"status": "ok", "model": request.app.state.manager.model_id}
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def welcome(request: Request) -> str:
+    model = html.escape(request.app.state.manager.model_id)
+    host = html.escape(socket.gethostname())
+    return (
+        f"<h1>Welcome to Nexa AI</h1><p>Hostname: {host}</p>"
+        f"<p>Serving <code>{model}</code>. API docs: <a href='/docs'>/docs</a>.</p>"
+    )

@@ -1,0 +1,80 @@
+"""Run blocking engine generators in a thread and consume them from the event loop.
+
+The event loop never waits on an engine: items cross over through an asyncio queue.
+When the consumer goes away (client disconnected, task cancelled), the engine sees
+`cancel` set and stops at its next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar
+
+from starlette.requests import Request
+
+T = TypeVar("T")
+_DONE = object()
+
+
+class _Failed:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+async def iterate_in_thread(make: Callable[[threading.Event], Iterator[T]]) -> AsyncIterator[T]:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    cancel = threading.Event()
+
+    def put(item: object) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop has closed (server shutting down): nobody is listening
+            cancel.set()
+
+    def work() -> None:
+        try:
+            for item in make(cancel):
+                put(item)
+                if cancel.is_set():
+                    break
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(_Failed(exc))
+        finally:
+            put(_DONE)
+
+    threading.Thread(target=work, name="nexa-engine", daemon=True).start()
+    try:
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield item  # type: ignore[misc]
+    finally:
+        cancel.set()
+
+
+async def collect(request: Request, items: AsyncIterator[T], poll_s: float = 0.25) -> list[T]:
+    """Gather a whole generation, cancelling it if the client disconnects meanwhile."""
+
+    async def gather() -> list[T]:
+        return [item async for item in items]
+
+    task = asyncio.ensure_future(gather())
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await items.aclose()  # type: ignore[attr-defined]
+                raise asyncio.CancelledError("client disconnected")
+    finally:
+        if not task.done():
+            task.cancel()
