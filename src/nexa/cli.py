@@ -25,10 +25,16 @@ log = logging.getLogger("nexa")
 def _add_source_flags(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("-lp", "--local_path", action="store_true", help="MODEL is a local file or folder")
-    src.add_argument("-hf", "--huggingface", action="store_true", help="MODEL is a Hugging Face repo (repo, repo:FILE or repo:QUANT)")
-    src.add_argument("-ms", "--modelscope", action="store_true", help="MODEL is a ModelScope repo (repo, repo:FILE or repo:QUANT)")
+    src.add_argument(
+        "-hf", "--huggingface", action="store_true", help="MODEL is a Hugging Face repo (repo, repo:FILE or repo:QUANT)"
+    )
+    src.add_argument(
+        "-ms", "--modelscope", action="store_true", help="MODEL is a ModelScope repo (repo, repo:FILE or repo:QUANT)"
+    )
     p.add_argument(
-        "-mt", "--model_type", choices=[t.value for t in ModelType],
+        "-mt",
+        "--model_type",
+        choices=[t.value for t in ModelType],
         help="model type; only with -lp, -hf or -ms (catalogue names know their type)",
     )
 
@@ -39,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("server", help="serve a model over HTTP (OpenAI- and Nexa-compatible)")
-    s.add_argument("model_path", nargs="?", help="catalogue name, Name:tag, path (-lp) or repo (-hf/-ms); default: SmolLM2-135M-Instruct. Write `onnx MODEL` for the ONNX Runtime variant.")
+    s.add_argument(
+        "model_path",
+        nargs="?",
+        help="catalogue name, Name:tag, path (-lp) or repo (-hf/-ms); default: SmolLM2-135M-Instruct. "
+        "Write `onnx MODEL` for the ONNX Runtime variant.",
+    )
     s.add_argument("onnx_model", nargs="?", help=argparse.SUPPRESS)
     _add_source_flags(s)
     s.add_argument("--host", default="localhost", help="host to bind (default: localhost)")
@@ -48,6 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nctx", type=int, default=2048, help="context length in tokens (default: 2048)")
     s.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: all usable cores)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    # Image models: where images go and which server files `image_path` may read.
+    s.add_argument("--output-dir", default=None, help="directory for generated images (default: <cache>/images)")
+    s.add_argument(
+        "--allow-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="let image_path read files inside DIR (repeatable; default: none)",
+    )
+    s.add_argument("--max-image-size", type=int, default=1024, help="largest image width/height (default: 1024)")
+    s.add_argument("--max-image-steps", type=int, default=100, help="most sampling steps per image (default: 100)")
+    s.add_argument("--max-images", type=int, default=4, help="most images per request (default: 4)")
 
     p = sub.add_parser("pull", help="download a model into the cache")
     p.add_argument("model_path")
@@ -88,11 +111,30 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise StartupError("--port must be between 1 and 65535.")
     source = _source(args)
     settings = Settings(
-        model=model, source=source, model_type=_model_type(args, source), onnx=onnx,
-        host=args.host, port=args.port, reload=args.reload, n_ctx=args.nctx, log_level=args.log_level,
+        model=model,
+        source=source,
+        model_type=_model_type(args, source),
+        onnx=onnx,
+        host=args.host,
+        port=args.port,
+        reload=args.reload,
+        n_ctx=args.nctx,
+        log_level=args.log_level,
     )
     if args.threads:
         settings.n_threads = args.threads
+    if args.max_image_size < 64 or args.max_image_steps < 1 or args.max_images < 1:
+        raise StartupError("--max-image-size must be at least 64, --max-image-steps and --max-images at least 1.")
+    for d in args.allow_dir:
+        if not os.path.isdir(d):
+            raise StartupError(f"--allow-dir {d!r} is not a directory: create it or fix the path.")
+    settings.image_output_dir = args.output_dir
+    settings.allowed_image_dirs = [os.path.abspath(d) for d in args.allow_dir]
+    settings.max_image_size, settings.max_image_steps, settings.max_images_n = (
+        args.max_image_size,
+        args.max_image_steps,
+        args.max_images,
+    )
     return settings
 
 
@@ -101,7 +143,9 @@ def check_port(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise StartupError(f"Cannot resolve --host {host!r}: {exc.strerror}. Use an address such as 127.0.0.1 or 0.0.0.0.") from exc
+        raise StartupError(
+            f"Cannot resolve --host {host!r}: {exc.strerror}. Use an address such as 127.0.0.1 or 0.0.0.0."
+        ) from exc
     family, _, _, _, addr = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -109,7 +153,9 @@ def check_port(host: str, port: int) -> None:
             sock.bind(addr)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise StartupError(f"Port {port} on {host} is already in use: stop the other server or choose another with --port.") from exc
+                raise StartupError(
+                    f"Port {port} on {host} is already in use: stop the other server or choose another with --port."
+                ) from exc
             raise StartupError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from exc
 
 
@@ -121,14 +167,24 @@ def serve(settings: Settings) -> None:
     from nexa.server.app import create_app
 
     if settings.onnx:
-        raise StartupError("The ONNX Runtime variant (`nexa server onnx`) is not available in this version yet; drop `onnx` to serve GGUF models.")
+        raise StartupError(
+            "The ONNX Runtime variant (`nexa server onnx`) is not available in this version yet; "
+            "drop `onnx` to serve GGUF models."
+        )
     check_port(settings.host, settings.port)
     model = ModelStore().resolve(settings.model, source=settings.source, model_type=settings.model_type)
-    common = dict(host=settings.host, port=settings.port, log_config=None, access_log=False,
-                  timeout_graceful_shutdown=settings.shutdown_grace_s)
+    common = dict(
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+    )
     if settings.reload:
         # uvicorn can only reload an import string; the child rebuilds settings from the env.
-        resolved = Settings(**{**settings.__dict__, "model": str(model.path), "source": "local", "model_type": model.model_type})
+        resolved = Settings(
+            **{**settings.__dict__, "model": str(model.path), "source": "local", "model_type": model.model_type}
+        )
         os.environ[SETTINGS_ENV] = resolved.to_env()
         src_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         uvicorn.run("nexa.server.app:app_from_env", factory=True, reload=True, reload_dirs=[src_dir], **common)  # type: ignore[arg-type]

@@ -36,6 +36,14 @@ class Settings:
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
+    # Image generation (/v1/txt2img, /v1/img2img, /v1/images/*). Clients never choose paths:
+    # images are written into image_output_dir (None: <cache root>/images) and served from there;
+    # `image_path` may only read inside allowed_image_dirs (none by default).
+    image_output_dir: str | None = None
+    allowed_image_dirs: list[str] = field(default_factory=list)
+    max_image_size: int = 1024  # largest width/height in pixels (multiples of 64)
+    max_image_steps: int = 100
+    max_images_n: int = 4  # images per request
 
     def to_env(self) -> str:
         data = asdict(self)

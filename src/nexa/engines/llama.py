@@ -48,7 +48,8 @@ _FORMATTERS = {
 
 
 class LlamaEngine(TextEngine):
-    tasks = frozenset({Task.COMPLETION, Task.CHAT})
+    tasks = frozenset({Task.COMPLETION, Task.CHAT, Task.EMBEDDING})
+    _embedder: Any = None  # embedding mode, built on the first /v1/embeddings request
 
     def __init__(
         self,
@@ -222,8 +223,10 @@ class LlamaEngine(TextEngine):
             if a != b:
                 break
             common += 1
-        # At least one token must be decoded to get fresh logits for the first sample.
-        common = min(common, len(prompt) - 1)
+        # Re-decode at least two prompt tokens: llama.cpp's CPU kernels for a one-row batch
+        # round differently from a multi-row one, so re-decoding only the last token would
+        # make a repeated greedy request answer differently from its first run.
+        common = max(0, min(common, len(prompt) - 2))
         if not llm._ctx.kv_cache_seq_rm(-1, common, -1):
             common = 0
             llm.reset()
@@ -276,6 +279,16 @@ class LlamaEngine(TextEngine):
                 top.append(TopLogprob(piece.decode("utf-8", "replace"), float(logprobs[i]), list(piece)))
         piece = self._piece(token)
         return TokenLogprob(piece.decode("utf-8", "replace"), float(logprobs[token]), list(piece), top)
+
+    def embed(self, inputs: list[Any], **options: Any) -> Any:
+        """Mean-pooled embeddings from a second, embedding-mode context on these same weights."""
+        from nexa.engines.embeddings import LlamaEmbedder
+
+        with self._lock:  # the first requests must not build two contexts
+            if self._embedder is None:
+                self._embedder = LlamaEmbedder(self.path, n_ctx=self.n_ctx, n_threads=self._llm.n_threads,
+                                               pooling="mean", model=self._llm._model)
+        return self._embedder.embed(inputs, **options)
 
     def close(self) -> None:
         self._llm.close()

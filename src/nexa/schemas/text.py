@@ -97,7 +97,9 @@ class CompletionRequest(SamplingFields):
         p = self.prompt
         if isinstance(p, list) and p and all(isinstance(x, str) for x in p):
             if len(p) != 1:
-                raise InvalidRequest("Send one prompt per request (a list of several prompts is not supported).", param="prompt")
+                raise InvalidRequest(
+                    "Send one prompt per request (a list of several prompts is not supported).", param="prompt"
+                )
             return str(p[0])
         if isinstance(p, list) and not p:
             raise InvalidRequest("prompt must not be empty.", param="prompt")

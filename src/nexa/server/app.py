@@ -34,8 +34,14 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
     app.add_middleware(AccessLog)
     install_error_handlers(app)
     for router in (
-        health.router, models.router, completions.router, chat.router, functions.router,
-        embeddings.router, audio.router, images.router,
+        health.router,
+        models.router,
+        completions.router,
+        chat.router,
+        functions.router,
+        embeddings.router,
+        audio.router,
+        images.router,
     ):
         app.include_router(router)
     return app

@@ -15,7 +15,9 @@ from nexa.errors import NexaError, Overloaded
 log = logging.getLogger("nexa.server")
 
 
-def envelope(message: str, type_: str, param: str | None = None, code: str | None = None, detail: Any = None) -> dict[str, Any]:
+def envelope(
+    message: str, type_: str, param: str | None = None, code: str | None = None, detail: Any = None
+) -> dict[str, Any]:
     return {
         "error": {"message": message, "type": type_, "param": param, "code": code},
         "detail": message if detail is None else detail,

@@ -15,7 +15,9 @@ from nexa.schemas.common import usage
 from nexa.server.threads import collect, iterate_in_thread
 
 
-def generate(request: Request, engine: TextEngine, prompt: list[int], params: SamplingParams) -> AsyncIterator[TextDelta | Finish]:
+def generate(
+    request: Request, engine: TextEngine, prompt: list[int], params: SamplingParams
+) -> AsyncIterator[TextDelta | Finish]:
     async def items() -> AsyncIterator[TextDelta | Finish]:
         async for item in iterate_in_thread(lambda cancel: engine.generate(prompt, params, cancel)):
             if isinstance(item, Finish):

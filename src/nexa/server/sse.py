@@ -29,7 +29,16 @@ def sse_response(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
             yield _frame({"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}})
         except Exception:
             log.exception("stream failed")
-            yield _frame({"error": {"message": "The server failed while streaming.", "type": "server_error", "param": None, "code": None}})
+            yield _frame(
+                {
+                    "error": {
+                        "message": "The server failed while streaming.",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                }
+            )
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(

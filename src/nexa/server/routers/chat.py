@@ -63,8 +63,16 @@ def _prompt(engine: TextEngine, body: ChatRequest) -> tuple[list[int], list[str]
     return tokens, stops
 
 
-async def _stream(request: Request, engine: TextEngine, tokens: list[int], params: SamplingParams, body: ChatRequest,
-                  cid: str, created: int, model: str) -> AsyncIterator[dict[str, Any]]:
+async def _stream(
+    request: Request,
+    engine: TextEngine,
+    tokens: list[int],
+    params: SamplingParams,
+    body: ChatRequest,
+    cid: str,
+    created: int,
+    model: str,
+) -> AsyncIterator[dict[str, Any]]:
     def chunk(delta: dict[str, Any], logprobs: Any = None, finish: str | None = None) -> dict[str, Any]:
         return {
             "id": cid,

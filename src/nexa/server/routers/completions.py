@@ -50,8 +50,17 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     }
 
 
-async def _stream(request: Request, engine: TextEngine, tokens: list[int], params: Any, body: CompletionRequest,
-                  cid: str, created: int, model: str, echo: str) -> AsyncIterator[dict[str, Any]]:
+async def _stream(
+    request: Request,
+    engine: TextEngine,
+    tokens: list[int],
+    params: Any,
+    body: CompletionRequest,
+    cid: str,
+    created: int,
+    model: str,
+    echo: str,
+) -> AsyncIterator[dict[str, Any]]:
     def chunk(text: str, logprobs: Any = None, finish: str | None = None) -> dict[str, Any]:
         return {
             "id": cid,
