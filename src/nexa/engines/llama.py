@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from nexa.config import Settings
 from nexa.engines.base import (
     Finish,
     SamplingParams,
@@ -28,7 +29,6 @@ from nexa.engines.base import (
     TopLogprob,
 )
 from nexa.engines.stops import StopMatcher
-from nexa.config import Settings
 from nexa.errors import ContextLengthExceeded, InvalidRequest
 from nexa.models.types import ResolvedModel
 
@@ -164,18 +164,26 @@ class LlamaEngine(TextEngine):
         with self._lock:
             yield from self._generate_locked(prompt, params, cancel)
 
+    def _feed_prompt(self, prompt: Any) -> tuple[int, int]:
+        """Put the prompt into the context; returns (prompt tokens, tokens reused from cache).
+
+        A subclass with other kinds of prompt (images between text) overrides this alone.
+        """
+        cached = self._reuse_prefix(prompt)
+        self._llm.eval(prompt[cached:])
+        return len(prompt), cached
+
     def _generate_locked(
-        self, prompt: list[int], params: SamplingParams, cancel: threading.Event
+        self, prompt: Any, params: SamplingParams, cancel: threading.Event
     ) -> Iterator[TextDelta | Finish]:
         llm, lc = self._llm, self._llama_cpp
         started = time.perf_counter()
-        cached = self._reuse_prefix(prompt)
-        llm.eval(prompt[cached:])
+        n_prompt, cached = self._feed_prompt(prompt)
         prompt_done = time.perf_counter()
 
         sampler = self._sampler(params)
         matcher = StopMatcher(params.stop)
-        budget = self.n_ctx - len(prompt)
+        budget = self.n_ctx - n_prompt
         if params.max_tokens is not None:
             budget = min(budget, params.max_tokens)
         produced, reason = 0, "length"
@@ -208,7 +216,7 @@ class LlamaEngine(TextEngine):
                 yield TextDelta(tail, pending)
         yield Finish(
             reason=reason,
-            prompt_tokens=len(prompt),
+            prompt_tokens=n_prompt,
             completion_tokens=produced,
             cached_tokens=cached,
             prompt_seconds=prompt_done - started,
@@ -286,8 +294,9 @@ class LlamaEngine(TextEngine):
 
         with self._lock:  # the first requests must not build two contexts
             if self._embedder is None:
-                self._embedder = LlamaEmbedder(self.path, n_ctx=self.n_ctx, n_threads=self._llm.n_threads,
-                                               pooling="mean", model=self._llm._model)
+                self._embedder = LlamaEmbedder(
+                    self.path, n_ctx=self.n_ctx, n_threads=self._llm.n_threads, pooling="mean", model=self._llm._model
+                )
         return self._embedder.embed(inputs, **options)
 
     def close(self) -> None:
