@@ -181,11 +181,9 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     if settings.reload:
-        # uvicorn can only reload an import string; the child rebuilds settings from the env.
-        resolved = Settings(
-            **{**settings.__dict__, "model": str(model.path), "source": "local", "model_type": model.model_type}
-        )
-        os.environ[SETTINGS_ENV] = resolved.to_env()
+        # uvicorn can only reload an import string; the child rebuilds the settings from the
+        # environment and resolves the same model again, from the cache this call just filled.
+        os.environ[SETTINGS_ENV] = settings.to_env()
         src_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         uvicorn.run("nexa.server.app:app_from_env", factory=True, reload=True, reload_dirs=[src_dir], **common)  # type: ignore[arg-type]
         return

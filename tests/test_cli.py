@@ -1,0 +1,179 @@
+"""The `nexa` command: flag parsing, one-line start-up errors, a real start and stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from nexa.cli import build_parser, settings_from_args
+from nexa.errors import StartupError
+from nexa.models.types import ModelType
+
+from conftest import free_port
+
+
+def nexa(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nexa", *args],
+        stdin=subprocess.DEVNULL,  # nothing may wait on a terminal
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("nexa: error:")]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def parse(*argv: str):
+    return settings_from_args(build_parser().parse_args(["server", *argv]))
+
+
+def test_defaults_match_the_spec():
+    s = parse()
+    assert (s.model, s.host, s.port, s.n_ctx, s.reload, s.source) == (None, "localhost", 8000, 2048, False, "auto")
+
+
+def test_flags_parse():
+    s = parse("../models/llava/", "-lp", "-mt", "MULTIMODAL", "--host", "0.0.0.0", "--port", "9000", "--nctx", "4096")
+    assert (s.model, s.source, s.model_type, s.host, s.port, s.n_ctx) == (
+        "../models/llava/",
+        "local",
+        ModelType.MULTIMODAL,
+        "0.0.0.0",
+        9000,
+        4096,
+    )
+    assert parse("org/repo:Q4_K_M", "-hf").source == "hf"
+    assert parse("org/repo", "--modelscope").source == "ms"
+    assert parse("x", "--local_path", "--model_type", "AUDIO").model_type == ModelType.AUDIO
+    onnx = parse("onnx", "phi3")
+    assert onnx.onnx and onnx.model == "phi3"
+
+
+def test_model_type_needs_a_source():
+    with pytest.raises(StartupError, match="-lp, -hf or -ms"):
+        parse("gemma", "-mt", "NLP")
+
+
+def test_sources_are_mutually_exclusive():
+    r = nexa("server", "x", "-lp", "-hf")
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr
+
+
+def test_help_lists_the_spec_flags():
+    out = nexa("server", "--help").stdout
+    for flag in ("-lp", "--local_path", "-mt", "-hf", "-ms", "--host", "--port", "--reload", "--nctx"):
+        assert flag in out
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (("server", "/no/such/model.gguf", "-lp"), ("/no/such/model.gguf",)),
+        (("server", "no-such-catalogue-name"), ("no-such-catalogue-name",)),
+        (("server", "gemma", "-mt", "NLP"), ("-mt",)),
+        (("server", "onnx"), ("onnx MODEL",)),
+        (("server", "--nctx", "1"), ("--nctx",)),
+        (("remove", "never-pulled-model"), ("never-pulled-model",)),
+    ],
+)
+def test_user_mistakes_are_one_line_and_exit_2(args, needles, tmp_path):
+    assert_one_line_error(nexa(*args, env={"NEXA_CACHE_ROOT": str(tmp_path)}), *needles)
+
+
+def test_port_in_use_is_a_clear_error(smollm2):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = nexa("server", str(smollm2.path), "-lp", "--host", "127.0.0.1", "--port", str(port))
+    assert_one_line_error(r, "already in use", "--port")
+
+
+def test_list_on_an_empty_cache(tmp_path):
+    r = nexa("list", env={"NEXA_CACHE_ROOT": str(tmp_path)})
+    assert r.returncode == 0 and "No models cached" in r.stdout
+
+
+def start(*args: str) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nexa", "server", *args, "--host", "127.0.0.1", "--port", str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(proc.stdout.read() if proc.stdout else "server exited")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError("server did not come up")
+
+
+def test_real_start_serves_logs_and_stops_cleanly_on_sigterm(smollm2):
+    proc, url = start(str(smollm2.path), "-lp")
+    try:
+        body = {
+            "messages": [{"role": "user", "content": "Count to twenty."}],
+            "max_tokens": 60,
+            "temperature": 0,
+            "stream": True,
+        }
+        done: list[str] = []
+
+        def stream() -> None:
+            with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as r:
+                done.extend(line for line in r.iter_lines() if line)
+
+        t = threading.Thread(target=stream)
+        t.start()
+        time.sleep(0.5)  # let generation start, then ask the server to stop
+        proc.send_signal(signal.SIGTERM)
+        t.join(timeout=120)
+        assert done and done[-1] == "data: [DONE]", (proc.kill(), proc.stdout.read())
+        # uvicorn re-raises the signal after its graceful shutdown, so the exit status says SIGTERM.
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = proc.stdout.read() if proc.stdout else ""
+    assert "loaded" in log and "POST /v1/chat/completions 200" in log and "tok/s" in log
+    assert "Application shutdown complete" in log
+
+
+def test_reload_starts_through_an_import_string(smollm2):
+    proc, url = start(str(smollm2.path), "-lp", "--reload")
+    try:
+        r = httpx.post(url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=60)
+        assert r.status_code == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
