@@ -13,11 +13,10 @@ import time
 import httpx
 import pytest
 
+from conftest import free_port
 from nexa.cli import build_parser, settings_from_args
 from nexa.errors import StartupError
 from nexa.models.types import ModelType
-
-from conftest import free_port
 
 
 def nexa(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
