@@ -12,6 +12,7 @@ nothing here prompts on stdin or exits.
 
 from __future__ import annotations
 
+import builtins  # ModelStore.list shadows the builtin inside the class body
 import json
 import logging
 import os
@@ -94,7 +95,7 @@ class ModelStore:
             if self._entry_ok(e)
         ]
 
-    def remove(self, name: str) -> list[Path]:
+    def remove(self, name: str) -> builtins.list[Path]:
         """Delete one registered model's own files; a projector only when no other entry uses it."""
         registry = self._load_registry()
         key = self._registry_key_for(name, registry)
@@ -494,7 +495,7 @@ class ModelStore:
         for suffix in (".metadata", ".lock"):
             meta.with_name(meta.name + suffix).unlink(missing_ok=True)
 
-    def _prune_empty_dirs(self, targets: list[Path]) -> None:
+    def _prune_empty_dirs(self, targets: builtins.list[Path]) -> None:
         """Remove folders left empty (and repo folders holding only hub bookkeeping) up to hub/."""
         hub = self.hub.resolve()
         for target in targets:
@@ -549,7 +550,8 @@ def _check_ct2_folder(folder: Path, what: str) -> None:
 
 
 def _split_projectors(files: list[Path]) -> tuple[list[Path], list[Path]]:
-    models, projectors = [], []
+    models: list[Path] = []
+    projectors: list[Path] = []
     for f in files:
         (projectors if _is_projector(f) else models).append(f)
     return models, projectors

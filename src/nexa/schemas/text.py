@@ -103,7 +103,7 @@ class CompletionRequest(SamplingFields):
             return str(p[0])
         if isinstance(p, list) and not p:
             raise InvalidRequest("prompt must not be empty.", param="prompt")
-        return p  # a string, or token ids
+        return p  # type: ignore[return-value]  # a string, or token ids (a list of strings returned above)
 
 
 class TextPart(BaseModel):
