@@ -7,17 +7,23 @@ saying what to do and exits with status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import os
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nexa import __version__
 from nexa.config import SETTINGS_ENV, Settings
 from nexa.errors import StartupError
-from nexa.models.types import ModelType
+from nexa.models.types import ModelType, ResolvedModel
+
+if TYPE_CHECKING:
+    from nexa.models.store import ModelStore
 
 log = logging.getLogger("nexa")
 
@@ -66,11 +72,36 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DIR",
-        help="let image_path read files inside DIR (repeatable; default: none)",
+        help="let image_path and chat image URLs (file://, paths) read files inside DIR (repeatable; default: none)",
     )
     s.add_argument("--max-image-size", type=int, default=1024, help="largest image width/height (default: 1024)")
     s.add_argument("--max-image-steps", type=int, default=100, help="most sampling steps per image (default: 100)")
     s.add_argument("--max-images", type=int, default=4, help="most images per request (default: 4)")
+    # Speech models (/v1/audio/*).
+    s.add_argument("--max-upload-mb", type=float, default=25.0, help="largest audio upload in MiB (default: 25)")
+    s.add_argument(
+        "--compute-type",
+        default=None,
+        help="Whisper compute type: int8, float16, float32... (default: int8 on CPU, float16 on CUDA)",
+    )
+    s.add_argument(
+        "--whisper-batch-size",
+        type=int,
+        default=8,
+        help="30-second windows decoded at once for audio of 30 s or more; 0: never batch (default: 8)",
+    )
+    # Vision chat (image_url parts on MULTIMODAL models): the projector and where images may come from.
+    s.add_argument("--projector", default=None, metavar="PATH", help="vision projector GGUF (mmproj) for the model")
+    s.add_argument("--no-remote-images", action="store_true", help="refuse http(s) image URLs in chat messages")
+    s.add_argument(
+        "--allow-image-host",
+        action="append",
+        default=[],
+        metavar="HOST|CIDR",
+        help="let image URLs reach this host or network despite it being private/loopback (repeatable)",
+    )
+    s.add_argument("--max-image-mb", type=float, default=20.0, help="largest input image in MiB (default: 20)")
+    s.add_argument("--max-chat-images", type=int, default=16, help="most images in one chat request (default: 16)")
 
     p = sub.add_parser("pull", help="download a model into the cache")
     p.add_argument("model_path")
@@ -135,6 +166,27 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         args.max_image_steps,
         args.max_images,
     )
+    if args.max_upload_mb <= 0 or args.whisper_batch_size < 0:
+        raise StartupError("--max-upload-mb must be above 0 and --whisper-batch-size at least 0.")
+    settings.max_upload_mb = args.max_upload_mb
+    settings.whisper_compute_type = args.compute_type
+    settings.whisper_batch_size = args.whisper_batch_size
+    # Vision chat: --allow-dir above also lets file:// image URLs read inside those directories.
+    if args.projector and not os.path.isfile(args.projector):
+        raise StartupError(f"--projector {args.projector!r} is not a file: give the path of the mmproj GGUF.")
+    if args.max_image_mb <= 0 or args.max_chat_images < 1:
+        raise StartupError("--max-image-mb must be above 0 and --max-chat-images at least 1.")
+    try:
+        from nexa.server.image_input import parse_allowed_hosts
+
+        parse_allowed_hosts(args.allow_image_host)
+    except ValueError as exc:
+        raise StartupError(f"--allow-image-host: {exc}.") from None
+    settings.projector = os.path.abspath(args.projector) if args.projector else None
+    settings.remote_images = not args.no_remote_images
+    settings.allowed_image_hosts = list(args.allow_image_host)
+    settings.max_image_bytes = int(args.max_image_mb * 2**20)
+    settings.max_chat_images = args.max_chat_images
     return settings
 
 
@@ -159,6 +211,21 @@ def check_port(host: str, port: int) -> None:
             raise StartupError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from exc
 
 
+def resolve_model(settings: Settings, store: ModelStore) -> ResolvedModel:
+    """The store's answer, with --projector (if given) making it a MULTIMODAL model."""
+    if not settings.projector:
+        return store.resolve(settings.model, source=settings.source, model_type=settings.model_type)
+    if settings.model_type not in (None, ModelType.MULTIMODAL):
+        raise StartupError(
+            f"--projector is for vision models: drop it, or use -mt MULTIMODAL instead of {settings.model_type.value}."
+        )
+    # Resolve the language model alone (a local folder need not hold a projector then), and
+    # pair it with the named one; catalogue names keep their own type check.
+    as_type = None if settings.source == "auto" else ModelType.NLP
+    model = store.resolve(settings.model, source=settings.source, model_type=as_type)
+    return dataclasses.replace(model, model_type=ModelType.MULTIMODAL, projector=Path(settings.projector))
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -166,13 +233,12 @@ def serve(settings: Settings) -> None:
     from nexa.models.store import ModelStore
     from nexa.server.app import create_app
 
-    if settings.onnx:
-        raise StartupError(
-            "The ONNX Runtime variant (`nexa server onnx`) is not available in this version yet; "
-            "drop `onnx` to serve GGUF models."
-        )
+    if settings.onnx and settings.projector:
+        raise StartupError("--projector is for GGUF vision models; the ONNX variant has no vision engine: drop one.")
     check_port(settings.host, settings.port)
-    model = ModelStore().resolve(settings.model, source=settings.source, model_type=settings.model_type)
+    # `onnx MODEL`: the ONNX catalogue and whole-folder downloads; the manager then picks the
+    # onnxruntime engine that fits the folder (nexa.engines.onnx).
+    model = resolve_model(settings, ModelStore(onnx=settings.onnx))
     common = dict(
         host=settings.host,
         port=settings.port,

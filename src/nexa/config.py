@@ -34,7 +34,7 @@ class Settings:
     n_threads: int = field(default_factory=_default_threads)
     n_gpu_layers: int = -1  # all layers on the GPU when the wheel has one; ignored on CPU builds
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
-    shutdown_grace_s: float = 10.0
+    shutdown_grace_s: float = 30.0  # in-flight requests get this long to finish on Ctrl-C or SIGTERM
     log_level: str = "info"
     # Image generation (/v1/txt2img, /v1/img2img, /v1/images/*). Clients never choose paths:
     # images are written into image_output_dir (None: <cache root>/images) and served from there;
@@ -44,6 +44,23 @@ class Settings:
     max_image_size: int = 1024  # largest width/height in pixels (multiples of 64)
     max_image_steps: int = 100
     max_images_n: int = 4  # images per request
+    # Speech (/v1/audio/*). Uploads over max_upload_mb are refused with 413 (OpenAI's limit is
+    # 25 MB); compute type None picks int8 on CPU and float16 on CUDA; audio of 30 s or more is
+    # decoded whisper_batch_size windows at a time (0: never batch).
+    max_upload_mb: float = 25.0
+    whisper_compute_type: str | None = None
+    whisper_batch_size: int = 8
+    # Vision chat (image_url parts, MULTIMODAL models). `projector` overrides the model's own
+    # projector file. Remote images are fetched with a deadline, a byte cap and a few redirects,
+    # never from private/loopback/link-local addresses unless a host or network (CIDR) is in
+    # allowed_image_hosts; `file://` URLs and paths read only inside allowed_image_dirs (above).
+    projector: str | None = None
+    remote_images: bool = True
+    allowed_image_hosts: list[str] = field(default_factory=list)
+    max_image_bytes: int = 20 * 1024 * 1024  # one input image, encoded
+    image_fetch_timeout_s: float = 10.0  # the whole fetch, redirects included
+    max_image_redirects: int = 3
+    max_chat_images: int = 16  # images in one request, all messages together
 
     def to_env(self) -> str:
         data = asdict(self)

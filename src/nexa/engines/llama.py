@@ -48,7 +48,8 @@ _FORMATTERS = {
 
 
 class LlamaEngine(TextEngine):
-    tasks = frozenset({Task.COMPLETION, Task.CHAT, Task.EMBEDDING})
+    # TOOLS: any chat model can call functions, because a grammar constrains the calls.
+    tasks = frozenset({Task.COMPLETION, Task.CHAT, Task.TOOLS, Task.EMBEDDING})
     _embedder: Any = None  # embedding mode, built on the first /v1/embeddings request
 
     def __init__(
@@ -81,7 +82,7 @@ class LlamaEngine(TextEngine):
         self._vocab = self._llm._model.vocab
         self._n_vocab = self._llm.n_vocab()
         self._piece_buf = ctypes.create_string_buffer(64)
-        # One context, one sequence: requests take turns (continuous batching is a later step).
+        # One context, one sequence: requests take turns (continuous batching is issue 8).
         self._lock = threading.Lock()
         self._formatter = self._chat_formatter(chat_format, llama_chat_format)
         log.info(
@@ -129,9 +130,12 @@ class LlamaEngine(TextEngine):
             bos_token=model.token_get_text(bos_id) if bos_id != -1 else "",
         )
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> tuple[str, list[str], bool]:
+    def render_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> tuple[str, list[str], bool]:
+        """`tools` (OpenAI tool dicts) reach a Jinja template as `tools`; other formats ignore them."""
         try:
-            result = self._formatter(messages=messages)
+            result = self._formatter(messages=messages, tools=tools) if tools else self._formatter(messages=messages)
         except Exception as exc:  # template errors (raise_exception) are the client's to fix
             raise InvalidRequest(f"The model's chat template refused these messages: {exc}", param="messages") from exc
         stop = result.stop
@@ -243,12 +247,19 @@ class LlamaEngine(TextEngine):
         return common
 
     def _sampler(self, p: SamplingParams) -> Any:
-        from llama_cpp import LlamaGrammar
+        chain = self._chain(p)
+        if not p.grammar:
+            return chain
+        from nexa.engines.constrained import ConstrainedSampler
+
+        # The grammar is checked against the chain's pick first and applied to the whole
+        # vocabulary only when it rejects that pick: far cheaper than a grammar in the chain.
+        return ConstrainedSampler(self._llm, chain, p.grammar)
+
+    def _chain(self, p: SamplingParams) -> Any:
         from llama_cpp._internals import LlamaSampler
 
         s = LlamaSampler()
-        if p.grammar:
-            s.add_grammar(self._llm._model, LlamaGrammar.from_string(p.grammar, verbose=False))
         if p.repeat_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
             s.add_penalties(self._n_vocab, 64, p.repeat_penalty, p.frequency_penalty, p.presence_penalty)
         if p.temperature <= 0:
@@ -275,7 +286,11 @@ class LlamaEngine(TextEngine):
         return buf.raw[:n]
 
     def _logprob(self, token: int, top_n: int) -> TokenLogprob:
-        ptr = self._llama_cpp.llama_get_logits_ith(self._llm._ctx.ctx, -1)
+        return self._logprob_at(self._llm._ctx.ctx, -1, token, top_n)
+
+    def _logprob_at(self, ctx: Any, idx: int, token: int, top_n: int) -> TokenLogprob:
+        """The model's log-probabilities at batch row `idx` of `ctx` (not the sampler's)."""
+        ptr = self._llama_cpp.llama_get_logits_ith(ctx, idx)
         logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).astype(np.float64)
         shifted = logits - logits.max()
         logprobs = shifted - np.log(np.exp(shifted).sum())

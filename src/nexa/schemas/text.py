@@ -84,6 +84,14 @@ def _range(name: str, value: float, low: float, high: float) -> None:
         raise InvalidRequest(f"{name} must be between {low} and {high}, got {value}.", param=name)
 
 
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format; output is constrained to JSON (see nexa.server.tools)."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: dict[str, Any] | None = None  # {"name": ..., "schema": {...}, "strict": ...}
+    schema_: dict[str, Any] | None = Field(None, validation_alias="schema")  # llama.cpp's json_object + schema
+
+
 class CompletionRequest(SamplingFields):
     # SERVER.md's defaults for /v1/completions.
     prompt: str | list[str] | list[int]
@@ -92,6 +100,7 @@ class CompletionRequest(SamplingFields):
     top_p: float = 1.0
     logprobs: int | None = None
     echo: bool = False
+    response_format: ResponseFormat | None = None
 
     def prompt_text(self) -> str | list[int]:
         p = self.prompt
@@ -142,10 +151,26 @@ class ChatMessage(RequestModel):
                 msg[key] = getattr(self, key)
         return msg
 
+    def image_urls(self) -> list[tuple[int, str]]:
+        """(index in content, URL) of this message's image parts, in order."""
+        if not isinstance(self.content, list):
+            return []
+        return [
+            (i, p.image_url.url if isinstance(p.image_url, ImageUrl) else p.image_url)
+            for i, p in enumerate(self.content)
+            if isinstance(p, ImagePart)
+        ]
 
-class ResponseFormat(BaseModel):
-    type: Literal["text", "json_object", "json_schema"] = "text"
-    json_schema: dict[str, Any] | None = None
+    def as_parts_dict(self) -> dict[str, Any]:
+        """Like as_template_dict, but list content keeps its parts in order (for vision engines):
+        {"type": "text", "text": ...} and {"type": "image_url"}, the image itself sent apart."""
+        msg = self.as_template_dict()
+        if isinstance(self.content, list):
+            msg["content"] = [
+                {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": "image_url"}
+                for p in self.content
+            ]
+        return msg
 
 
 class ChatRequest(SamplingFields):
@@ -154,8 +179,12 @@ class ChatRequest(SamplingFields):
     temperature: float = 0.1
     logprobs: bool = False
     top_logprobs: int | None = None
-    tools: list[dict[str, Any]] | None = None
+    # Tools stay loose here: nexa.server.tools checks them and answers 400 naming the field.
+    tools: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
+    functions: list[Any] | None = None  # OpenAI's deprecated form of tools
+    function_call: str | dict[str, Any] | None = None  # ... and of tool_choice
     response_format: ResponseFormat | None = None
 
     def logprob_count(self) -> int | None:

@@ -52,5 +52,7 @@ def app_from_env() -> FastAPI:
     from nexa.models.store import ModelStore
 
     settings = Settings.from_env()
-    model = ModelStore().resolve(settings.model, source=settings.source, model_type=settings.model_type)
+    model = ModelStore(onnx=settings.onnx).resolve(
+        settings.model, source=settings.source, model_type=settings.model_type
+    )
     return create_app(settings, ModelManager.load(model, settings))

@@ -11,7 +11,9 @@ from nexa.engines.base import Finish, SamplingParams, Task, TextEngine
 from nexa.errors import InvalidRequest
 from nexa.schemas.common import new_id, now
 from nexa.schemas.text import ChatRequest
+from nexa.server import tools
 from nexa.server.generation import chat_logprobs, finish_usage, generate, generate_all, off_loop
+from nexa.server.image_input import ImagePolicy, load_images
 from nexa.server.sse import sse_response
 
 router = APIRouter(tags=["text"])
@@ -22,17 +24,26 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
     manager = request.app.state.manager
     task = Task.VISION if any(m.has_images() for m in body.messages) else Task.CHAT
     engine: TextEngine = manager.get(task, "image input" if task == Task.VISION else "/v1/chat/completions")
-    if body.tools and body.tool_choice != "none":
-        engine.require(Task.TOOLS, "tools")
-    if body.response_format and body.response_format.type != "text":
-        raise InvalidRequest(
-            f"response_format {body.response_format.type!r} is not supported by this server yet.",
-            param="response_format",
-        )
     params = body.sampling(body.logprob_count())
-    tokens, template_stops = await off_loop(_prompt, engine, body)
+    plan = tools.plan_chat(body)  # tools / response_format: None for a plain chat
+    if plan is not None:
+        if plan.calls:
+            engine.require(Task.TOOLS, "tools")
+        params.grammar = plan.grammar
+    if task == Task.VISION:
+        tokens, template_stops = await _vision_prompt(request, engine, body)
+    else:
+        tokens, template_stops = await off_loop(_prompt, engine, body, plan)
     params.stop = params.stop + [s for s in template_stops if s not in params.stop]
     cid, created, model = new_id("chatcmpl"), now(), engine.name
+
+    if plan is not None and plan.calls:
+        want_logprobs = params.logprobs is not None
+        if body.stream:
+            items = generate(request, engine, tokens, params)
+            return sse_response(tools.chat_stream(plan, items, cid, created, model, body.include_usage, want_logprobs))
+        out = await generate_all(request, engine, tokens, params)
+        return tools.chat_response(plan, out, cid, created, model, want_logprobs)
 
     if body.stream:
         return sse_response(_stream(request, engine, tokens, params, body, cid, created, model))
@@ -56,8 +67,30 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
     }
 
 
-def _prompt(engine: TextEngine, body: ChatRequest) -> tuple[list[int], list[str]]:
-    text, stops, special = engine.render_chat([m.as_template_dict() for m in body.messages])
+async def _vision_prompt(request: Request, engine: TextEngine, body: ChatRequest) -> tuple[Any, list[str]]:
+    """Fetch and decode the images (off the loop), then let the engine build its prompt of text and images."""
+    settings = request.app.state.settings
+    urls = [
+        (url, f"messages[{i}].content[{j}].image_url")
+        for i, m in enumerate(body.messages)
+        for j, url in m.image_urls()
+    ]
+    if len(urls) > settings.max_chat_images:
+        raise InvalidRequest(
+            f"{len(urls)} images in one request; this server takes at most {settings.max_chat_images} "
+            "(--max-chat-images).",
+            param="messages",
+        )
+    images = await load_images(urls, ImagePolicy.from_settings(settings))
+    messages = [m.as_parts_dict() for m in body.messages]
+    return await off_loop(engine.vision_prompt, messages, images)  # type: ignore[attr-defined]
+
+
+def _prompt(engine: TextEngine, body: ChatRequest, plan: tools.Plan | None = None) -> tuple[list[int], list[str]]:
+    if plan is not None and plan.custom_prompt:  # tools shown, or calls and results in the history
+        text, stops, special = tools.render(engine, body.messages, plan)
+    else:
+        text, stops, special = engine.render_chat([m.as_template_dict() for m in body.messages])
     tokens = engine.tokenize(text, special=True) if special else engine.tokenize(text)
     engine.check_prompt(tokens, "messages")  # type: ignore[attr-defined]
     return tokens, stops

@@ -1,7 +1,34 @@
-"""Placeholder: this endpoint family is being built (see the issue tracker)."""
+"""POST /v1/embeddings: one vector per input, all inputs of a request embedded in batches."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
 
-router = APIRouter()
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from nexa.engines.base import Task
+from nexa.schemas.embeddings import EmbeddingRequest, render
+
+router = APIRouter(tags=["embeddings"])
+
+# The body is parsed by hand (so a wrong type is a 400, as OpenAI answers); the docs still show it.
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": EmbeddingRequest.model_json_schema()}},
+    }
+}
+
+
+@router.post("/v1/embeddings", openapi_extra=_BODY)
+async def embeddings(request: Request) -> JSONResponse:
+    engine = request.app.state.manager.get(Task.EMBEDDING, "/v1/embeddings")
+    body = EmbeddingRequest.parse(await request.body())
+    inputs = body.inputs()
+    result = await asyncio.to_thread(
+        engine.embed, inputs, truncate=body.truncate, normalize=body.normalize, dimensions=body.dimensions
+    )
+    request.state.generation = (result.prompt_tokens, result.seconds)  # the access log's tokens/s
+    # JSONResponse directly: FastAPI's encoder would walk every float of every vector in Python.
+    return JSONResponse(render(result.vectors, result.prompt_tokens, engine.name, body.encoding_format))

@@ -1,0 +1,145 @@
+"""ONNX Runtime engines against the GGUF (llama.cpp) engines on the same weights, same run.
+
+- Text: SmolLM2-135M-Instruct, GGUF Q4_1 (llama.cpp) against the onnxruntime-genai int4 model
+  built from it by tests/onnx_models.py (block 32, accuracy level 4, CPU). Greedy chat answers
+  with a fixed token budget; each repetition starts with a different system line so neither
+  engine reuses a cached prompt. Prints prompt and generation tokens/s (medians).
+- Embeddings: all-MiniLM-L6-v2, the f32 GGUF (llama.cpp) against the ONNX export; embeddings/s
+  and tokens/s for batches of sentences.
+
+The engines run in this process, one request at a time, alternating between them so that any
+other load on the machine hits both alike; the HTTP layer in front of them is the same code
+for both, so it is left out. A script, not a test: it prints figures and asserts nothing.
+
+    .venv/bin/python bench/bench_onnx.py [--reps 5] [--max-tokens 128] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # the model builders live beside the tests
+
+from minilm_gguf import minilm_gguf  # noqa: E402
+from nexa.engines.base import Finish, SamplingParams, TextEngine  # noqa: E402
+from onnx_models import minilm_onnx, smollm2_gguf, smollm2_onnx  # noqa: E402
+
+log = logging.getLogger("bench_onnx")
+
+SYSTEM = "You are a helpful assistant and a patient storyteller. This is session {i}."
+USER = (
+    "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle. "
+    "Describe the island, the weather, the keeper's daily routine, the letter and what happens next."
+)
+SENTENCES = [
+    f"Sentence number {i} is about {topic}, and it is as long as a typical search query or title."
+    for i, topic in enumerate(["cats", "the stock market", "rain in Spain", "quantum computers"] * 16)
+]
+
+
+def run_text(engine: TextEngine, i: int, max_tokens: int) -> Finish:
+    messages = [{"role": "system", "content": SYSTEM.format(i=i)}, {"role": "user", "content": USER}]
+    text, stops, special = engine.render_chat(messages)
+    tokens = engine.tokenize(text, special=special)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, stop=stops)
+    finish = None
+    for item in engine.generate(tokens, params, threading.Event()):
+        if isinstance(item, Finish):
+            finish = item
+    assert finish is not None
+    return finish
+
+
+def bench_text(engines: dict[str, TextEngine], reps: int, max_tokens: int) -> None:
+    gen: dict[str, list[float]] = {n: [] for n in engines}
+    pre: dict[str, list[float]] = {n: [] for n in engines}
+    counts: dict[str, list[int]] = {n: [] for n in engines}
+    for name, engine in engines.items():
+        run_text(engine, -1, 8)  # warm-up: first-call allocations
+        log.info("warmed up %s", name)
+    for i in range(reps):
+        for name, engine in engines.items():
+            f = run_text(engine, i, max_tokens)
+            gen[name].append(f.completion_tokens / f.generation_seconds)
+            pre[name].append(f.prompt_tokens / f.prompt_seconds)
+            counts[name].append(f.completion_tokens)
+            log.info("rep %d %s: %d tokens at %.1f tok/s", i, name, f.completion_tokens, gen[name][-1])
+    print(f"\nText generation, SmolLM2-135M-Instruct, greedy, {max_tokens} tokens max, {reps} reps (medians):")
+    print(f"  {'engine':<34} {'prompt tok/s':>12} {'gen tok/s':>10} {'tokens':>7}")
+    for name in engines:
+        print(
+            f"  {name:<34} {statistics.median(pre[name]):>12.1f} {statistics.median(gen[name]):>10.1f} "
+            f"{statistics.median(counts[name]):>7.0f}"
+        )
+    names = list(engines)
+    ratio = statistics.median(gen[names[1]]) / statistics.median(gen[names[0]])
+    print(f"  generation speed {names[1]} / {names[0]}: {ratio:.2f}x")
+
+
+def bench_embeddings(engines: dict[str, Any], reps: int) -> None:
+    rates: dict[str, list[float]] = {n: [] for n in engines}
+    toks: dict[str, int] = {}
+    for engine in engines.values():
+        engine.embed(SENTENCES[:4])  # warm-up
+    for _ in range(reps):
+        for name, engine in engines.items():
+            started = time.perf_counter()
+            result = engine.embed(SENTENCES)
+            rates[name].append(len(SENTENCES) / (time.perf_counter() - started))
+            toks[name] = result.prompt_tokens
+    print(f"\nEmbeddings, all-MiniLM-L6-v2, {len(SENTENCES)} sentences per request, {reps} reps (medians):")
+    print(f"  {'engine':<34} {'inputs/s':>9} {'tokens/s':>9}")
+    for name in engines:
+        per_s = statistics.median(rates[name])
+        print(f"  {name:<34} {per_s:>9.1f} {per_s * toks[name] / len(SENTENCES):>9.0f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("nexa").setLevel(logging.WARNING)
+
+    from nexa.engines.embeddings import EmbeddingEngine
+    from nexa.engines.llama import LlamaEngine
+    from nexa.engines.onnx.embeddings import OnnxEmbeddingEngine
+    from nexa.engines.onnx.layout import detect
+    from nexa.engines.onnx.text import OnnxTextEngine
+
+    print(f"threads: {args.threads}; load average before start: {os.getloadavg()[0]:.2f} "
+          f"(figures are only comparable on an idle machine)")
+    smol = smollm2_onnx()
+    texts: dict[str, TextEngine] = {
+        "GGUF Q4_1 (llama.cpp)": LlamaEngine(smollm2_gguf(), name="gguf", n_ctx=2048, n_threads=args.threads),
+        "ONNX int4 (onnxruntime-genai)": OnnxTextEngine(smol, name="onnx", n_ctx=2048, n_threads=args.threads),
+    }
+    bench_text(texts, args.reps, args.max_tokens)
+    for engine in texts.values():
+        engine.close()
+
+    folder = minilm_onnx()
+    layout = detect(folder)
+    assert layout is not None and layout.model_file is not None
+    embedders = {
+        "GGUF f32 (llama.cpp)": EmbeddingEngine(minilm_gguf(), name="gguf", n_threads=args.threads),
+        "ONNX f32 (onnxruntime)": OnnxEmbeddingEngine(folder, layout.model_file, name="onnx",
+                                                      n_threads=args.threads),
+    }
+    bench_embeddings(embedders, args.reps)
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""Tool-call benchmark: our `nexa server` against llama-cpp-python's `chatml-function-calling`.
+
+The same model, the same tool-call tasks, one after the other (never both at once: they would
+fight for the cores):
+
+- ours: `nexa server` started as a subprocess, non-streaming POST /v1/chat/completions;
+- theirs: `Llama(..., chat_format="chatml-function-calling").create_chat_completion(...)` in
+  this process (no HTTP, which if anything favours theirs).
+
+The tasks are the seed's example (UserDetail, tool_choice "auto" and forced), a weather tool,
+and every schema of tests/schemas/ offered as the parameters of a forced tool. For each answer
+we check what a client needs: a call to the right function whose arguments parse as JSON and
+validate against its schema (`jsonschema`, formats included), not cut by max_tokens. We print
+the share of valid calls and the request latency (median, p90) for both.
+
+    .venv/bin/pip install -e '.[bench,test]'
+    .venv/bin/python bench/bench_tools.py                     # SmolLM2-135M-Instruct Q4_1
+    .venv/bin/python bench/bench_tools.py --model PATH.gguf --reps 3 --max-tokens 256
+
+Sampling is greedy and identical for both (temperature 0, repeat_penalty 1.0), with the same
+max_tokens and thread count. A script, not a test: it prints figures and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_text import HOST, Server, default_model, free_port, start, stop, venv_bin  # noqa: E402
+
+log = logging.getLogger("bench_tools")
+REPO = Path(__file__).resolve().parent.parent
+
+USER_DETAIL = {
+    "name": "UserDetail",
+    "parameters": {
+        "properties": {
+            "name": {"description": "The user's name", "type": "string"},
+            "age": {"description": "The user's age", "type": "integer"},
+        },
+        "required": ["name", "age"],
+        "type": "object",
+    },
+}
+WEATHER = {
+    "name": "get_weather",
+    "description": "Current weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+        "required": ["city", "unit"],
+    },
+}
+
+
+@dataclass
+class Case:
+    name: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]]  # OpenAI tool dicts
+    choice: str | dict[str, Any]
+    expect: str  # the function a valid answer calls
+
+
+@dataclass
+class Outcome:
+    latency_s: float
+    valid: bool
+    called: bool
+    why: str = ""
+    tokens: int = 0
+
+
+@dataclass
+class Run:
+    name: str
+    outcomes: dict[str, list[Outcome]] = field(default_factory=dict)
+
+
+def tool(fn: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "function", "function": fn}
+
+
+def named(name: str) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name}}
+
+
+def as_parameters(schema: dict[str, Any]) -> dict[str, Any]:
+    """Tool parameters must be an object: wrap other schemas in {"value": ...}, keeping $defs at the root."""
+    if schema.get("type", "object") == "object" and schema and "enum" not in schema:
+        return schema
+    inner = {k: v for k, v in schema.items() if k != "$defs"}
+    wrapped: dict[str, Any] = {"type": "object", "properties": {"value": inner}, "required": ["value"]}
+    if "$defs" in schema:
+        wrapped["$defs"] = schema["$defs"]
+    return wrapped
+
+
+def cases() -> list[Case]:
+    seed = [{"role": "user", "content": "Extract Jason is 25 years old"}]
+    out = [
+        Case("seed UserDetail auto", seed, [tool(USER_DETAIL)], "auto", "UserDetail"),
+        Case("seed UserDetail forced", seed, [tool(USER_DETAIL)], named("UserDetail"), "UserDetail"),
+        Case(
+            "weather forced, 2 tools",
+            [{"role": "user", "content": "What's the weather in Paris?"}],
+            [tool(USER_DETAIL), tool(WEATHER)],
+            named("get_weather"),
+            "get_weather",
+        ),
+    ]
+    for path in sorted((REPO / "tests" / "schemas").glob("*.json")):
+        spec = json.loads(path.read_text())
+        fn = {"name": f"record_{path.stem}", "parameters": as_parameters(spec["schema"])}
+        out.append(
+            Case(path.stem, [{"role": "user", "content": spec["prompt"]}], [tool(fn)], named(fn["name"]), fn["name"])
+        )
+    return out
+
+
+def judge(case: Case, message: dict[str, Any], finish: str | None) -> tuple[bool, bool, str]:
+    """(valid, called, why not): a call to the expected function with arguments that validate."""
+    import jsonschema
+
+    calls = message.get("tool_calls") or []
+    if not calls:
+        return False, False, f"no call ({finish}): {str(message.get('content'))[:60]!r}"
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in case.tools}
+    for call in calls:
+        name, raw = call["function"]["name"], call["function"]["arguments"]
+        if name != case.expect:
+            return False, True, f"called {name}"
+        try:
+            args = json.loads(raw)
+        except ValueError:
+            return False, True, f"arguments are not JSON ({finish}): {raw[:60]!r}"
+        schema = schemas[name]
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        errors = list(cls(schema, format_checker=cls.FORMAT_CHECKER).iter_errors(args))
+        if errors:
+            return False, True, f"schema: {errors[0].message[:70]}"
+    if finish == "length":
+        return False, True, "cut by max_tokens"
+    return True, True, ""
+
+
+def run_ours(model: Path, all_cases: list[Case], args: argparse.Namespace, workdir: Path) -> Run:
+    bin_dir = venv_bin()
+    nexa = [str(bin_dir / "nexa")] if (bin_dir / "nexa").exists() else [str(bin_dir / "python"), "-m", "nexa"]
+    port = free_port()
+    cmd = [*nexa, "server", "-lp", str(model), "--host", HOST, "--port", str(port), "--threads", str(args.threads)]
+    server = Server("nexa server", cmd, "/health", f"--threads {args.threads}", port)
+    run = Run("nexa server")
+    try:
+        start(server, workdir, args.start_timeout)
+        url = f"http://{HOST}:{port}/v1/chat/completions"
+        with httpx.Client(timeout=httpx.Timeout(args.request_timeout, connect=10)) as client:
+            for case in all_cases:
+                for rep in range(args.reps):
+                    body = {
+                        "messages": case.messages,
+                        "tools": case.tools,
+                        "tool_choice": case.choice,
+                        "parallel_tool_calls": False,
+                        "temperature": 0,
+                        "repeat_penalty": 1.0,
+                        "max_tokens": args.max_tokens,
+                    }
+                    sent = time.perf_counter()
+                    r = client.post(url, json=body)
+                    latency = time.perf_counter() - sent
+                    if r.status_code != 200:
+                        outcome = Outcome(latency, False, False, f"HTTP {r.status_code}: {r.text[:80]}")
+                    else:
+                        data = r.json()
+                        choice = data["choices"][0]
+                        valid, called, why = judge(case, choice["message"], choice["finish_reason"])
+                        outcome = Outcome(latency, valid, called, why, data["usage"]["completion_tokens"])
+                    run.outcomes.setdefault(case.name, []).append(outcome)
+                    log.info("ours   %-28s #%d %.2fs %s %s", case.name, rep, latency, outcome.valid, outcome.why)
+    finally:
+        stop(server)
+    return run
+
+
+def run_theirs(model: Path, all_cases: list[Case], args: argparse.Namespace) -> Run:
+    from llama_cpp import Llama
+
+    llm = Llama(
+        model_path=str(model),
+        chat_format="chatml-function-calling",
+        n_ctx=2048,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        verbose=False,
+    )
+    run = Run("llama-cpp-python chatml-function-calling")
+    try:
+        for case in all_cases:
+            for rep in range(args.reps):
+                sent = time.perf_counter()
+                try:
+                    out: Any = llm.create_chat_completion(
+                        messages=case.messages,  # type: ignore[arg-type]
+                        tools=case.tools,  # type: ignore[arg-type]
+                        tool_choice=case.choice,  # type: ignore[arg-type]
+                        temperature=0,
+                        repeat_penalty=1.0,
+                        max_tokens=args.max_tokens,
+                    )
+                    latency = time.perf_counter() - sent
+                    choice = out["choices"][0]
+                    valid, called, why = judge(case, choice["message"], choice["finish_reason"])
+                    outcome = Outcome(latency, valid, called, why, out["usage"]["completion_tokens"])
+                except Exception as exc:  # a crash in their grammar/handler counts as an invalid answer
+                    outcome = Outcome(time.perf_counter() - sent, False, False, f"{type(exc).__name__}: {exc}"[:80])
+                run.outcomes.setdefault(case.name, []).append(outcome)
+                log.info("theirs %-28s #%d %.2fs %s %s", case.name, rep, outcome.latency_s, outcome.valid, outcome.why)
+    finally:
+        llm.close()
+    return run
+
+
+def p90(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+
+
+def report(model: Path, runs: list[Run], all_cases: list[Case], args: argparse.Namespace) -> None:
+    print()
+    print(f"model: {model}  threads: {args.threads}  max_tokens: {args.max_tokens}  reps: {args.reps}")
+    print(f"machine: {os.cpu_count()} cores, load average at the end {os.getloadavg()[0]:.2f}")
+    print()
+    header = f"{'case':30}" + "".join(f"| {'valid':>5} {'median s':>9} {'tokens':>6} " for _ in runs)
+    print(f"{'':30}" + "".join(f"| {r.name[:28]:28} " for r in runs))
+    print(header)
+    for case in all_cases:
+        row = f"{case.name[:30]:30}"
+        for r in runs:
+            o = r.outcomes.get(case.name, [])
+            ok = sum(x.valid for x in o)
+            lat = statistics.median([x.latency_s for x in o]) if o else float("nan")
+            toks = statistics.median([x.tokens for x in o]) if o else 0
+            row += f"| {ok:>2}/{len(o):<2} {lat:>9.2f} {toks:>6.0f} "
+        print(row)
+    print()
+    for r in runs:
+        flat = [x for o in r.outcomes.values() for x in o]
+        valid = sum(x.valid for x in flat)
+        lat = [x.latency_s for x in flat]
+        print(
+            f"{r.name}: {valid}/{len(flat)} valid calls ({100 * valid / max(1, len(flat)):.1f}%), "
+            f"latency median {statistics.median(lat):.2f}s, p90 {p90(lat):.2f}s, total {sum(lat):.1f}s"
+        )
+        for name, outcomes in r.outcomes.items():
+            for x in outcomes:
+                if not x.valid:
+                    print(f"    invalid: {name}: {x.why}")
+    if len(runs) == 2:
+        a = [x.latency_s for o in runs[0].outcomes.values() for x in o]
+        b = [x.latency_s for o in runs[1].outcomes.values() for x in o]
+        print(
+            f"\nlatency ours/theirs: median {statistics.median(a) / statistics.median(b):.2f}, "
+            f"total {sum(a) / sum(b):.2f} (below 1 means ours is faster)"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, default=None, help="GGUF model (default: SmolLM2-135M-Instruct Q4_1)")
+    ap.add_argument("--reps", type=int, default=1, help="requests per case and system")
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--only", choices=["ours", "theirs"], default=None)
+    ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    ap.add_argument("--start-timeout", type=float, default=180)
+    ap.add_argument("--request-timeout", type=float, default=900)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    model = args.model or default_model()
+    all_cases = cases()
+    if args.cases:
+        wanted = set(args.cases.split(","))
+        all_cases = [c for c in all_cases if c.name in wanted]
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="bench_tools_") as tmp:
+        if args.only != "theirs":
+            runs.append(run_ours(model, all_cases, args, Path(tmp)))
+        if args.only != "ours":
+            runs.append(run_theirs(model, all_cases, args))
+    report(model, runs, all_cases, args)
+
+
+if __name__ == "__main__":
+    main()

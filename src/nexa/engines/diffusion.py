@@ -1,0 +1,202 @@
+"""stable-diffusion.cpp engine (stable-diffusion-cpp-python): txt2img and img2img.
+
+One `StableDiffusion` context per loaded model. stable-diffusion.cpp keeps per-context state and
+its progress callback is process-wide, so generations run one at a time behind a lock; callers
+run `generate` in a worker thread and the event loop never waits on it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from nexa.config import Settings
+from nexa.engines.base import Engine, Task
+from nexa.errors import InvalidRequest, StartupError
+from nexa.models.types import ResolvedModel
+
+log = logging.getLogger("nexa.engine.diffusion")
+native_log = logging.getLogger("nexa.engine.diffusion.native")
+
+# stable-diffusion.cpp's sd_log_level_t -> logging levels. Its INFO lines (tensor loading,
+# per-stage timings) are detail for operators, so they go to DEBUG; our own progress lines
+# are the INFO view.
+_NATIVE_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.WARNING, 3: logging.ERROR}
+
+# Extra files a split checkpoint may need (ResolvedModel.extra_files key -> StableDiffusion argument).
+_EXTRA_ARGS = {
+    "vae": "vae_path",
+    "taesd": "taesd_path",
+    "clip_l": "clip_l_path",
+    "clip_g": "clip_g_path",
+    "t5xxl": "t5xxl_path",
+}
+
+MAX_SEED = 2**31 - 1
+
+
+def load_arguments(model: ResolvedModel, settings: Settings) -> dict[str, Any]:
+    """StableDiffusion(...) keyword arguments for a resolved model.
+
+    FLUX ships its transformer alone (tensor names without the `model.diffusion_model.` prefix)
+    beside t5xxl/clip_l/vae files, so it is loaded as `diffusion_model_path`; SD3 files with
+    separate text encoders carry all three (clip_l, clip_g, t5xxl) and load as a full model.
+    """
+    extra = dict(model.extra_files)
+    unknown = sorted(set(extra) - set(_EXTRA_ARGS) - {"diffusion_model"})
+    if unknown:
+        raise StartupError(
+            f"Unknown extra model files {unknown} for {model.name}: expected some of {sorted(_EXTRA_ARGS)}."
+        )
+    args: dict[str, Any] = {_EXTRA_ARGS[k]: str(v) for k, v in extra.items() if k in _EXTRA_ARGS}
+    standalone = "t5xxl" in extra and "clip_g" not in extra
+    args["diffusion_model_path" if standalone else "model_path"] = str(model.path)
+    args.update(
+        n_threads=settings.n_threads,  # the wrapper's default is half the cores
+        vae_decode_only=False,  # img2img needs the encoder
+        # verbose=False makes the wrapper point fds 1 and 2 at /dev/null during every call,
+        # which would swallow the whole server's logs; we route native logs ourselves instead.
+        verbose=True,
+    )
+    return args
+
+
+class DiffusionEngine(Engine):
+    tasks = frozenset({Task.TXT2IMG, Task.IMG2IMG})
+
+    def __init__(self, path: Path, *, name: str, load_args: dict[str, Any]):
+        import stable_diffusion_cpp
+        from stable_diffusion_cpp import stable_diffusion as sd_module
+
+        self.name = name
+        self.path = path
+        self._lock = threading.Lock()
+        self._samplers = sorted(k for k in sd_module.SAMPLE_METHOD_MAP if k not in ("default", "sample_method_count"))
+        self._sd_cpp = stable_diffusion_cpp
+        self._route_native_output(stable_diffusion_cpp)  # before loading: loading logs a lot
+        started = time.perf_counter()
+        self._sd: Any = stable_diffusion_cpp.StableDiffusion(**load_args)
+        logging.getLogger("stable-diffusion-cpp-python").setLevel(logging.CRITICAL)  # see _route_native_output
+        log.info("loaded %s in %.1fs (%d threads)", path.name, time.perf_counter() - started, load_args["n_threads"])
+
+    @classmethod
+    def from_resolved(cls, model: ResolvedModel, settings: Settings) -> DiffusionEngine:
+        try:
+            import stable_diffusion_cpp  # noqa: F401
+        except ModuleNotFoundError as exc:
+            raise StartupError(
+                "Image models need stable-diffusion-cpp-python, which is not installed: "
+                "reinstall nexa with its dependencies (pip install -e .)."
+            ) from exc
+        return cls(model.path, name=model.name, load_args=load_arguments(model, settings))
+
+    def _route_native_output(self, sd_cpp: Any) -> None:
+        # The wrapper prints native logs to stderr with inverted levels, prints system info to
+        # stdout on every call (unless its logger is silenced, as done after loading), and
+        # stable-diffusion.cpp draws progress bars on stdout when no progress callback is set.
+        # Send all of it through `logging` instead. The C side keeps only pointers, so the
+        # callback objects must live as long as the engine.
+        @sd_cpp.sd_log_callback
+        def to_logging(level: int, text: bytes, _data: ctypes.c_void_p) -> None:
+            message = text.decode("utf-8", errors="replace").rstrip()
+            if message:
+                native_log.log(_NATIVE_LEVELS.get(level, logging.INFO), "%s", message)
+
+        @sd_cpp.sd_progress_callback
+        def quiet_progress(step: int, steps: int, seconds: float, _data: ctypes.c_void_p) -> None:
+            native_log.debug("progress %d/%d", step, steps)
+
+        self._callbacks = (to_logging, quiet_progress)
+        sd_cpp.sd_set_log_callback(to_logging, ctypes.c_void_p(0))
+        sd_cpp.sd_set_progress_callback(quiet_progress, ctypes.c_void_p(0))
+
+    def describe(self) -> dict[str, Any]:
+        return {"samplers": self._samplers}
+
+    def generate(
+        self,
+        *,
+        prompt: str,
+        negative_prompt: str = "",
+        width: int = 256,
+        height: int = 256,
+        cfg_scale: float = 7.0,
+        steps: int = 20,
+        seed: int = 0,
+        n: int = 1,
+        sampler: str | None = None,
+        init_image: Image.Image | None = None,
+        mask_image: Image.Image | None = None,
+        strength: float = 0.75,
+    ) -> tuple[list[Image.Image], int]:
+        """Make `n` images (RGB); returns them and the seed used (a negative seed picks one).
+
+        With `init_image` this is img2img: `strength` 0 keeps the image, 1 replaces it.
+        Blocking: call it from a worker thread.
+        """
+        if sampler is not None and sampler not in self._samplers:
+            choices = ", ".join(self._samplers)
+            raise InvalidRequest(f"Unknown sampler {sampler!r}: use one of {choices}.", param="sampler")
+        if seed < 0:
+            seed = random.randint(0, MAX_SEED)
+        progress = _Progress(self.name)
+        with self._lock:
+            if self._sd is None:
+                raise RuntimeError("the model has been closed")
+            started = time.perf_counter()
+            try:
+                images = self._sd.generate_image(
+                    prompt=prompt,
+                    negative_prompt=negative_prompt,
+                    width=width,
+                    height=height,
+                    cfg_scale=cfg_scale,
+                    sample_steps=steps,
+                    sample_method=sampler or "default",
+                    seed=seed,
+                    batch_count=n,
+                    init_image=init_image,
+                    mask_image=mask_image,
+                    strength=strength,
+                    progress_callback=progress,
+                )
+            finally:
+                # The wrapper registers a ctypes closure that dies when generate_image returns;
+                # put our long-lived one back so the C side never holds a dangling pointer.
+                self._sd_cpp.sd_set_progress_callback(self._callbacks[1], ctypes.c_void_p(0))
+            elapsed = time.perf_counter() - started
+        if len(images) != n:
+            raise RuntimeError(f"stable-diffusion.cpp returned {len(images)} images instead of {n}")
+        log.info("%d image(s) %dx%d, %d steps in %.2fs", n, width, height, steps, elapsed)
+        return [im.convert("RGB") for im in images], seed
+
+    def close(self) -> None:
+        with self._lock:
+            sd = getattr(self, "_sd", None)
+            if sd is not None:
+                sd.close()  # frees the native context now rather than at garbage collection
+                self._sd = None
+
+
+class _Progress:
+    """Logs sampling steps: every step at DEBUG, at most one INFO line a second plus the last."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.last = 0.0
+
+    def __call__(self, step: int, steps: int, seconds: float) -> None:
+        if step < 1:  # step 0 announces the start
+            return
+        now = time.monotonic()
+        log.debug("%s: step %d/%d (%.2fs)", self.name, step, steps, seconds)
+        if step >= steps or now - self.last >= 1.0:
+            self.last = now
+            log.info("%s: step %d/%d, %.2fs/step", self.name, step, steps, seconds)

@@ -1,0 +1,305 @@
+"""Text embeddings through llama.cpp: embedding models (BERT, nomic, mxbai... any GGUF with a
+pooling type) and chat models in embedding mode.
+
+`LlamaEmbedder` owns one embedding-mode llama.cpp context and packs many inputs into each
+`llama_decode`, every input its own sequence id; llama.cpp pools each sequence and we read
+one vector per sequence. `EmbeddingEngine` serves it for TEXT_EMBEDDING models, and the chat
+engine (engines/llama.py) builds one lazily on its own weights with mean pooling.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nexa.config import Settings
+from nexa.engines.base import Engine, Task
+from nexa.errors import ContextLengthExceeded, InvalidRequest, StartupError
+from nexa.models.types import ResolvedModel
+
+log = logging.getLogger("nexa.engine.embeddings")
+
+POOLINGS = {"mean": 1, "cls": 2, "last": 3}  # llama.cpp's enum llama_pooling_type
+_POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+
+# One llama_decode packs at most this many tokens. Attention spans the whole batch (masked
+# between sequences), so its cost per token grows with the batch, while the matrix products gain
+# little past a hundred rows: on all-MiniLM-L6-v2, 128 to 256 tokens per decode cost about half
+# as much per token as 16, and 512 more than 256 (bench/bench_embeddings.py). A chat model in
+# embedding mode also writes a row of logits per token, so smaller batches keep memory down.
+BATCH_TOKENS = 256
+
+
+@dataclass
+class EmbeddingResult:
+    vectors: np.ndarray  # (n_inputs, dim) float32, in input order
+    prompt_tokens: int  # tokens actually embedded (after truncation)
+    seconds: float = 0.0
+
+
+Input = str | Sequence[int]
+
+
+class LlamaEmbedder:
+    """One embedding-mode context over a GGUF; thread-safe (calls take turns on the context).
+
+    `model` shares weights already loaded (a llama_cpp LlamaModel, e.g. the chat engine's);
+    otherwise the file at `path` is loaded here. `pooling` is "mean", "cls", "last" or None for
+    the model's own pooling type, falling back to mean for models that have none (chat models).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int = 2,
+        n_gpu_layers: int = -1,
+        pooling: str | None = None,
+        model: Any = None,
+        batch_tokens: int = BATCH_TOKENS,
+    ):
+        import llama_cpp
+        from llama_cpp import _internals
+
+        self._lc = llama_cpp
+        if logging.getLogger("llama-cpp-python").level == logging.NOTSET:
+            # llama.cpp logs every decode to stderr unless told otherwise (`Llama` does the same).
+            logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        self.path = Path(path)
+        started = time.perf_counter()
+        self._owns_model = model is None
+        if model is None:
+            params = llama_cpp.llama_model_default_params()
+            params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
+            model = _internals.LlamaModel(path_model=str(path), params=params, verbose=False)
+        self._model = model
+        self._vocab = model.vocab
+        self.n_vocab = model.n_vocab()
+
+        chosen = self._pooling(pooling)
+        if chosen not in (1, 2, 3):
+            raise StartupError(
+                f"{self.path.name} pools its embeddings as {_POOLING_NAMES.get(chosen, chosen)!r}, which does not "
+                f"give one vector per input (a reranker?). Serve an embedding or chat model instead."
+            )
+        self.pooling = _POOLING_NAMES[chosen]
+        # Positions past the training context do not exist in models with learned position
+        # embeddings (BERT): llama.cpp would read past the table, so never go beyond it.
+        self.max_tokens = max(1, min(n_ctx, model.n_ctx_train()))
+        # A sequence must fit in one micro-batch: non-causal models attend across all of it, and
+        # pooling a sequence split over two micro-batches would keep only the second half.
+        n_batch = self.max_tokens
+        self.batch_tokens = max(1, min(batch_tokens, n_batch))
+
+        cp = llama_cpp.llama_context_default_params()
+        cp.n_ctx = n_batch
+        cp.n_batch = cp.n_ubatch = n_batch
+        cp.n_seq_max = min(n_batch, llama_cpp.llama_max_parallel_sequences())
+        cp.kv_unified = True  # causal models: one KV cache shared by all sequences of a batch
+        cp.embeddings = True
+        cp.pooling_type = chosen
+        cp.n_threads = cp.n_threads_batch = n_threads
+        cp.no_perf = True
+        # Registers itself with the model, which frees it first whenever the model is closed.
+        self._ctx = _internals.LlamaContext(model=model, params=cp, verbose=False)
+        self.n_seq_max = cp.n_seq_max
+        try:
+            self.dim = int(llama_cpp.llama_model_n_embd_out(model.model))
+        except AttributeError:  # pragma: no cover - older bindings
+            self.dim = model.n_embd()
+        self._lock = threading.Lock()
+        self._alloc_batch(n_batch)
+        log.info(
+            "embedding context for %s ready in %.1fs (dim=%d, pooling=%s, max %d tokens per input, threads=%d)",
+            self.path.name, time.perf_counter() - started, self.dim, self.pooling, self.max_tokens, n_threads,
+        )
+
+    def _pooling(self, pooling: str | None) -> int:
+        if pooling is not None:
+            if pooling not in POOLINGS:
+                raise StartupError(f"Unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+            return POOLINGS[pooling]
+        meta = self._model.metadata()
+        own = meta.get(f"{meta.get('general.architecture', '')}.pooling_type")
+        return int(own) if own not in (None, "0") else POOLINGS["mean"]
+
+    def _alloc_batch(self, n: int) -> None:
+        # Our own llama_batch over numpy arrays: filling a batch is a few slice assignments, not
+        # a Python loop per token. Every token has exactly one sequence id, kept in `_seq`.
+        lc = self._lc
+        self._tok = np.zeros(n, np.int32)
+        self._pos = np.zeros(n, np.int32)
+        self._seq = np.zeros(n, np.int32)
+        self._n_seq_id = np.ones(n, np.int32)
+        self._out = np.ones(n, np.int8)  # pooled embeddings need every token as an output
+        base = self._seq.ctypes.data
+        self._seq_ptrs = (ctypes.POINTER(ctypes.c_int32) * n)(
+            *[ctypes.cast(base + 4 * i, ctypes.POINTER(ctypes.c_int32)) for i in range(n)]
+        )
+        self._batch = lc.llama_batch(
+            n_tokens=0,
+            token=self._tok.ctypes.data_as(ctypes.POINTER(lc.llama_token)),
+            embd=None,
+            pos=self._pos.ctypes.data_as(ctypes.POINTER(lc.llama_pos)),
+            n_seq_id=self._n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+            seq_id=self._seq_ptrs,
+            logits=self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
+        )
+
+    # -- public ------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        """The model's own tokens with its special tokens ([CLS] ... [SEP], BOS...)."""
+        return self._model.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+
+    def embed(
+        self,
+        inputs: Sequence[Input],
+        *,
+        truncate: bool = True,
+        normalize: bool = False,
+        dimensions: int | None = None,
+    ) -> EmbeddingResult:
+        """Embed texts or token-id lists (used as given, no special tokens added)."""
+        if dimensions is not None and not 1 <= dimensions <= self.dim:
+            raise InvalidRequest(
+                f"dimensions must be between 1 and {self.dim}, this model's embedding width.", param="dimensions"
+            )
+        seqs = [self._tokens(i, x, truncate) for i, x in enumerate(inputs)]
+        started = time.perf_counter()
+        vectors = self._embed_tokens(seqs)
+        took = time.perf_counter() - started
+        if dimensions is not None and dimensions < self.dim:
+            # Matryoshka-style: keep the leading dimensions and make the vector unit length again.
+            vectors = np.ascontiguousarray(vectors[:, :dimensions])
+            normalize = True
+        if normalize:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.maximum(norms, 1e-12)
+        return EmbeddingResult(vectors.astype(np.float32, copy=False), sum(len(s) for s in seqs), took)
+
+    def describe(self) -> dict[str, Any]:
+        return {"embedding_dim": self.dim, "pooling": self.pooling, "max_input_tokens": self.max_tokens}
+
+    def close(self) -> None:
+        self._ctx.close()
+        if self._owns_model:
+            self._model.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _tokens(self, index: int, item: Input, truncate: bool) -> list[int]:
+        where = f"input[{index}]"
+        if isinstance(item, str):
+            tokens = self.tokenize(item)
+            if not tokens:
+                raise InvalidRequest(f"{where} gives no tokens: send some text.", param="input")
+            if len(tokens) > self.max_tokens and truncate:
+                tokens = self._truncate_text(item, tokens)
+        else:
+            tokens = [int(t) for t in item]
+            bad = [t for t in tokens if not 0 <= t < self.n_vocab]
+            if bad:
+                raise InvalidRequest(
+                    f"{where} holds token id {bad[0]}, outside this model's vocabulary (0..{self.n_vocab - 1}).",
+                    param="input",
+                )
+            if len(tokens) > self.max_tokens and truncate:
+                tokens = tokens[: self.max_tokens]
+        if len(tokens) > self.max_tokens:
+            raise ContextLengthExceeded(
+                f"{where} is {len(tokens)} tokens, but this model embeds at most {self.max_tokens} tokens per "
+                f"input. Shorten it, split it, or send \"truncate\": true to embed its first {self.max_tokens} tokens.",
+                param="input",
+            )
+        return tokens
+
+    def _truncate_text(self, text: str, full: list[int]) -> list[int]:
+        # Keep the model's special tokens ([CLS] ... [SEP]) around the cut text, as Hugging Face
+        # tokenizers truncate: find where the plain tokens sit inside the full ones.
+        plain = self._model.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        head = next((h for h in range(len(full) - len(plain) + 1) if full[h : h + len(plain)] == plain), 0)
+        tail = full[head + len(plain) :]
+        keep = max(0, self.max_tokens - head - len(tail))
+        return full[:head] + plain[:keep] + tail
+
+    def _embed_tokens(self, seqs: list[list[int]]) -> np.ndarray:
+        out = np.empty((len(seqs), self.dim), np.float32)
+        with self._lock:
+            start = 0
+            while start < len(seqs):
+                end, used = start, 0
+                while (
+                    end < len(seqs)
+                    and end - start < self.n_seq_max
+                    and (end == start or used + len(seqs[end]) <= self.batch_tokens)
+                ):
+                    used += len(seqs[end])
+                    end += 1
+                self._decode(seqs[start:end], out[start:end])
+                start = end
+        return out
+
+    def _decode(self, seqs: list[list[int]], out: np.ndarray) -> None:
+        lc, ctx = self._lc, self._ctx.ctx
+        n = 0
+        for s, tokens in enumerate(seqs):
+            k = len(tokens)
+            self._tok[n : n + k] = tokens
+            self._pos[n : n + k] = np.arange(k, dtype=np.int32)
+            self._seq[n : n + k] = s
+            n += k
+        self._batch.n_tokens = n
+        self._ctx.kv_cache_clear()  # a fresh start for every batch (no-op for BERT: no cache)
+        rc = lc.llama_decode(ctx, self._batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc} on a batch of {n} tokens")
+        for s in range(len(seqs)):
+            ptr = lc.llama_get_embeddings_seq(ctx, s)
+            if not ptr:
+                raise RuntimeError(f"llama.cpp returned no pooled embedding for sequence {s}")
+            out[s] = np.ctypeslib.as_array(ptr, shape=(self.dim,))
+
+
+class EmbeddingEngine(Engine):
+    """TEXT_EMBEDDING models: a GGUF embedding model served by LlamaEmbedder."""
+
+    tasks = frozenset({Task.EMBEDDING})
+
+    def __init__(self, path: Path, *, name: str, n_ctx: int = 2048, n_threads: int = 2, n_gpu_layers: int = -1):
+        self.name = name
+        self.path = Path(path)
+        self._embedder = LlamaEmbedder(path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+
+    @classmethod
+    def from_resolved(cls, model: ResolvedModel, settings: Settings) -> EmbeddingEngine:
+        if model.path.is_dir():
+            raise StartupError(
+                f"{model.path} is a Hugging Face folder; this server runs embedding models as GGUF files. "
+                f"Convert it first (llama.cpp's convert_hf_to_gguf.py) and pass the .gguf with -lp -mt TEXT_EMBEDDING."
+            )
+        return cls(
+            model.path,
+            name=model.name,
+            n_ctx=settings.n_ctx,
+            n_threads=settings.n_threads,
+            n_gpu_layers=settings.n_gpu_layers,
+        )
+
+    def embed(self, inputs: Sequence[Input], **options: Any) -> EmbeddingResult:
+        return self._embedder.embed(inputs, **options)
+
+    def describe(self) -> dict[str, Any]:
+        return {"n_ctx": self._embedder.max_tokens, **self._embedder.describe()}
+
+    def close(self) -> None:
+        self._embedder.close()

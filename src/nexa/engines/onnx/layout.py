@@ -1,0 +1,142 @@
+"""What ONNX model folders look like: which engine a folder fits, and which files of a hub
+repository make one model.
+
+Pure Python (no onnxruntime), so the model store can use it to pick files before any engine
+library is imported. Layouts recognised:
+- onnxruntime-genai text models: genai_config.json beside the decoder .onnx and tokenizer files;
+- sentence-embedding encoders: an .onnx encoder (model.onnx or onnx/model.onnx) with a
+  Hugging Face tokenizer.json, as sentence-transformers and optimum export them;
+- layouts we recognise only to refuse clearly: optimum Whisper (encoder_model.onnx +
+  decoder_model*.onnx), diffusers ONNX pipelines (model_index.json + unet/model.onnx).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+GENAI = "genai"
+ENCODER = "encoder"
+
+# Plain (float) exports first: optimum and sentence-transformers name their quantized or
+# graph-optimised variants model_O1..O4 / model_qint8_* / model_quantized, which are picked
+# only when asked for by name.
+ENCODER_NAMES = ("onnx/model.onnx", "model.onnx")
+# Small files a sentence-embedding repository needs beside the .onnx graph.
+_ENCODER_SIDE_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    kind: str  # GENAI or ENCODER
+    root: Path  # the folder the engine loads
+    model_file: Path | None = None  # ENCODER: the .onnx graph
+
+
+def describe_folder(folder: Path, limit: int = 12) -> str:
+    """A short listing for error messages: what was actually found."""
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts)
+    shown = ", ".join(files[:limit]) + (f", ... ({len(files)} files)" if len(files) > limit else "")
+    return shown or "no files"
+
+
+def unsupported_reason(folder: Path) -> str | None:
+    """Why a recognisable but unserved ONNX layout cannot be served, or None."""
+    if (folder / "model_index.json").is_file() or (folder / "unet" / "model.onnx").is_file():
+        return (
+            "an ONNX diffusion pipeline (model_index.json / unet/model.onnx); the ONNX variant does not serve "
+            "images: drop `onnx` and serve a Stable Diffusion GGUF or safetensors file instead"
+        )
+    names = {p.name for p in folder.rglob("*.onnx")}
+    if "encoder_model.onnx" in names and any(n.startswith("decoder_model") for n in names):
+        return (
+            "an optimum sequence-to-sequence export (encoder_model.onnx + decoder_model*.onnx, e.g. Whisper); "
+            "the ONNX variant does not serve speech: drop `onnx` and serve a faster-whisper model instead"
+        )
+    if any(n.startswith("decoder_model") for n in names):
+        return (
+            "an optimum causal-LM export (decoder_model*.onnx); the ONNX variant runs text generation with "
+            "onnxruntime-genai folders (genai_config.json): convert the model with "
+            "`python -m onnxruntime_genai.models.builder -i HF_FOLDER -o OUT -p int4 -e cpu`"
+        )
+    cfg = folder / "genai_config.json"
+    if cfg.is_file():
+        try:
+            kind = json.loads(cfg.read_text(encoding="utf-8")).get("model", {}).get("type", "")
+        except (OSError, ValueError):
+            return "an onnxruntime-genai folder whose genai_config.json cannot be read as JSON"
+        if "whisper" in str(kind).lower():
+            return "an onnxruntime-genai Whisper model; the ONNX variant does not serve speech yet"
+    return None
+
+
+def detect(folder: Path) -> Layout | None:
+    """The engine layout a local folder fits, or None (see unsupported_reason/describe_folder)."""
+    if not folder.is_dir():
+        return None
+    if unsupported_reason(folder) is not None:
+        return None
+    if (folder / "genai_config.json").is_file():
+        return Layout(GENAI, folder)
+    if (folder / "tokenizer.json").is_file():
+        for name in ENCODER_NAMES:
+            if (folder / name).is_file():
+                return Layout(ENCODER, folder, folder / name)
+        graphs = sorted(folder.glob("*.onnx")) + sorted(folder.glob("onnx/*.onnx"))
+        if len(graphs) == 1:
+            return Layout(ENCODER, folder, graphs[0])
+    return None
+
+
+# -- choosing files in a hub repository ------------------------------------------------------
+
+
+def choose_repo_files(files: list[str], selector: str | None = None) -> tuple[str, list[str]]:
+    """Which files of a repository listing make one ONNX model: (folder inside the repo, files).
+
+    `selector` is a folder (for repositories holding several genai builds, e.g.
+    cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4) or an .onnx file (an encoder variant).
+    Without one: the genai folder built for CPU, else the plain encoder export. Raises
+    ValueError saying what the repository holds when nothing fits.
+    """
+    sel = selector.strip("/") if selector else None
+    genai = sorted(str(PurePosixPath(f).parent) for f in files if PurePosixPath(f).name == "genai_config.json")
+    if sel and not sel.endswith(".onnx"):
+        genai = [g for g in genai if g == sel or (g == "." and sel in ("", "."))]
+        if not genai:
+            raise ValueError(f"no onnxruntime-genai folder (genai_config.json) at {sel!r}")
+    if genai:
+        # CPU builds first: this server runs the CPU package of onnxruntime-genai.
+        folder = min(genai, key=lambda g: ("cpu" not in g.lower(), len(g), g))
+        folder = "" if folder == "." else folder
+        prefix = folder + "/" if folder else ""
+        return folder, [f for f in files if f.startswith(prefix) and "/" not in f[len(prefix) :]]
+    graphs = [f for f in files if f.endswith(".onnx")]
+    if sel:
+        if sel not in graphs:
+            raise ValueError(f"no file {sel!r} (ONNX files: {', '.join(sorted(graphs)) or 'none'})")
+        graph = sel
+    else:
+        graph = next((n for n in ENCODER_NAMES if n in graphs), None)  # type: ignore[assignment]
+        if graph is None:
+            shown = ", ".join(sorted(graphs)[:8]) or "none"
+            raise ValueError(
+                f"no genai_config.json and no onnx/model.onnx or model.onnx (ONNX files: {shown}); "
+                "name a folder or file as REPO:PATH"
+            )
+    if "tokenizer.json" not in files:
+        raise ValueError(f"{graph} has no tokenizer.json beside it at the top of the repository")
+    keep = set(_ENCODER_SIDE_FILES) | {graph}
+    # External weights of the chosen graph (model.onnx_data / model.onnx.data) come with it.
+    keep |= {f for f in files if f.startswith(graph + "_data") or f.startswith(graph + ".data")}
+    keep |= {f for f in files if PurePosixPath(f).parent.name.endswith("_Pooling") and f.endswith("config.json")}
+    return "", sorted(f for f in files if f in keep)

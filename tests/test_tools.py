@@ -1,0 +1,735 @@
+"""Function calling and structured output on the real llama.cpp engine with SmolLM2.
+
+Every JSON answer is checked with `jsonschema` (formats included): the grammar must make
+even a 135M-parameter model write valid calls and documents, whatever it "wants" to say.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import http.server
+import json
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+from jsonschema import Draft202012Validator
+
+from nexa.engines.base import SamplingParams
+from nexa.engines.constrained import ConstrainedSampler
+from nexa.engines.gbnf import decimal_alternatives, integer_alternatives
+from nexa.engines.grammar import schema_grammar
+
+SCHEMAS = sorted((Path(__file__).parent / "schemas").glob("*.json"))
+GREEDY = {"temperature": 0, "seed": 1}
+
+USER_DETAIL = {
+    "type": "function",
+    "function": {
+        "name": "UserDetail",
+        "parameters": {
+            "properties": {
+                "name": {"description": "The user's name", "type": "string"},
+                "age": {"description": "The user's age", "type": "integer"},
+            },
+            "required": ["name", "age"],
+            "type": "object",
+        },
+    },
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 40},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+TOOLS = [USER_DETAIL, WEATHER]
+SCHEMA_OF = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+
+
+def validate(instance: Any, schema: Any) -> None:
+    cls = jsonschema.validators.validator_for(schema, default=Draft202012Validator)
+    cls.check_schema(schema)
+    cls(schema, format_checker=cls.FORMAT_CHECKER).validate(instance)
+
+
+def check_calls(message: dict[str, Any], names: set[str] | None = None) -> list[dict[str, Any]]:
+    """The message's tool calls, each well-formed and with arguments that satisfy their tool."""
+    assert message["content"] is None
+    calls = message["tool_calls"]
+    assert calls
+    for call in calls:
+        assert call["type"] == "function" and call["id"].startswith("call_")
+        name = call["function"]["name"]
+        assert name in (names or SCHEMA_OF)
+        validate(json.loads(call["function"]["arguments"]), SCHEMA_OF[name])
+    return calls
+
+
+def chat(client, **body: Any) -> dict[str, Any]:
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def sse(raw: str) -> list[dict[str, Any]]:
+    payloads = [e[len("data: ") :] for e in raw.split("\n\n") if e]
+    assert payloads[-1] == "[DONE]"
+    return [json.loads(p) for p in payloads[:-1]]
+
+
+# -- the seed's endpoint ---------------------------------------------------------------------
+
+
+def test_seed_function_calling_example(client):
+    # SERVER.md's exact request for /v1/function-calling.
+    body = {
+        "messages": [{"role": "user", "content": "Extract Jason is 25 years old"}],
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "UserDetail",
+                    "parameters": {
+                        "properties": {
+                            "name": {"description": "The user's name", "type": "string"},
+                            "age": {"description": "The user's age", "type": "integer"},
+                        },
+                        "required": ["name", "age"],
+                        "type": "object",
+                    },
+                },
+            }
+        ],
+        "tool_choice": "auto",
+    }
+    r = client.post("/v1/function-calling", json=body)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["object"] == "chat.completion" and data["id"].startswith("chatcmpl")
+    choice = data["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    message = choice["message"]
+    assert message["role"] == "assistant"
+    [call] = check_calls(message, {"UserDetail"})  # one call: the endpoint calls "the most appropriate function"
+    # The legacy field carries the real name (the original sent "").
+    assert message["function_call"] == {"name": "UserDetail", "arguments": call["function"]["arguments"]}
+    u = data["usage"]
+    assert u["prompt_tokens"] > 0 and u["completion_tokens"] > 0
+    assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+
+
+def test_function_calling_endpoint_refuses_none_and_missing_tools(client):
+    messages = [{"role": "user", "content": "hi"}]
+    r = client.post("/v1/function-calling", json={"messages": messages, "tools": [USER_DETAIL], "tool_choice": "none"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
+    r = client.post("/v1/function-calling", json={"messages": messages})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+
+
+# -- tool_choice on /v1/chat/completions ---------------------------------------------------
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, {"temperature": 1.0, "seed": 7}, {"temperature": 1.5, "seed": 8}])
+def test_forced_tool_choice_always_calls_that_function(client, sampling):
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    # The request is about a user, not weather: the call must still be get_weather.
+    messages = [{"role": "user", "content": "Extract Jason is 25 years old"}]
+    data = chat(client, messages=messages, tools=TOOLS, tool_choice=choice, max_tokens=200, **sampling)
+    assert data["choices"][0]["finish_reason"] == "tool_calls"
+    calls = check_calls(data["choices"][0]["message"], {"get_weather"})
+    assert all(c["function"]["name"] == "get_weather" for c in calls)
+
+
+def test_required_calls_some_tool(client):
+    messages = [{"role": "user", "content": "What's the weather in Paris?"}]
+    data = chat(client, messages=messages, tools=TOOLS, tool_choice="required", max_tokens=200, **GREEDY)
+    assert data["choices"][0]["finish_reason"] == "tool_calls"
+    check_calls(data["choices"][0]["message"])
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, {"temperature": 1.2, "seed": 3}])
+def test_none_never_calls(client, sampling):
+    messages = [{"role": "user", "content": "Call UserDetail now for Jason, 25. Reply with a tool call only."}]
+    data = chat(client, messages=messages, tools=TOOLS, tool_choice="none", max_tokens=48, **sampling)
+    message = data["choices"][0]["message"]
+    assert "tool_calls" not in message and isinstance(message["content"], str)
+    assert data["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_auto_answers_with_valid_calls_or_text(client, seed):
+    messages = [{"role": "user", "content": "Extract Jason is 25 years old"}]
+    data = chat(client, messages=messages, tools=TOOLS, max_tokens=200, temperature=1.0, seed=seed)
+    choice = data["choices"][0]
+    if choice["message"].get("tool_calls"):
+        check_calls(choice["message"])
+        assert choice["finish_reason"] == "tool_calls"
+    else:
+        assert isinstance(choice["message"]["content"], str) and not choice["message"]["content"].startswith("<")
+        assert choice["finish_reason"] in ("stop", "length")
+
+
+def test_parallel_tool_calls_false_gives_exactly_one_call(client):
+    messages = [{"role": "user", "content": "Weather in Paris and in Rome?"}]
+    for parallel in (False, True):
+        data = chat(
+            client,
+            messages=messages,
+            tools=TOOLS,
+            tool_choice="required",
+            parallel_tool_calls=parallel,
+            max_tokens=300,
+            **GREEDY,
+        )
+        calls = check_calls(data["choices"][0]["message"])
+        assert 1 <= len(calls) <= (4 if parallel else 1)
+        assert len({c["id"] for c in calls}) == len(calls)
+
+
+def test_tool_results_feed_the_next_turn(client, engine):
+    from nexa.schemas.text import ChatRequest
+    from nexa.server import tools
+
+    messages = [
+        {"role": "user", "content": "What's the weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_abc",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_abc", "content": '{"temperature": 21, "sky": "sunny"}'},
+    ]
+    body = ChatRequest(messages=messages, tools=TOOLS, tool_choice="auto")
+    plan = tools.plan_chat(body)
+    assert plan is not None and plan.call_names == {"call_abc": "get_weather"}
+    prompt, _, _ = tools.render(engine, body.messages, plan)
+    # SmolLM2's template knows nothing of tools: the call and its result are written out.
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}' in prompt
+    assert '<tool_response>\n{"name": "get_weather", "content": "{\\"temperature\\": 21' in prompt
+    assert "<tools>" in prompt and '"name": "UserDetail"' in prompt
+    data = chat(client, messages=messages, tools=TOOLS, tool_choice="none", max_tokens=32, **GREEDY)
+    assert isinstance(data["choices"][0]["message"]["content"], str)
+    with_result = data["usage"]["prompt_tokens"]
+    data = chat(client, messages=messages[:1], tools=TOOLS, tool_choice="none", max_tokens=4, **GREEDY)
+    assert with_result > data["usage"]["prompt_tokens"] + 20
+
+
+# A Hermes/Qwen-style template that renders tools itself.
+TOOL_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTOOLS:{% for t in tools %} {{ t.function.name }}{% endfor %}"
+    "<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+    "{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>{{ c.function.arguments | tojson }}</tool_call>"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
+)
+
+
+class TemplateEngine:
+    """Renders with a real llama-cpp-python Jinja formatter, as LlamaEngine does."""
+
+    def __init__(self, template: str):
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self.formatter = Jinja2ChatFormatter(template=template, eos_token="<|im_end|>", bos_token="")
+
+    def render_chat(self, messages, tools=None):
+        r = self.formatter(messages=messages, tools=tools) if tools else self.formatter(messages=messages)
+        return r.prompt, [r.stop] if isinstance(r.stop, str) else list(r.stop or []), True
+
+
+def test_templates_that_know_tools_present_them_their_own_way():
+    from nexa.schemas.text import ChatRequest
+    from nexa.server import tools
+
+    body = ChatRequest(messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=TOOLS)
+    plan = tools.plan_chat(body)
+    assert plan is not None
+    prompt, _, _ = tools.render(TemplateEngine(TOOL_TEMPLATE), body.messages, plan)
+    assert "TOOLS: UserDetail get_weather" in prompt and "<tools>" not in prompt
+    # Where rendering with tools changes nothing, the generic note is used instead.
+    plain = TemplateEngine("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}")
+    prompt, _, _ = tools.render(plain, body.messages, plan)
+    assert "<tools>" in prompt and '"name": "get_weather"' in prompt
+    # History in a tool-aware template keeps the template's own shape (arguments as an object).
+    history = ChatRequest(
+        messages=[
+            {"role": "user", "content": "Weather in Oslo?"},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "cold"},
+        ],
+        tools=TOOLS,
+    )
+    plan = tools.plan_chat(history)
+    assert plan is not None
+    prompt, _, _ = tools.render(TemplateEngine(TOOL_TEMPLATE), history.messages, plan)
+    assert '<tool_call>{"city": "Oslo"}</tool_call>' in prompt and "<|im_start|>tool\ncold" in prompt
+
+
+def test_legacy_functions_api(client):
+    data = chat(
+        client,
+        messages=[{"role": "user", "content": "Jason is 25."}],
+        functions=[USER_DETAIL["function"]],
+        function_call={"name": "UserDetail"},
+        max_tokens=100,
+        **GREEDY,
+    )
+    choice = data["choices"][0]
+    assert choice["finish_reason"] == "function_call"
+    assert choice["message"]["function_call"]["name"] == "UserDetail"
+    validate(json.loads(choice["message"]["function_call"]["arguments"]), SCHEMA_OF["UserDetail"])
+
+
+# -- streaming -------------------------------------------------------------------------------
+
+
+def test_streamed_tool_calls_reassemble_into_the_same_calls(client):
+    body = {
+        "messages": [{"role": "user", "content": "Weather in Paris and Rome, please."}],
+        "tools": TOOLS,
+        "tool_choice": "required",
+        "max_tokens": 300,
+        "stream_options": {"include_usage": True},
+        **GREEDY,
+    }
+    whole = chat(client, **body)["choices"][0]
+    r = client.post("/v1/chat/completions", json={**body, "stream": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    chunks = sse(r.text)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    calls: dict[int, dict[str, Any]] = {}
+    for c in chunks:
+        if not c["choices"]:
+            assert c["usage"]["completion_tokens"] > 0  # the include_usage chunk
+            continue
+        for d in c["choices"][0]["delta"].get("tool_calls", []):
+            call = calls.setdefault(d["index"], {"id": None, "name": "", "arguments": ""})
+            if "id" in d:
+                assert call["id"] is None and d["type"] == "function"
+                call["id"], call["name"] = d["id"], d["function"]["name"]
+            call["arguments"] += d["function"].get("arguments", "")
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finishes[-1] == "tool_calls" and all(f is None for f in finishes[:-1])
+    streamed = [(calls[i]["name"], calls[i]["arguments"]) for i in sorted(calls)]
+    expected = [(c["function"]["name"], c["function"]["arguments"]) for c in whole["message"]["tool_calls"]]
+    assert streamed == expected
+    for name, arguments in streamed:
+        validate(json.loads(arguments), SCHEMA_OF[name])
+
+
+def test_streamed_text_answer_with_tools_none(client):
+    body = {"messages": [{"role": "user", "content": "Say hello."}], "tools": TOOLS, "tool_choice": "none"}
+    r = client.post("/v1/chat/completions", json={**body, "stream": True, "max_tokens": 16, **GREEDY})
+    chunks = sse(r.text)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text and not any("tool_calls" in c["choices"][0]["delta"] for c in chunks)
+
+
+# -- response_format -------------------------------------------------------------------------
+
+
+def test_json_object_on_chat_and_completions(client):
+    data = chat(
+        client,
+        messages=[{"role": "user", "content": "Describe a cat in JSON."}],
+        response_format={"type": "json_object"},
+        max_tokens=300,
+        **GREEDY,
+    )
+    assert data["choices"][0]["finish_reason"] == "stop"
+    assert isinstance(json.loads(data["choices"][0]["message"]["content"]), dict)
+    r = client.post(
+        "/v1/completions",
+        json={"prompt": "A cat as JSON:", "response_format": {"type": "json_object"}, "max_tokens": 300, **GREEDY},
+    )
+    assert r.status_code == 200, r.text
+    assert isinstance(json.loads(r.json()["choices"][0]["text"]), dict)
+
+
+def test_json_schema_on_completions_and_streamed_chat(client):
+    schema = SCHEMA_OF["UserDetail"]
+    rf = {"type": "json_schema", "json_schema": {"name": "user", "schema": schema, "strict": True}}
+    r = client.post("/v1/completions", json={"prompt": "Jason, 25:", "response_format": rf, **GREEDY})
+    validate(json.loads(r.json()["choices"][0]["text"]), schema)
+    body = {"messages": [{"role": "user", "content": "Jason is 25."}], "response_format": rf, **GREEDY}
+    r = client.post("/v1/chat/completions", json={**body, "stream": True})
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in sse(r.text) if c["choices"])
+    validate(json.loads(text), schema)
+    assert text == chat(client, **body)["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("path", SCHEMAS, ids=[p.stem for p in SCHEMAS])
+def test_schema_corpus_always_validates(client, path):
+    spec = json.loads(path.read_text())
+    data = chat(
+        client,
+        messages=[{"role": "user", "content": spec["prompt"]}],
+        response_format={"type": "json_schema", "json_schema": {"name": path.stem, "schema": spec["schema"]}},
+        max_tokens=400,
+        **GREEDY,
+    )
+    choice = data["choices"][0]
+    assert choice["finish_reason"] == "stop", choice  # the grammar bounds every value: it always ends
+    validate(json.loads(choice["message"]["content"]), spec["schema"])
+
+
+def test_corpus_covers_the_schema_features():
+    text = " ".join(p.read_text() for p in SCHEMAS)
+    assert len(SCHEMAS) >= 30
+    for feature in (
+        '"minItems"', '"maxItems"', '"enum"', '"const"', '"pattern"', '"date"', '"time"', '"uuid"', '"minimum"',
+        '"maximum"', '"boolean"', '"null"', '"anyOf"', '"oneOf"', '"$ref"', '"$defs"', '"required"',
+        '"additionalProperties"',
+    ):  # fmt: skip
+        assert feature in text, feature
+    # The formats are really checked (time and date-time need rfc3339-validator installed).
+    checker = Draft202012Validator.FORMAT_CHECKER
+    for value, fmt in (("25:00:00Z", "time"), ("2024-02-30", "date"), ("2024-01-01T10:00:00", "date-time")):
+        assert not checker.conforms(value, fmt), fmt
+    assert checker.conforms("10:00:00+02:00", "time")
+    assert checker.conforms("6ba7b810-9dad-11d1-80b4-00c04fd430c8", "uuid")
+
+
+def test_sampled_outputs_validate_too(client):
+    # Hot sampling makes the model wander: the grammar must still hold it to the schema.
+    for name in ("nested_address", "one_of_discriminated", "refs_defs", "format_datetime", "number_exclusive"):
+        spec = json.loads((Path(__file__).parent / "schemas" / f"{name}.json").read_text())
+        data = chat(
+            client,
+            messages=[{"role": "user", "content": spec["prompt"]}],
+            response_format={"type": "json_schema", "json_schema": {"name": name, "schema": spec["schema"]}},
+            max_tokens=600,
+            temperature=1.3,
+            seed=11,
+        )
+        choice = data["choices"][0]
+        assert choice["finish_reason"] == "stop", (name, choice)
+        validate(json.loads(choice["message"]["content"]), spec["schema"])
+
+
+def test_cut_by_max_tokens_is_reported_as_length(client):
+    rf = {"type": "json_schema", "json_schema": {"name": "u", "schema": SCHEMA_OF["UserDetail"]}}
+    data = chat(client, messages=[{"role": "user", "content": "Jason, 25"}], response_format=rf, max_tokens=3)
+    assert data["choices"][0]["finish_reason"] == "length"
+    data = chat(
+        client,
+        messages=[{"role": "user", "content": "Jason, 25"}],
+        tools=TOOLS,
+        tool_choice="required",
+        max_tokens=4,
+    )
+    choice = data["choices"][0]
+    assert choice["finish_reason"] == "length" and "tool_calls" not in choice["message"]
+
+
+def test_unbatched_engine_enforces_the_grammar_too(smollm2):
+    # The non-batching loop (parallel=1) samples through the same ConstrainedSampler.
+    import threading as th
+
+    from nexa.engines.base import TextDelta
+    from nexa.engines.llama import LlamaEngine
+
+    eng = LlamaEngine(smollm2.path, name="solo", n_ctx=512, parallel=1)
+    try:
+        spec = json.loads((Path(__file__).parent / "schemas" / "refs_defs.json").read_text())
+        text, stops, _ = eng.render_chat([{"role": "user", "content": spec["prompt"]}])
+        params = SamplingParams(max_tokens=300, temperature=0, grammar=schema_grammar(spec["schema"], "s"), stop=stops)
+        out = "".join(
+            i.text
+            for i in eng.generate(eng.tokenize(text, special=True), params, th.Event())
+            if isinstance(i, TextDelta)
+        )
+        validate(json.loads(out), spec["schema"])
+    finally:
+        eng.close()
+
+
+# -- the grammar itself, through llama.cpp's grammar engine --------------------------------
+
+
+def accepts(engine, grammar: str, text: str) -> bool:
+    """Whether llama.cpp's grammar engine lets `text` through and then lets it end."""
+    import llama_cpp
+
+    llm = engine._llm
+    chain = type("Chain", (), {"sampler": llama_cpp.llama_sampler_init_greedy(), "close": lambda self: None})()
+    s = ConstrainedSampler(llm, chain, grammar)
+    try:
+        tokens = [t for ch in text for t in llm.tokenize(ch.encode(), add_bos=False, special=False)]
+        one = llama_cpp.llama_token_data(0, 1.0, 0.0)
+        arr = llama_cpp.llama_token_data_array(data=ctypes.pointer(one), size=1, selected=-1, sorted=False)
+        for token in [*tokens, llm.token_eos()]:
+            one.id, one.logit = token, 1.0
+            arr.size = 1
+            llama_cpp.llama_sampler_apply(s._grammar, ctypes.byref(arr))
+            if one.logit == float("-inf"):
+                return False
+            if token != llm.token_eos():
+                llama_cpp.llama_sampler_accept(s._grammar, token)
+        return True
+    finally:
+        s.close()
+        llama_cpp.llama_sampler_free(chain.sampler)
+
+
+def test_grammar_accepts_exactly_the_valid_strings(engine):
+    date = schema_grammar({"type": "string", "format": "date"}, "s")
+    assert accepts(engine, date, '"2024-02-28"') and accepts(engine, date, '"1999-12-31"')
+    for bad in ('"2024-02-30"', '"2024-04-31"', '"2024-13-01"', '"0000-01-01"', '"2024-1-01"'):
+        assert not accepts(engine, date, bad), bad
+    rng = schema_grammar({"type": "integer", "minimum": -5, "maximum": 130}, "s")
+    assert all(accepts(engine, rng, str(v)) for v in (-5, 0, 7, 99, 130))
+    assert not any(accepts(engine, rng, s) for s in ("-6", "131", "007", "-0", "1e2"))
+    string = schema_grammar({"type": "string", "maxLength": 3}, "s")
+    assert accepts(engine, string, '"a\\nb"') and accepts(engine, string, '"\\"x"')
+    assert not accepts(engine, string, '"a\nb"')  # a raw newline is not JSON
+    assert not accepts(engine, string, '"abcd"')
+    pattern = schema_grammar({"type": "string", "pattern": "^[A-Z]{2}-\\d{2,3}$"}, "s")
+    assert accepts(engine, pattern, '"AB-12"') and accepts(engine, pattern, '"XY-999"')
+    assert not accepts(engine, pattern, '"AB-1"') and not accepts(engine, pattern, '"ab-12"')
+    obj = schema_grammar(SCHEMA_OF["get_weather"], "s")
+    assert accepts(engine, obj, '{"city": "Oslo", "unit": "celsius"}')
+    assert not accepts(engine, obj, '{"city": "Oslo", "unit": "kelvin"}')
+    assert not accepts(engine, obj, '{"city": "Oslo", "unit": "celsius", "x": 1}')
+    assert not accepts(engine, obj, '{"city": "Oslo"}')
+
+
+def test_number_ranges_are_exact():
+    def regex(alts: list[list[str]]) -> re.Pattern[str]:
+        return re.compile("|".join("".join(p if p.startswith("[") else re.escape(p) for p in a) for a in alts))
+
+    for lo, hi in ((-130, 7), (0, 0), (5, 5), (-1000, -999), (9, 1001), (-3, 250)):
+        r = regex(integer_alternatives(lo, hi))
+        assert all(bool(r.fullmatch(str(v))) == (lo <= v <= hi) for v in range(lo - 200, hi + 200))
+        assert not r.fullmatch("-0") and not r.fullmatch("01")
+    from fractions import Fraction
+
+    r = regex(decimal_alternatives(Fraction(-3, 2), Fraction(9, 4), 2))
+    for m in range(-300, 300):
+        s = f"{'-' if m < 0 else ''}{abs(m) // 100}.{abs(m) % 100:02d}"
+        assert bool(r.fullmatch(s)) == (-150 <= m <= 225 and s != "-0.00"), s
+
+
+# -- the official openai client ------------------------------------------------------------
+
+
+def test_openai_client_parses_tools_and_response_formats(live):
+    import openai
+    from pydantic import BaseModel
+
+    class UserDetail(BaseModel):
+        name: str
+        age: int
+
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key="none", timeout=300, max_retries=0)
+    r = client.chat.completions.create(
+        model="any",
+        messages=[{"role": "user", "content": "Extract Jason is 25 years old"}],
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "UserDetail"}},
+        temperature=0,
+    )
+    call = r.choices[0].message.tool_calls[0]
+    assert r.choices[0].finish_reason == "tool_calls" and call.function.name == "UserDetail"
+    UserDetail.model_validate_json(call.function.arguments)
+
+    parsed = client.chat.completions.parse(
+        model="any",
+        messages=[{"role": "user", "content": "Jason is 25 years old."}],
+        response_format=UserDetail,
+        temperature=0,
+    )
+    assert isinstance(parsed.choices[0].message.parsed, UserDetail)
+
+    parsed = client.chat.completions.parse(
+        model="any",
+        messages=[{"role": "user", "content": "Extract Jason is 25 years old"}],
+        tools=[openai.pydantic_function_tool(UserDetail)],
+        tool_choice="required",
+        temperature=0,
+    )
+    assert isinstance(parsed.choices[0].message.tool_calls[0].function.parsed_arguments, UserDetail)
+
+    stream = client.chat.completions.create(
+        model="any",
+        messages=[{"role": "user", "content": "Weather in Oslo?"}],
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        temperature=0,
+        stream=True,
+    )
+    name, arguments = "", ""
+    for chunk in stream:
+        for d in chunk.choices[0].delta.tool_calls or []:
+            name += d.function.name or ""
+            arguments += d.function.arguments or ""
+    validate(json.loads(arguments), SCHEMA_OF[name])
+
+    # The seed's endpoint answers a chat.completion the client's own type accepts.
+    raw = httpx.post(
+        live.url + "/v1/function-calling",
+        json={"messages": [{"role": "user", "content": "Jason is 25"}], "tools": [USER_DETAIL]},
+        timeout=300,
+    ).json()
+    completion = openai.types.chat.ChatCompletion.model_validate(raw)
+    assert completion.choices[0].message.function_call.name == "UserDetail"
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+BAD_SCHEMAS = [
+    ({"type": "object", "properties": {"a": {"not": {"type": "string"}}}}, "'not'"),
+    ({"type": "strin"}, "unknown type"),
+    ({"$ref": "#/$defs/Missing"}, "points at nothing"),
+    ({"type": "string", "format": "uri"}, "format 'uri'"),
+    ({"type": "array", "uniqueItems": True}, "uniqueItems"),
+    ({"type": "integer", "minimum": 5, "maximum": 1}, "no integer"),
+    ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "oneOf"),
+    ({"type": "string", "pattern": "(a)\\1"}, "cannot be enforced"),
+    ({"type": "string", "pattern": "[a-"}, "not a valid regular expression"),
+    ({"type": "number", "multipleOf": 0.5}, "multipleOf"),
+    ({"allOf": [{"type": "object"}, {"type": "object"}]}, "allOf"),
+    ({"type": "object", "patternProperties": {"^x": {"type": "string"}}}, "patternProperties"),
+    ({"type": "string", "minLength": 5, "maxLength": 2}, "maxLength"),
+    ({"type": "object", "properties": {"a": {"type": "string"}}, "required": "a"}, "required"),
+    ({"type": "string", "pattern": "^a+$", "maxLength": 0}, "maxLength"),
+    ({"type": "object", "properties": {"x": {"type": "integer"}}, "if": {}}, "'if'"),
+]
+
+
+@pytest.mark.parametrize(("schema", "says"), BAD_SCHEMAS, ids=[s for _, s in BAD_SCHEMAS])
+def test_unenforceable_or_invalid_schemas_are_400(client, schema, says):
+    rf = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    r = client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "response_format": rf}
+    )
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "response_format.json_schema.schema" and says in err["message"], err
+    tool = {
+        "type": "function",
+        "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": schema}}},
+    }
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "tools": [tool]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools[0].function.parameters", r.text
+
+
+def test_remote_refs_are_never_fetched(client):
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"type": "string"}')
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/schema.json"
+        rf = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": url}}}
+        r = client.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "response_format": rf}
+        )
+        assert r.status_code == 400 and "not local" in r.json()["error"]["message"]
+        assert hits == []
+    finally:
+        server.shutdown()
+
+
+MSG = [{"role": "user", "content": "hi"}]
+CALL = {"id": "call_1", "type": "function", "function": {"name": "UserDetail", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"tools": ["x"]}, "tools[0]"),
+        ({"tools": [{"type": "retrieval"}]}, "tools[0].type"),
+        ({"tools": [{"type": "function"}]}, "tools[0].function"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].function.name"),
+        ({"tools": [USER_DETAIL, USER_DETAIL]}, "tools[1].function.name"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]},
+            "tools[0].function.parameters",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "description": 3}}]},
+            "tools[0].function.description",
+        ),
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": TOOLS, "functions": [USER_DETAIL["function"]]}, "functions"),
+        ({"functions": [{"name": "f"}], "function_call": {"name": "g"}}, "function_call"),
+        ({"tools": TOOLS, "stop": ["}"]}, "stop"),
+        ({"response_format": {"type": "json_object"}, "stop": "x"}, "stop"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        (
+            {"messages": [*MSG, {"role": "tool", "tool_call_id": "call_9", "content": "1"}]},
+            "messages[1].tool_call_id",
+        ),
+        ({"messages": [*MSG, {"role": "tool", "content": "1"}]}, "messages[1].tool_call_id"),
+        ({"messages": [*MSG, {"role": "assistant", "tool_calls": [{"id": "x"}]}]}, "messages[1].tool_calls[0]"),
+        (
+            {
+                "messages": [
+                    *MSG,
+                    {"role": "assistant", "tool_calls": [{**CALL, "function": {"name": "f", "arguments": "{"}}]},
+                ]
+            },
+            "messages[1].tool_calls[0].function.arguments",
+        ),
+        ({"messages": [*MSG, {"role": "function", "content": "1"}]}, "messages[1].name"),
+    ],
+)
+def test_bad_tool_input_is_400_naming_the_field(client, body, param):
+    r = client.post("/v1/chat/completions", json={"messages": MSG, **body})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param, r.json()
+
+
+def test_completions_response_format_errors(client):
+    r = client.post(
+        "/v1/completions",
+        json={
+            "prompt": "x",
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}},
+        },
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format.json_schema.schema"
