@@ -81,6 +81,7 @@ class Result:
     samples: list[Sample] = field(default_factory=list)
     rss: dict[str, int] = field(default_factory=dict)
     load_s: float = 0.0
+    loaded_line: str = ""  # the server's own log line about the loaded model (threads, context...)
 
 
 def free_port() -> int:
@@ -254,6 +255,7 @@ def run_server(server: Server, workdir: Path, args: argparse.Namespace) -> Resul
                 )
                 result.samples.append(s)
         result.rss = read_rss(server.proc.pid)  # model loaded, after requests
+        result.loaded_line = next((ln for ln in tail(server, 200).splitlines() if " loaded " in ln), "")
     finally:
         stop(server)
     return result
@@ -283,6 +285,8 @@ def report(model: Path, first: Result, second: Result | None, args: argparse.Nam
     print("threads (each server's defaults unless overridden):")
     for r in rows:
         print(f"  {r.server.name}: {r.server.threads_note}")
+        if r.loaded_line:
+            print(f"    its log: {r.loaded_line.split(': ', 1)[-1]}")
     print()
     header = (f"{'server':<20} {'TTFT ms':>9} {'decode tok/s':>13} {'e2e tok/s':>10} {'CPU ms/tok':>11} "
               f"{'tokens':>7} {'load s':>7}")
@@ -385,7 +389,7 @@ def main() -> int:
                     merged = results[server.name]
                     merged.samples += one.samples
                     merged.load_s = max(merged.load_s, one.load_s)
-                    merged.rss = one.rss
+                    merged.rss, merged.loaded_line = one.rss, one.loaded_line
         finally:  # run_server stops its own server; this covers an interrupt between the two
             stop(ours)
             stop(theirs)

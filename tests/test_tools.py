@@ -733,3 +733,16 @@ def test_completions_response_format_errors(client):
         },
     )
     assert r.status_code == 400 and r.json()["error"]["param"] == "response_format.json_schema.schema"
+
+
+def test_json_object_with_a_schema_and_bare_json_schema():
+    # llama.cpp's extension ({"type": "json_object", "schema": ...}) and a json_schema sent
+    # without the {"name", "schema"} wrapper both constrain to the schema.
+    from nexa.schemas.text import ResponseFormat
+    from nexa.server import tools
+
+    schema = SCHEMA_OF["get_weather"]
+    for fmt in ({"type": "json_object", "schema": schema}, {"type": "json_schema", "json_schema": schema}):
+        grammar = tools.response_format_grammar(ResponseFormat.model_validate(fmt))
+        assert grammar is not None and '"\\"unit\\""' in grammar and '"\\"fahrenheit\\""' in grammar
+    assert tools.response_format_grammar(ResponseFormat(type="text")) is None

@@ -27,11 +27,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from nexa.cli import build_parser, resolve_model, settings_from_args
+from nexa.cli import build_parser, settings_from_args
 from nexa.config import Settings
 from nexa.engines.vision import VisionEngine
 from nexa.errors import StartupError
-from nexa.models.manager import ModelManager
+from nexa.models.manager import ModelManager, resolve_model
 from nexa.models.store import ModelStore
 from nexa.models.types import ModelType, ResolvedModel
 from nexa.server.app import create_app
@@ -392,6 +392,11 @@ def test_openai_client_and_concurrent_requests(vision_manager: ModelManager, red
 def test_text_only_model_refuses_images(client: TestClient) -> None:
     r = client.post("/v1/chat/completions", json=chat(data_uri(RED)))
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_task"
+
+
+def test_tools_with_images_are_refused_clearly(vision: TestClient) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    assert "images" in refused(vision, chat(data_uri(RED), tools=[tool]))
 
 
 def test_undecodable_images(vision: TestClient) -> None:

@@ -7,23 +7,21 @@ saying what to do and exits with status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import errno
 import logging
 import os
 import socket
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nexa import __version__
 from nexa.config import SETTINGS_ENV, Settings
 from nexa.errors import StartupError
-from nexa.models.types import ModelType, ResolvedModel
+from nexa.models.types import ModelType
 
 if TYPE_CHECKING:
-    from nexa.models.store import ModelStore
+    pass
 
 log = logging.getLogger("nexa")
 
@@ -211,25 +209,10 @@ def check_port(host: str, port: int) -> None:
             raise StartupError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from exc
 
 
-def resolve_model(settings: Settings, store: ModelStore) -> ResolvedModel:
-    """The store's answer, with --projector (if given) making it a MULTIMODAL model."""
-    if not settings.projector:
-        return store.resolve(settings.model, source=settings.source, model_type=settings.model_type)
-    if settings.model_type not in (None, ModelType.MULTIMODAL):
-        raise StartupError(
-            f"--projector is for vision models: drop it, or use -mt MULTIMODAL instead of {settings.model_type.value}."
-        )
-    # Resolve the language model alone (a local folder need not hold a projector then), and
-    # pair it with the named one; catalogue names keep their own type check.
-    as_type = None if settings.source == "auto" else ModelType.NLP
-    model = store.resolve(settings.model, source=settings.source, model_type=as_type)
-    return dataclasses.replace(model, model_type=ModelType.MULTIMODAL, projector=Path(settings.projector))
-
-
 def serve(settings: Settings) -> None:
     import uvicorn
 
-    from nexa.models.manager import ModelManager
+    from nexa.models.manager import ModelManager, resolve_model
     from nexa.models.store import ModelStore
     from nexa.server.app import create_app
 

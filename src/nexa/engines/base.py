@@ -123,6 +123,10 @@ class TextEngine(Engine):
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         raise NotImplementedError
 
+    def tokenize_chat(self, text: str, has_bos: bool) -> list[int]:
+        """Tokens of a rendered chat: its special tokens parsed, a BOS added unless it has one."""
+        return self.tokenize(text, special=True) if has_bos else self.tokenize(text)
+
     def generate(
         self, prompt: list[int], params: SamplingParams, cancel: threading.Event
     ) -> Iterator[TextDelta | Finish]:

@@ -147,6 +147,11 @@ class LlamaEngine(TextEngine):
         # second BOS; a plain completion prompt gets the model's usual BOS.
         return self._llm.tokenize(text.encode("utf-8"), add_bos=not special, special=special)
 
+    def tokenize_chat(self, text: str, has_bos: bool) -> list[int]:
+        # Built-in formats (format_chatml...) spell out special tokens but no BOS: parse the
+        # former, add the latter, as llama-cpp-python's own chat handlers do.
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=not has_bos, special=True)
+
     def check_prompt(self, prompt: list[int], param: str) -> None:
         if len(prompt) >= self.n_ctx:
             raise ContextLengthExceeded(

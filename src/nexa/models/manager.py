@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from nexa.config import Settings
 from nexa.engines.base import Engine, Task
 from nexa.errors import NotFound, StartupError
 from nexa.models.types import ModelType, ResolvedModel
+
+if TYPE_CHECKING:
+    from nexa.models.store import ModelStore
 
 log = logging.getLogger("nexa.models")
 
@@ -40,6 +45,21 @@ def load_engine(model: ResolvedModel, settings: Settings) -> Engine:
             f"reinstall nexa with its dependencies (pip install -e .)."
         ) from exc
     return getattr(module, class_name).from_resolved(model, settings)
+
+
+def resolve_model(settings: Settings, store: ModelStore) -> ResolvedModel:
+    """The store's answer, with --projector (if given) making it a MULTIMODAL model."""
+    if not settings.projector:
+        return store.resolve(settings.model, source=settings.source, model_type=settings.model_type)
+    if settings.model_type not in (None, ModelType.MULTIMODAL):
+        raise StartupError(
+            f"--projector is for vision models: drop it, or use -mt MULTIMODAL instead of {settings.model_type.value}."
+        )
+    # Resolve the language model alone (a local folder need not hold a projector then), and
+    # pair it with the named one; catalogue names keep their own type check.
+    as_type = None if settings.source == "auto" else ModelType.NLP
+    model = store.resolve(settings.model, source=settings.source, model_type=as_type)
+    return dataclasses.replace(model, model_type=ModelType.MULTIMODAL, projector=Path(settings.projector))
 
 
 class ModelManager:

@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from nexa import __version__
 from nexa.config import Settings
-from nexa.models.manager import ModelManager
+from nexa.models.manager import ModelManager, resolve_model
 from nexa.server.errors import install_error_handlers
 from nexa.server.logs import AccessLog
 from nexa.server.routers import audio, chat, completions, embeddings, functions, health, images, models
@@ -52,7 +52,5 @@ def app_from_env() -> FastAPI:
     from nexa.models.store import ModelStore
 
     settings = Settings.from_env()
-    model = ModelStore(onnx=settings.onnx).resolve(
-        settings.model, source=settings.source, model_type=settings.model_type
-    )
+    model = resolve_model(settings, ModelStore(onnx=settings.onnx))
     return create_app(settings, ModelManager.load(model, settings))

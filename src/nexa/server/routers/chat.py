@@ -31,7 +31,7 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
             engine.require(Task.TOOLS, "tools")
         params.grammar = plan.grammar
     if task == Task.VISION:
-        tokens, template_stops = await _vision_prompt(request, engine, body)
+        tokens, template_stops = await _vision_prompt(request, engine, body, plan)
     else:
         tokens, template_stops = await off_loop(_prompt, engine, body, plan)
     params.stop = params.stop + [s for s in template_stops if s not in params.stop]
@@ -67,8 +67,17 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
     }
 
 
-async def _vision_prompt(request: Request, engine: TextEngine, body: ChatRequest) -> tuple[Any, list[str]]:
+async def _vision_prompt(
+    request: Request, engine: TextEngine, body: ChatRequest, plan: tools.Plan | None
+) -> tuple[Any, list[str]]:
     """Fetch and decode the images (off the loop), then let the engine build its prompt of text and images."""
+    if plan is not None and plan.custom_prompt:
+        # The tools prompt is rendered as plain text; images need the engine's own rendering.
+        raise InvalidRequest(
+            "Tools (or tool calls in the history) together with images are not supported yet: "
+            "send the images without tools, or the tools without images.",
+            param="tools",
+        )
     settings = request.app.state.settings
     urls = [
         (url, f"messages[{i}].content[{j}].image_url")
@@ -91,7 +100,7 @@ def _prompt(engine: TextEngine, body: ChatRequest, plan: tools.Plan | None = Non
         text, stops, special = tools.render(engine, body.messages, plan)
     else:
         text, stops, special = engine.render_chat([m.as_template_dict() for m in body.messages])
-    tokens = engine.tokenize(text, special=True) if special else engine.tokenize(text)
+    tokens = engine.tokenize_chat(text, special)
     engine.check_prompt(tokens, "messages")  # type: ignore[attr-defined]
     return tokens, stops
 

@@ -43,6 +43,6 @@ async def function_calling(body: FunctionCallingRequest, request: Request) -> An
 
 def _prompt(engine: TextEngine, body: FunctionCallingRequest, plan: tools.Plan) -> tuple[list[int], list[str]]:
     text, stops, special = tools.render(engine, body.messages, plan)
-    tokens = engine.tokenize(text, special=True) if special else engine.tokenize(text)
+    tokens = engine.tokenize_chat(text, special)
     engine.check_prompt(tokens, "messages")  # type: ignore[attr-defined]
     return tokens, stops
