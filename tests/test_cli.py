@@ -138,20 +138,24 @@ def test_real_start_serves_logs_and_stops_cleanly_on_sigterm(smollm2):
     proc, url = start(str(smollm2.path), "-lp")
     try:
         body = {
-            "messages": [{"role": "user", "content": "Count to twenty."}],
-            "max_tokens": 24,
+            "messages": [{"role": "user", "content": "Count to one hundred."}],
+            "max_tokens": 120,
             "temperature": 0,
             "stream": True,
         }
         done: list[str] = []
+        streaming = threading.Event()
 
         def stream() -> None:
             with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as r:
-                done.extend(line for line in r.iter_lines() if line)
+                for line in r.iter_lines():
+                    streaming.set()
+                    if line:
+                        done.append(line)
 
         t = threading.Thread(target=stream)
         t.start()
-        time.sleep(0.5)  # let generation start, then ask the server to stop
+        assert streaming.wait(timeout=120), "the stream never started"  # then ask the server to stop
         proc.send_signal(signal.SIGTERM)
         t.join(timeout=120)
         assert done and done[-1] == "data: [DONE]", (proc.kill(), proc.stdout.read())
