@@ -104,8 +104,9 @@ def main() -> int:
     body = {"prompt": PROMPT, "width": args.size, "height": args.size, "sample_steps": args.steps, "seed": 1}
 
     def direct() -> float:
-        # In a worker thread, as the server calls it: on this machine the same call made from the
-        # main thread ran 2-3x slower, which would flatter the endpoint.
+        # In a worker thread, as the server calls it: on the shared 2-core machine where this was
+        # written, the same call made from the main thread ran 2-3x slower (measured in both
+        # orders), which would flatter the endpoint.
         took: list[float] = []
 
         def run() -> None:

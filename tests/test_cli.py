@@ -139,7 +139,7 @@ def test_real_start_serves_logs_and_stops_cleanly_on_sigterm(smollm2):
     try:
         body = {
             "messages": [{"role": "user", "content": "Count to one hundred."}],
-            "max_tokens": 120,
+            "max_tokens": 60,
             "temperature": 0,
             "stream": True,
         }

@@ -60,8 +60,6 @@ async def translations(request: Request) -> Any:
 
 
 async def _speech(request: Request, task: Task, endpoint: str) -> Any:
-    # Refuse a task the model lacks (translation on an English-only model) before reading the upload.
-    engine: WhisperEngine = request.app.state.manager.get(task, endpoint)
     settings: Settings = request.app.state.settings
     limit = int(settings.max_upload_mb * 1024 * 1024)
     declared = request.headers.get("content-length")
@@ -72,6 +70,10 @@ async def _speech(request: Request, task: Task, endpoint: str) -> Any:
         raise InvalidRequest("Send the audio as multipart/form-data with the recording in the field `file`.",
                              param="file")
     async with request.form(max_files=1, max_fields=64) as form:
+        # Refuse a task the model lacks (translation on an English-only model) only once the
+        # upload is read: answering while a client is still sending makes many clients see a
+        # broken connection instead of the 400.
+        engine: WhisperEngine = request.app.state.manager.get(task, endpoint)
         body = _options(request, form)
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
