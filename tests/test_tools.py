@@ -452,14 +452,14 @@ def test_cut_by_max_tokens_is_reported_as_length(client):
     assert choice["finish_reason"] == "length" and "tool_calls" not in choice["message"]
 
 
-def test_unbatched_engine_enforces_the_grammar_too(smollm2):
-    # The non-batching loop (parallel=1) samples through the same ConstrainedSampler.
+def test_engine_enforces_the_grammar_without_the_http_layer(smollm2):
+    # The engine's own loop samples through the ConstrainedSampler, whoever calls it.
     import threading as th
 
     from nexa.engines.base import TextDelta
     from nexa.engines.llama import LlamaEngine
 
-    eng = LlamaEngine(smollm2.path, name="solo", n_ctx=512, parallel=1)
+    eng = LlamaEngine(smollm2.path, name="solo", n_ctx=512)
     try:
         spec = json.loads((Path(__file__).parent / "schemas" / "refs_defs.json").read_text())
         text, stops, _ = eng.render_chat([{"role": "user", "content": spec["prompt"]}])

@@ -88,7 +88,9 @@ def plan_chat(body: ChatRequest, *, always_call: bool = False) -> Plan | None:
         raise InvalidRequest("tools must list at least one function to call.", param="tools")
     choice_param = "function_call" if plan.functions_api else "tool_choice"
     plan.choice, plan.named = parse_choice(raw_choice, plan.tools, choice_param)
-    plan.parallel = bool(body.parallel_tool_calls) and not plan.functions_api
+    # A named tool_choice asks for that one function: one call, so a small model that would
+    # repeat the same call cannot run into max_tokens halfway through a second one.
+    plan.parallel = bool(body.parallel_tool_calls) and not plan.functions_api and plan.choice != "named"
     if always_call:
         if plan.choice == "none":
             raise InvalidRequest(
@@ -433,6 +435,11 @@ class CallParser:
                 self._pos, self._state = m.end(), "arguments"
                 self._depth, self._in_string, self._escaped = 0, False, False
             elif self._state == "arguments":
+                if not self.calls[-1].arguments:
+                    # The header may have matched before the blank that follows `"arguments":`
+                    # arrived; skip it so streamed and whole arguments are the same text.
+                    while self._pos < len(self._buf) and self._buf[self._pos].isspace():
+                        self._pos += 1
                 start, done = self._pos, False
                 while self._pos < len(self._buf) and not done:
                     done = self._step(self._buf[self._pos])
