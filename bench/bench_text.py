@@ -277,8 +277,9 @@ def report(model: Path, first: Result, second: Result | None, args: argparse.Nam
     rows = [r for r in (first, second) if r]
     print()
     print(f"model: {model} ({mib(size)})")
-    print(f"cores usable: {cores}; load average {load[0]:.1f} before, {load[1]:.1f} after"
-          + ("  (NOISY: other processes were competing for the cores)" if max(load) > cores / 2 else ""))
+    # Only the figure before counts: the one after includes this benchmark's own servers.
+    print(f"cores usable: {cores}; load average {load[0]:.1f} before, {load[1]:.1f} after (this run included)"
+          + ("  NOISY: other processes were competing for the cores" if load[0] > cores / 2 else ""))
     print(f"{args.rounds} round(s) x {args.reps} streamed chat requests per server (median), "
           f"{args.warmup} warm-up each;")
     print(f"max_tokens={args.max_tokens}, temperature=0, repeat_penalty=1.0, a fresh prompt per request (no KV reuse)")
