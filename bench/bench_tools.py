@@ -8,7 +8,9 @@ fight for the cores):
   this process (no HTTP, which if anything favours theirs).
 
 The tasks are the seed's example (UserDetail, tool_choice "auto" and forced), a weather tool,
-and every schema of tests/schemas/ offered as the parameters of a forced tool. For each answer
+and every schema of tests/schemas/ offered as the parameters of a forced tool; each once as
+sent and once opened by a system message (their template lists the tools only inside one, so
+without it their model never sees the tools and its prompt is much shorter). For each answer
 we check what a client needs: a call to the right function whose arguments parse as JSON and
 validate against its schema (`jsonschema`, formats included), not cut by max_tokens. We print
 the share of valid calls and the request latency (median, p90) for both.
@@ -130,6 +132,16 @@ def cases() -> list[Case]:
     return out
 
 
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
+
+
+def with_system(all_cases: list[Case]) -> list[Case]:
+    """The same cases opened by a system message. llama-cpp-python's chatml-function-calling
+    template lists the tools only inside a system message, so without one its model never
+    sees them; with one, both prompts describe the tools and the latencies compare like for like."""
+    return [Case(f"{c.name} +sys", [SYSTEM, *c.messages], c.tools, c.choice, c.expect) for c in all_cases]
+
+
 def judge(case: Case, message: dict[str, Any], finish: str | None) -> tuple[bool, bool, str]:
     """(valid, called, why not): a call to the expected function with arguments that validate."""
     import jsonschema
@@ -195,42 +207,73 @@ def run_ours(model: Path, all_cases: list[Case], args: argparse.Namespace, workd
     return run
 
 
-def run_theirs(model: Path, all_cases: list[Case], args: argparse.Namespace) -> Run:
+def _theirs_worker(model: str, threads: int, max_tokens: int, todo: list[Case], out: Any) -> None:
+    """Runs in a child process: a crash inside llama-cpp-python (its grammar converter writes
+    GBNF that llama.cpp cannot parse for some patterns, and that segfaults) ends only this worker."""
     from llama_cpp import Llama
 
     llm = Llama(
-        model_path=str(model),
+        model_path=model,
         chat_format="chatml-function-calling",
         n_ctx=2048,
-        n_threads=args.threads,
-        n_threads_batch=args.threads,
+        n_threads=threads,
+        n_threads_batch=threads,
         verbose=False,
     )
+    for case in todo:
+        sent = time.perf_counter()
+        try:
+            r: Any = llm.create_chat_completion(
+                messages=case.messages,  # type: ignore[arg-type]
+                tools=case.tools,  # type: ignore[arg-type]
+                tool_choice=case.choice,  # type: ignore[arg-type]
+                temperature=0,
+                repeat_penalty=1.0,
+                max_tokens=max_tokens,
+            )
+            latency = time.perf_counter() - sent
+            choice = r["choices"][0]
+            valid, called, why = judge(case, choice["message"], choice["finish_reason"])
+            outcome = Outcome(latency, valid, called, why, r["usage"]["completion_tokens"])
+        except Exception as exc:  # an exception in their handler counts as an invalid answer
+            outcome = Outcome(time.perf_counter() - sent, False, False, f"{type(exc).__name__}: {exc}"[:80])
+        out.put((case.name, outcome))
+    llm.close()
+
+
+def run_theirs(model: Path, all_cases: list[Case], args: argparse.Namespace) -> Run:
+    import multiprocessing as mp
+    import queue
+
+    ctx = mp.get_context("spawn")
     run = Run("llama-cpp-python chatml-function-calling")
-    try:
-        for case in all_cases:
-            for rep in range(args.reps):
-                sent = time.perf_counter()
-                try:
-                    out: Any = llm.create_chat_completion(
-                        messages=case.messages,  # type: ignore[arg-type]
-                        tools=case.tools,  # type: ignore[arg-type]
-                        tool_choice=case.choice,  # type: ignore[arg-type]
-                        temperature=0,
-                        repeat_penalty=1.0,
-                        max_tokens=args.max_tokens,
-                    )
-                    latency = time.perf_counter() - sent
-                    choice = out["choices"][0]
-                    valid, called, why = judge(case, choice["message"], choice["finish_reason"])
-                    outcome = Outcome(latency, valid, called, why, out["usage"]["completion_tokens"])
-                except Exception as exc:  # a crash in their grammar/handler counts as an invalid answer
-                    outcome = Outcome(time.perf_counter() - sent, False, False, f"{type(exc).__name__}: {exc}"[:80])
-                run.outcomes.setdefault(case.name, []).append(outcome)
-                log.info("theirs %-28s #%d %.2fs %s %s", case.name, rep, outcome.latency_s, outcome.valid, outcome.why)
-    finally:
-        llm.close()
+    todo = [c for c in all_cases for _ in range(args.reps)]
+    while todo:
+        results = ctx.Queue()
+        worker = ctx.Process(target=_theirs_worker, args=(str(model), args.threads, args.max_tokens, todo, results))
+        worker.start()
+        done = 0
+        while done < len(todo):
+            try:
+                name, outcome = results.get(timeout=1)
+            except queue.Empty:
+                if worker.is_alive():
+                    continue
+                # The worker died on todo[done]: record that as a crash and go on after it.
+                name = todo[done].name
+                outcome = Outcome(0.0, False, False, f"the handler crashed the process (exit {worker.exitcode})")
+            run.outcomes.setdefault(name, []).append(outcome)
+            log.info("theirs %-28s %.2fs %s %s", name, outcome.latency_s, outcome.valid, outcome.why)
+            done += 1
+            if outcome.why.startswith("the handler crashed"):
+                break
+        worker.join(timeout=30)
+        todo = todo[done:]
     return run
+
+
+def is_text(x: Outcome) -> bool:
+    return not x.called and x.why.startswith("no call")
 
 
 def p90(values: list[float]) -> float:
@@ -256,25 +299,38 @@ def report(model: Path, runs: list[Run], all_cases: list[Case], args: argparse.N
             row += f"| {ok:>2}/{len(o):<2} {lat:>9.2f} {toks:>6.0f} "
         print(row)
     print()
-    for r in runs:
-        flat = [x for o in r.outcomes.values() for x in o]
-        valid = sum(x.valid for x in flat)
-        lat = [x.latency_s for x in flat]
-        print(
-            f"{r.name}: {valid}/{len(flat)} valid calls ({100 * valid / max(1, len(flat)):.1f}%), "
-            f"latency median {statistics.median(lat):.2f}s, p90 {p90(lat):.2f}s, total {sum(lat):.1f}s"
-        )
-        for name, outcomes in r.outcomes.items():
-            for x in outcomes:
-                if not x.valid:
-                    print(f"    invalid: {name}: {x.why}")
-    if len(runs) == 2:
-        a = [x.latency_s for o in runs[0].outcomes.values() for x in o]
-        b = [x.latency_s for o in runs[1].outcomes.values() for x in o]
-        print(
-            f"\nlatency ours/theirs: median {statistics.median(a) / statistics.median(b):.2f}, "
-            f"total {sum(a) / sum(b):.2f} (below 1 means ours is faster)"
-        )
+    auto = {c.name for c in all_cases if c.choice == "auto"}
+    scenarios = {
+        "no system message (the seed's request)": [c.name for c in all_cases if not c.name.endswith(" +sys")],
+        "with a system message (both prompts list the tools)": [c.name for c in all_cases if c.name.endswith(" +sys")],
+    }
+    for title, names in scenarios.items():
+        if not names:
+            continue
+        print(f"-- {title}: {len(names)} cases")
+        lats: list[list[float]] = []
+        for r in runs:
+            flat = [x for n in names for x in r.outcomes.get(n, [])]
+            # "auto" may rightly answer in text: such answers are counted apart, not as invalid.
+            text = sum(1 for n in names for x in r.outcomes.get(n, []) if n in auto and is_text(x))
+            answers = len(flat) - text
+            valid = sum(x.valid for x in flat)
+            lat = [x.latency_s for x in flat if x.latency_s > 0]
+            lats.append(lat)
+            print(
+                f"   {r.name}: {valid}/{answers} valid ({100 * valid / max(1, answers):.1f}%)"
+                + (f", plus {text} text answer(s) to tool_choice auto" if text else "")
+                + f"; latency median {statistics.median(lat):.2f}s, p90 {p90(lat):.2f}s, total {sum(lat):.1f}s"
+            )
+            for n in names:
+                for x in r.outcomes.get(n, []):
+                    if not x.valid and not (n in auto and is_text(x)):
+                        print(f"      invalid: {n}: {x.why}")
+        if len(lats) == 2 and lats[0] and lats[1]:
+            print(
+                f"   latency ours/theirs: median {statistics.median(lats[0]) / statistics.median(lats[1]):.2f}, "
+                f"total {sum(lats[0]) / sum(lats[1]):.2f} (below 1: ours is faster)"
+            )
 
 
 def main() -> None:
@@ -284,13 +340,15 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--only", choices=["ours", "theirs"], default=None)
-    ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    ap.add_argument("--cases", default="", help="comma-separated case names, ' +sys' for the system-message variant")
     ap.add_argument("--start-timeout", type=float, default=180)
     ap.add_argument("--request-timeout", type=float, default=900)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     model = args.model or default_model()
-    all_cases = cases()
+    base = cases()
+    all_cases = base + with_system(base)
     if args.cases:
         wanted = set(args.cases.split(","))
         all_cases = [c for c in all_cases if c.name in wanted]

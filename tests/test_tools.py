@@ -313,11 +313,14 @@ def test_legacy_functions_api(client):
 # -- streaming -------------------------------------------------------------------------------
 
 
-def test_streamed_tool_calls_reassemble_into_the_same_calls(client):
+# "required" with two tools generates whole calls; a named function has its call's opening
+# put in the prompt and only the arguments generated (the prefill path).
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_streamed_tool_calls_reassemble_into_the_same_calls(client, tool_choice):
     body = {
         "messages": [{"role": "user", "content": "Weather in Paris and Rome, please."}],
         "tools": TOOLS,
-        "tool_choice": "required",
+        "tool_choice": tool_choice,
         "max_tokens": 300,
         "stream_options": {"include_usage": True},
         **GREEDY,
