@@ -75,17 +75,29 @@ def _within(path: Path, roots: Sequence[Path]) -> bool:
     return any(path == root or path.is_relative_to(root) for root in roots)
 
 
-def read_allowed_file(raw: str, allowed_dirs: Sequence[str], param: str = "image_path") -> bytes:
-    """Read `raw` if it lies inside an allowed directory, else a 400 that says why."""
+def read_allowed_file(
+    raw: str,
+    allowed_dirs: Sequence[str],
+    param: str = "image_path",
+    *,
+    max_bytes: int = MAX_INPUT_BYTES,
+    instead: str = "send the image itself (base64, a data URI or a multipart upload)",
+) -> bytes:
+    """Read `raw` if it lies inside an allowed directory, else a 400 that says why.
+
+    The one gate for every client-named server file (img2img's image_path, chat image paths):
+    `..` is refused, and a path that resolves (through symbolic links) outside the allowed
+    directories is refused even when it is spelled inside them.
+    """
     if not allowed_dirs:
         raise InvalidRequest(
-            "image_path is turned off on this server: send the image itself (base64, a data URI or a "
-            "multipart upload), or start the server with --allow-dir DIR to allow reading from DIR.",
+            f"Reading images from server files is turned off: {instead}, or start the server with "
+            "--allow-dir DIR to allow reading from DIR.",
             param=param,
         )
-    path = Path(raw)
+    path = Path(os.path.expanduser(raw))
     if ".." in path.parts:
-        raise InvalidRequest("image_path must not contain '..'.", param=param)
+        raise InvalidRequest(f"{param} must not contain '..'.", param=param)
     # Roots as configured and as resolved, so both spellings of an allowed directory work.
     given = [Path(os.path.abspath(d)) for d in allowed_dirs]
     real_roots = [Path(os.path.realpath(d)) for d in allowed_dirs]
@@ -100,29 +112,29 @@ def read_allowed_file(raw: str, allowed_dirs: Sequence[str], param: str = "image
             continue
         if not _within(real, real_roots):
             raise InvalidRequest(
-                "image_path leads outside the allowed directories (through a symbolic link).", param=param
+                f"{param} leads outside the allowed directories (through a symbolic link).", param=param
             )
-        return _read_regular(real, param)
+        return _read_regular(real, max_bytes, param)
     if path.is_absolute() and not _within(Path(os.path.normpath(path)), given + real_roots):
         raise InvalidRequest(
-            f"image_path is outside the directories this server may read ({', '.join(map(str, given))}).", param=param
+            f"{param} is outside the directories this server may read ({', '.join(map(str, given))}).", param=param
         )
-    raise InvalidRequest(f"No file at image_path {raw!r} in the allowed directories.", param=param)
+    raise InvalidRequest(f"No file at {raw!r}: No image file of that name is in the allowed directories.", param=param)
 
 
-def _read_regular(path: Path, param: str) -> bytes:
+def _read_regular(path: Path, max_bytes: int, param: str) -> bytes:
     # O_NOFOLLOW: if the last component became a link since it was resolved, refuse it.
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
-        raise InvalidRequest(f"Cannot read image_path: {exc.strerror}.", param=param) from exc
+        raise InvalidRequest(f"Cannot read the image file: {exc.strerror}.", param=param) from exc
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode):
-            raise InvalidRequest("image_path is not a regular file.", param=param)
-        if info.st_size > MAX_INPUT_BYTES:
-            raise PayloadTooLarge(f"The image is over {MAX_INPUT_BYTES // 2**20} MiB.", param=param)
-        return f.read()
+            raise InvalidRequest(f"{param} is not a regular file.", param=param)
+        if info.st_size > max_bytes:
+            raise PayloadTooLarge(f"The image file is over {max_bytes / 2**20:g} MiB.", param=param)
+        return f.read(max_bytes + 1)
 
 
 def decode_base64_image(value: str, param: str = "image") -> bytes:

@@ -24,18 +24,16 @@ import hashlib
 import io
 import ipaddress
 import logging
-import os
 import socket
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
 from nexa.config import Settings
 from nexa.errors import InvalidRequest, PayloadTooLarge
+from nexa.server.files import read_allowed_file
 
 log = logging.getLogger("nexa.images.input")
 
@@ -165,57 +163,15 @@ def _decode_base64(text: str, max_bytes: int, param: str) -> InputImage:
 # -- local files --------------------------------------------------------------------------------
 
 
-def _within(path: Path, roots: Sequence[Path]) -> bool:
-    return any(path == root or path.is_relative_to(root) for root in roots)
-
-
 def _read_and_decode(raw: str, policy: ImagePolicy, param: str) -> InputImage:
-    return decode_image(read_local_file(raw, policy.allowed_dirs, policy.max_bytes, param), param)
-
-
-def read_local_file(raw: str, allowed_dirs: Sequence[str], max_bytes: int, param: str) -> bytes:
-    """The bytes of a server file inside an allowed directory, or a 400 that says why not."""
-    if not allowed_dirs:
-        raise InvalidRequest(
-            "Images from server files are turned off: send the image as base64, a data URI or an https "
-            "URL, or start the server with --allow-dir DIR to let images be read from DIR.",
-            param=param,
-        )
-    path = Path(os.path.expanduser(raw))
-    if ".." in path.parts:
-        raise InvalidRequest("An image path must not contain '..'.", param=param)
-    given = [Path(os.path.abspath(d)) for d in allowed_dirs]
-    real_roots = [Path(os.path.realpath(d)) for d in allowed_dirs]
-    candidates = [path] if path.is_absolute() else [root / path for root in given]
-    for candidate in candidates:
-        lexical = Path(os.path.normpath(candidate))
-        if not _within(lexical, given + real_roots):
-            continue
-        try:
-            real = lexical.resolve(strict=True)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        if not _within(real, real_roots):
-            raise InvalidRequest("The image path leads outside the allowed directories.", param=param)
-        return _read_regular(real, max_bytes, param)
-    if path.is_absolute() and not _within(Path(os.path.normpath(path)), given + real_roots):
-        raise InvalidRequest("The image path is outside the directories this server may read.", param=param)
-    raise InvalidRequest(f"No image file {raw!r} in the allowed directories.", param=param)
-
-
-def _read_regular(path: Path, max_bytes: int, param: str) -> bytes:
-    # O_NOFOLLOW: a last component swapped for a link after the check is refused, not followed.
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as exc:
-        raise InvalidRequest(f"Cannot read the image file: {exc.strerror}.", param=param) from exc
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise InvalidRequest("The image path is not a regular file.", param=param)
-        if info.st_size > max_bytes:
-            raise PayloadTooLarge(_too_large(max_bytes), param=param)
-        return f.read(max_bytes + 1)
+    data = read_allowed_file(
+        raw,
+        policy.allowed_dirs,
+        param,
+        max_bytes=policy.max_bytes,
+        instead="send the image as base64, a data URI or an https URL",
+    )
+    return decode_image(data, param)
 
 
 # -- remote URLs --------------------------------------------------------------------------------
