@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any, ClassVar
 
 from nexa.config import Settings
-from nexa.errors import UnsupportedTask
+from nexa.errors import ContextLengthExceeded, InvalidRequest, UnsupportedTask
 from nexa.models.types import ResolvedModel
 
 
@@ -115,6 +115,7 @@ class TextEngine(Engine):
     """Text generation: completions and chat through one `generate` method."""
 
     n_ctx: int = 0
+    n_vocab: int = 0  # 0: unknown, token ids are not range-checked
 
     def render_chat(self, messages: list[dict[str, Any]]) -> tuple[str, list[str], bool]:
         """The prompt the model sees for a conversation: (text, extra stop strings, has_special)."""
@@ -126,6 +127,20 @@ class TextEngine(Engine):
     def tokenize_chat(self, text: str, has_bos: bool) -> list[int]:
         """Tokens of a rendered chat: its special tokens parsed, a BOS added unless it has one."""
         return self.tokenize(text, special=True) if has_bos else self.tokenize(text)
+
+    def check_prompt(self, prompt: list[int], param: str) -> None:
+        """Refuse, with a 400, a prompt the model cannot take: never truncate it silently."""
+        if len(prompt) >= self.n_ctx:
+            raise ContextLengthExceeded(
+                f"The prompt is {len(prompt)} tokens, but the model's context is {self.n_ctx} tokens "
+                f"(and at least one must be left for the answer). Shorten the prompt or restart "
+                f"the server with a larger --nctx.",
+                param=param,
+            )
+        if not prompt:
+            raise InvalidRequest("The prompt is empty: send some text.", param=param)
+        if self.n_vocab and any(not 0 <= t < self.n_vocab for t in prompt):
+            raise InvalidRequest(f"The prompt holds token ids outside 0..{self.n_vocab - 1}.", param=param)
 
     def generate(
         self, prompt: list[int], params: SamplingParams, cancel: threading.Event

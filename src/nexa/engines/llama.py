@@ -29,7 +29,7 @@ from nexa.engines.base import (
     TopLogprob,
 )
 from nexa.engines.stops import StopMatcher
-from nexa.errors import ContextLengthExceeded, InvalidRequest
+from nexa.errors import InvalidRequest
 from nexa.models.types import ResolvedModel
 
 log = logging.getLogger("nexa.engine.llama")
@@ -80,7 +80,7 @@ class LlamaEngine(TextEngine):
         )
         self.n_ctx = self._llm.n_ctx()
         self._vocab = self._llm._model.vocab
-        self._n_vocab = self._llm.n_vocab()
+        self.n_vocab = self._n_vocab = self._llm.n_vocab()
         self._piece_buf = ctypes.create_string_buffer(64)
         # One context, one sequence: requests take turns (continuous batching is issue 8).
         self._lock = threading.Lock()
@@ -151,15 +151,6 @@ class LlamaEngine(TextEngine):
         # Built-in formats (format_chatml...) spell out special tokens but no BOS: parse the
         # former, add the latter, as llama-cpp-python's own chat handlers do.
         return self._llm.tokenize(text.encode("utf-8"), add_bos=not has_bos, special=True)
-
-    def check_prompt(self, prompt: list[int], param: str) -> None:
-        if len(prompt) >= self.n_ctx:
-            raise ContextLengthExceeded(
-                f"The prompt is {len(prompt)} tokens, but the model's context is {self.n_ctx} tokens "
-                f"(and at least one must be left for the answer). Shorten the prompt or restart "
-                f"the server with a larger --nctx.",
-                param=param,
-            )
 
     def describe(self) -> dict[str, Any]:
         return {"n_ctx": self.n_ctx, "chat_template": self.chat_template_source}

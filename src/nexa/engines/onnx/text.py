@@ -24,7 +24,7 @@ import numpy as np
 from nexa.config import Settings
 from nexa.engines.base import Finish, SamplingParams, Task, TextDelta, TextEngine, TokenLogprob, TopLogprob
 from nexa.engines.stops import StopMatcher
-from nexa.errors import ContextLengthExceeded, InvalidRequest
+from nexa.errors import InvalidRequest
 from nexa.models.types import ResolvedModel
 
 log = logging.getLogger("nexa.engine.onnx.text")
@@ -149,19 +149,6 @@ class OnnxTextEngine(TextEngine):
         if special and self._bos is not None and tokens[:2] == [self._bos, self._bos]:
             tokens = tokens[1:]
         return tokens
-
-    def check_prompt(self, prompt: list[int], param: str) -> None:
-        if len(prompt) >= self.n_ctx:
-            raise ContextLengthExceeded(
-                f"The prompt is {len(prompt)} tokens, but the model's context is {self.n_ctx} tokens "
-                f"(and at least one must be left for the answer). Shorten the prompt or restart "
-                f"the server with a larger --nctx.",
-                param=param,
-            )
-        if not prompt:
-            raise InvalidRequest("The prompt is empty: send some text.", param=param)
-        if self.n_vocab and any(not 0 <= t < self.n_vocab for t in prompt):
-            raise InvalidRequest(f"The prompt holds token ids outside 0..{self.n_vocab - 1}.", param=param)
 
     def describe(self) -> dict[str, Any]:
         return {"n_ctx": self.n_ctx, "chat_template": self.chat_template_source, "runtime": "onnxruntime-genai"}

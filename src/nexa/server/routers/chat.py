@@ -101,7 +101,7 @@ def _prompt(engine: TextEngine, body: ChatRequest, plan: tools.Plan | None = Non
     else:
         text, stops, special = engine.render_chat([m.as_template_dict() for m in body.messages])
     tokens = engine.tokenize_chat(text, special)
-    engine.check_prompt(tokens, "messages")  # type: ignore[attr-defined]
+    engine.check_prompt(tokens, "messages")
     return tokens, stops
 
 

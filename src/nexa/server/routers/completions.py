@@ -24,7 +24,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     params.grammar = tools.response_format_grammar(body.response_format, body.stop)  # JSON that always parses
     prompt = body.prompt_text()
     tokens = prompt if isinstance(prompt, list) else await off_loop(engine.tokenize, prompt)
-    engine.check_prompt(tokens, "prompt")  # type: ignore[attr-defined]
+    engine.check_prompt(tokens, "prompt")
     echo = prompt if body.echo and isinstance(prompt, str) else ""
     cid, created, model = new_id("cmpl"), now(), engine.name
 

@@ -44,5 +44,5 @@ async def function_calling(body: FunctionCallingRequest, request: Request) -> An
 def _prompt(engine: TextEngine, body: FunctionCallingRequest, plan: tools.Plan) -> tuple[list[int], list[str]]:
     text, stops, special = tools.render(engine, body.messages, plan)
     tokens = engine.tokenize_chat(text, special)
-    engine.check_prompt(tokens, "messages")  # type: ignore[attr-defined]
+    engine.check_prompt(tokens, "messages")
     return tokens, stops
