@@ -48,6 +48,49 @@ class EmbeddingResult:
 Input = str | Sequence[int]
 
 
+# -- shared by every embedding engine (this one and the ONNX one) ------------------------------
+
+
+def check_dimensions(dimensions: int | None, width: int) -> None:
+    if dimensions is not None and not 1 <= dimensions <= width:
+        raise InvalidRequest(
+            f"dimensions must be between 1 and {width}, this model's embedding width.", param="dimensions"
+        )
+
+
+def finish_vectors(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
+    """Apply `dimensions` and `normalize` to pooled vectors; float32 out."""
+    if dimensions is not None and dimensions < vectors.shape[1]:
+        # Matryoshka-style: keep the leading dimensions and make the vector unit length again.
+        vectors = np.ascontiguousarray(vectors[:, :dimensions])
+        normalize = True
+    if normalize:
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return vectors.astype(np.float32, copy=False)
+
+
+def token_id_input(where: str, item: Sequence[int], n_vocab: int, max_tokens: int, truncate: bool) -> list[int]:
+    """An input sent as token ids: used as given, checked against the vocabulary."""
+    tokens = [int(t) for t in item]
+    if not tokens:
+        raise InvalidRequest(f"{where} is an empty list of tokens.", param="input")
+    bad = [t for t in tokens if not 0 <= t < n_vocab]
+    if bad:
+        raise InvalidRequest(
+            f"{where} holds token id {bad[0]}, outside this model's vocabulary (0..{n_vocab - 1}).", param="input"
+        )
+    return tokens[:max_tokens] if truncate else tokens
+
+
+def check_length(where: str, tokens: list[int], max_tokens: int) -> None:
+    if len(tokens) > max_tokens:
+        raise ContextLengthExceeded(
+            f"{where} is {len(tokens)} tokens, but this model embeds at most {max_tokens} tokens per "
+            f"input. Shorten it, split it, or send \"truncate\": true to embed its first {max_tokens} tokens.",
+            param="input",
+        )
+
+
 class LlamaEmbedder:
     """One embedding-mode context over a GGUF; thread-safe (calls take turns on the context).
 
@@ -170,22 +213,13 @@ class LlamaEmbedder:
         dimensions: int | None = None,
     ) -> EmbeddingResult:
         """Embed texts or token-id lists (used as given, no special tokens added)."""
-        if dimensions is not None and not 1 <= dimensions <= self.dim:
-            raise InvalidRequest(
-                f"dimensions must be between 1 and {self.dim}, this model's embedding width.", param="dimensions"
-            )
+        check_dimensions(dimensions, self.dim)
         seqs = [self._tokens(i, x, truncate) for i, x in enumerate(inputs)]
         started = time.perf_counter()
         vectors = self._embed_tokens(seqs)
         took = time.perf_counter() - started
-        if dimensions is not None and dimensions < self.dim:
-            # Matryoshka-style: keep the leading dimensions and make the vector unit length again.
-            vectors = np.ascontiguousarray(vectors[:, :dimensions])
-            normalize = True
-        if normalize:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.maximum(norms, 1e-12)
-        return EmbeddingResult(vectors.astype(np.float32, copy=False), sum(len(s) for s in seqs), took)
+        vectors = finish_vectors(vectors, dimensions, normalize)
+        return EmbeddingResult(vectors, sum(len(s) for s in seqs), took)
 
     def describe(self) -> dict[str, Any]:
         return {"embedding_dim": self.dim, "pooling": self.pooling, "max_input_tokens": self.max_tokens}
@@ -206,21 +240,8 @@ class LlamaEmbedder:
             if len(tokens) > self.max_tokens and truncate:
                 tokens = self._truncate_text(item, tokens)
         else:
-            tokens = [int(t) for t in item]
-            bad = [t for t in tokens if not 0 <= t < self.n_vocab]
-            if bad:
-                raise InvalidRequest(
-                    f"{where} holds token id {bad[0]}, outside this model's vocabulary (0..{self.n_vocab - 1}).",
-                    param="input",
-                )
-            if len(tokens) > self.max_tokens and truncate:
-                tokens = tokens[: self.max_tokens]
-        if len(tokens) > self.max_tokens:
-            raise ContextLengthExceeded(
-                f"{where} is {len(tokens)} tokens, but this model embeds at most {self.max_tokens} tokens per "
-                f"input. Shorten it, split it, or send \"truncate\": true to embed its first {self.max_tokens} tokens.",
-                param="input",
-            )
+            tokens = token_id_input(where, item, self.n_vocab, self.max_tokens, truncate)
+        check_length(where, tokens, self.max_tokens)
         return tokens
 
     def _truncate_text(self, text: str, full: list[int]) -> list[int]:

@@ -22,8 +22,15 @@ import numpy as np
 
 from nexa.config import Settings
 from nexa.engines.base import Engine, Task
-from nexa.engines.embeddings import EmbeddingResult, Input
-from nexa.errors import ContextLengthExceeded, InvalidRequest, StartupError
+from nexa.engines.embeddings import (
+    EmbeddingResult,
+    Input,
+    check_dimensions,
+    check_length,
+    finish_vectors,
+    token_id_input,
+)
+from nexa.errors import InvalidRequest, StartupError
 from nexa.models.types import ResolvedModel
 
 log = logging.getLogger("nexa.engine.onnx.embeddings")
@@ -181,21 +188,14 @@ class OnnxEmbeddingEngine(Engine):
         dimensions: int | None = None,
     ) -> EmbeddingResult:
         """Embed texts or token-id lists (used as given, no special tokens added)."""
-        if dimensions is not None and not 1 <= dimensions <= self.dim:
-            raise InvalidRequest(
-                f"dimensions must be between 1 and {self.dim}, this model's embedding width.", param="dimensions"
-            )
+        check_dimensions(dimensions, self.dim)
         seqs = [self._tokens(i, x, truncate) for i, x in enumerate(inputs)]
         started = time.perf_counter()
         with self._lock:
             vectors = self._embed_tokens(seqs)
         took = time.perf_counter() - started
-        if dimensions is not None and dimensions < self.dim:
-            vectors = np.ascontiguousarray(vectors[:, :dimensions])
-            normalize = True  # Matryoshka-style: the kept leading dimensions, unit length again
-        if normalize:
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        return EmbeddingResult(vectors.astype(np.float32, copy=False), sum(len(s) for s in seqs), took)
+        vectors = finish_vectors(vectors, dimensions, normalize)
+        return EmbeddingResult(vectors, sum(len(s) for s in seqs), took)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -220,23 +220,8 @@ class OnnxEmbeddingEngine(Engine):
             if len(tokens) > self.max_tokens and truncate:
                 tokens = list(self._truncating.encode(item).ids)
         else:
-            tokens = [int(t) for t in item]
-            if not tokens:
-                raise InvalidRequest(f"{where} is an empty list of tokens.", param="input")
-            bad = [t for t in tokens if not 0 <= t < self.n_vocab]
-            if bad:
-                raise InvalidRequest(
-                    f"{where} holds token id {bad[0]}, outside this model's vocabulary (0..{self.n_vocab - 1}).",
-                    param="input",
-                )
-            if len(tokens) > self.max_tokens and truncate:
-                tokens = tokens[: self.max_tokens]
-        if len(tokens) > self.max_tokens:
-            raise ContextLengthExceeded(
-                f"{where} is {len(tokens)} tokens, but this model embeds at most {self.max_tokens} tokens per "
-                f"input. Shorten it, split it, or send \"truncate\": true to embed its first {self.max_tokens} tokens.",
-                param="input",
-            )
+            tokens = token_id_input(where, item, self.n_vocab, self.max_tokens, truncate)
+        check_length(where, tokens, self.max_tokens)
         return tokens
 
     def _embed_tokens(self, seqs: list[list[int]]) -> np.ndarray:
