@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reload", action="store_true", help="restart the server when the code changes")
     s.add_argument("--nctx", type=int, default=2048, help="context length in tokens (default: 2048)")
     s.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: all usable cores)")
+    s.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        help="requests a text model decodes together, each with the full --nctx (default: from cores and memory)",
+    )
+    s.add_argument(
+        "--max-queue", type=int, default=64, help="requests that may wait for a slot; more get 503 (default: 64)"
+    )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     # Image models: where images go and which server files `image_path` may read.
     s.add_argument("--output-dir", default=None, help="directory for generated images (default: <cache>/images)")
@@ -152,6 +161,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
     if args.threads:
         settings.n_threads = args.threads
+    if (args.parallel is not None and args.parallel < 1) or args.max_queue < 0:
+        raise StartupError("--parallel must be at least 1 and --max-queue at least 0.")
+    settings.parallel, settings.max_queue = args.parallel, args.max_queue
     if args.max_image_size < 64 or args.max_image_steps < 1 or args.max_images < 1:
         raise StartupError("--max-image-size must be at least 64, --max-image-steps and --max-images at least 1.")
     for d in args.allow_dir:

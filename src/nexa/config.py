@@ -32,6 +32,8 @@ class Settings:
     reload: bool = False
     n_ctx: int = 2048
     n_threads: int = field(default_factory=_default_threads)
+    parallel: int | None = None  # text requests decoded together; None: from cores and memory
+    max_queue: int = 64  # text requests waiting for a slot before new ones get 503
     n_gpu_layers: int = -1  # all layers on the GPU when the wheel has one; ignored on CPU builds
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
     shutdown_grace_s: float = 30.0  # in-flight requests get this long to finish on Ctrl-C or SIGTERM

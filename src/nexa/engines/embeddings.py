@@ -9,7 +9,6 @@ engine (engines/llama.py) builds one lazily on its own weights with mean pooling
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 import time
@@ -22,6 +21,7 @@ import numpy as np
 
 from nexa.config import Settings
 from nexa.engines.base import Engine, Task
+from nexa.engines.batch import TokenBatch
 from nexa.errors import ContextLengthExceeded, InvalidRequest, StartupError
 from nexa.models.types import ResolvedModel
 
@@ -160,7 +160,7 @@ class LlamaEmbedder:
         except AttributeError:  # pragma: no cover - older bindings
             self.dim = model.n_embd()
         self._lock = threading.Lock()
-        self._alloc_batch(n_batch)
+        self._batch = TokenBatch(n_batch)
         log.info(
             "embedding context for %s ready in %.1fs (dim=%d, pooling=%s, max %d tokens per input, threads=%d)",
             self.path.name, time.perf_counter() - started, self.dim, self.pooling, self.max_tokens, n_threads,
@@ -174,29 +174,6 @@ class LlamaEmbedder:
         meta = self._model.metadata()
         own = meta.get(f"{meta.get('general.architecture', '')}.pooling_type")
         return int(own) if own not in (None, "0") else POOLINGS["mean"]
-
-    def _alloc_batch(self, n: int) -> None:
-        # Our own llama_batch over numpy arrays: filling a batch is a few slice assignments, not
-        # a Python loop per token. Every token has exactly one sequence id, kept in `_seq`.
-        lc = self._lc
-        self._tok = np.zeros(n, np.int32)
-        self._pos = np.zeros(n, np.int32)
-        self._seq = np.zeros(n, np.int32)
-        self._n_seq_id = np.ones(n, np.int32)
-        self._out = np.ones(n, np.int8)  # pooled embeddings need every token as an output
-        base = self._seq.ctypes.data
-        self._seq_ptrs = (ctypes.POINTER(ctypes.c_int32) * n)(
-            *[ctypes.cast(base + 4 * i, ctypes.POINTER(ctypes.c_int32)) for i in range(n)]
-        )
-        self._batch = lc.llama_batch(
-            n_tokens=0,
-            token=self._tok.ctypes.data_as(ctypes.POINTER(lc.llama_token)),
-            embd=None,
-            pos=self._pos.ctypes.data_as(ctypes.POINTER(lc.llama_pos)),
-            n_seq_id=self._n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
-            seq_id=self._seq_ptrs,
-            logits=self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
-        )
 
     # -- public ------------------------------------------------------------------------------
 
@@ -272,16 +249,12 @@ class LlamaEmbedder:
 
     def _decode(self, seqs: list[list[int]], out: np.ndarray) -> None:
         lc, ctx = self._lc, self._ctx.ctx
-        n = 0
+        self._batch.clear()
         for s, tokens in enumerate(seqs):
-            k = len(tokens)
-            self._tok[n : n + k] = tokens
-            self._pos[n : n + k] = np.arange(k, dtype=np.int32)
-            self._seq[n : n + k] = s
-            n += k
-        self._batch.n_tokens = n
+            self._batch.add(tokens, 0, s, outputs="all")
+        n = self._batch.n
         self._ctx.kv_cache_clear()  # a fresh start for every batch (no-op for BERT: no cache)
-        rc = lc.llama_decode(ctx, self._batch)
+        rc = lc.llama_decode(ctx, self._batch.struct)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with code {rc} on a batch of {n} tokens")
         for s in range(len(seqs)):

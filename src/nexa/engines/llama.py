@@ -1,8 +1,9 @@
 """llama.cpp engine (llama-cpp-python) for GGUF text and chat models.
 
-We use `Llama` to load, tokenize and decode, but run our own sampling loop over
-llama.cpp's C sampler chain: that keeps sampling out of Python, lets every request
-carry its own seed, stop strings and logprobs, and lets a cancelled request stop at
+`Llama` loads the weights, tokenizes and renders chat templates; generation runs in our
+scheduler (engines/scheduler.py) over a context of our own with one KV stream per parallel
+slot, sampling through llama.cpp's C sampler chain: sampling stays out of Python, every
+request carries its own seed, stop strings and logprobs, and a cancelled request stops at
 the next token.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -28,12 +30,13 @@ from nexa.engines.base import (
     TokenLogprob,
     TopLogprob,
 )
-from nexa.engines.stops import StopMatcher
+from nexa.engines.scheduler import Scheduler, Slot
 from nexa.errors import InvalidRequest
 from nexa.models.types import ResolvedModel
 
 log = logging.getLogger("nexa.engine.llama")
 
+N_BATCH = 512  # rows per decode step: generating requests first, then prompt chunks
 RANDOM_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: a fresh random seed per sampler
 
 # Catalogue chat formats -> llama-cpp-python's formatter functions (by their registered names).
@@ -61,6 +64,8 @@ class LlamaEngine(TextEngine):
         n_threads: int = 2,
         n_gpu_layers: int = -1,
         chat_format: str | None = None,
+        parallel: int | None = None,
+        max_queue: int = 64,
     ):
         import llama_cpp
         from llama_cpp import llama_chat_format
@@ -71,28 +76,51 @@ class LlamaEngine(TextEngine):
         started = time.perf_counter()
         self._llm = llama_cpp.Llama(
             model_path=str(path),
-            n_ctx=n_ctx,
+            # Weights, tokenizer and template only: generation runs in the scheduler's own
+            # context below, so this one is kept as small as llama.cpp allows.
+            n_ctx=32,
+            n_batch=32,
             n_threads=n_threads,
-            n_threads_batch=n_threads,
             n_gpu_layers=n_gpu_layers,
-            logits_all=False,  # logprobs read the last row only; all rows would cost n_ctx*vocab floats
             verbose=False,
         )
-        self.n_ctx = self._llm.n_ctx()
+        self.n_ctx = n_ctx
         self._vocab = self._llm._model.vocab
         self.n_vocab = self._n_vocab = self._llm.n_vocab()
         self._piece_buf = ctypes.create_string_buffer(64)
-        # One context, one sequence: requests take turns (continuous batching is issue 8).
-        self._lock = threading.Lock()
+        self._embedder_lock = threading.Lock()
         self._formatter = self._chat_formatter(chat_format, llama_chat_format)
+        self.parallel = parallel or default_parallel(self._llm._model, n_ctx)
+        self.n_batch = N_BATCH
+        self._ctx = self._context(n_threads)
+        self.scheduler = Scheduler(self, self._ctx, parallel=self.parallel, n_batch=N_BATCH, max_waiting=max_queue)
         log.info(
-            "loaded %s in %.1fs (n_ctx=%d, threads=%d, chat template: %s)",
+            "loaded %s in %.1fs (n_ctx=%d per request, %d parallel, threads=%d, chat template: %s)",
             path.name,
             time.perf_counter() - started,
             self.n_ctx,
+            self.parallel,
             n_threads,
             self.chat_template_source,
         )
+
+    def _context(self, n_threads: int) -> Any:
+        lc = self._llama_cpp
+        from llama_cpp import _internals
+
+        cp = lc.llama_context_default_params()
+        cp.n_ctx = self.n_ctx * self.parallel  # split into one full-context stream per slot
+        cp.n_batch = cp.n_ubatch = N_BATCH
+        cp.n_seq_max = self.parallel
+        cp.kv_unified = False  # see engines/scheduler.py: same tokens alone or in company
+        cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        cp.n_threads = cp.n_threads_batch = n_threads
+        cp.no_perf = True
+        try:
+            return _internals.LlamaContext(model=self._llm._model, params=cp, verbose=False)
+        except ValueError:  # a model or backend without flash attention
+            cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_AUTO
+            return _internals.LlamaContext(model=self._llm._model, params=cp, verbose=False)
 
     @classmethod
     def from_resolved(cls, model: ResolvedModel, settings: Settings) -> LlamaEngine:
@@ -103,6 +131,8 @@ class LlamaEngine(TextEngine):
             n_threads=settings.n_threads,
             n_gpu_layers=settings.n_gpu_layers,
             chat_format=model.chat_format,
+            parallel=settings.parallel,
+            max_queue=settings.max_queue,
         )
 
     # -- prompts ---------------------------------------------------------------------------
@@ -153,81 +183,22 @@ class LlamaEngine(TextEngine):
         return self._llm.tokenize(text.encode("utf-8"), add_bos=not has_bos, special=True)
 
     def describe(self) -> dict[str, Any]:
-        return {"n_ctx": self.n_ctx, "chat_template": self.chat_template_source}
+        return {"n_ctx": self.n_ctx, "parallel": self.parallel, "chat_template": self.chat_template_source}
 
-    # -- generation ------------------------------------------------------------------------
+    # -- generation (the scheduler calls the hooks below from its thread) ----------------------
 
     def generate(
         self, prompt: list[int], params: SamplingParams, cancel: threading.Event
     ) -> Iterator[TextDelta | Finish]:
+        """Queue the request now (a full queue is a 503 before any response starts); the
+        returned iterator yields its results as the scheduler produces them."""
         self.check_prompt(prompt, "prompt")
-        with self._lock:
-            yield from self._generate_locked(prompt, params, cancel)
+        return self.scheduler.submit(prompt, params, cancel).results()
 
-    def _feed_prompt(self, prompt: Any) -> tuple[int, int]:
-        """Put the prompt into the context; returns (prompt tokens, tokens reused from cache).
-
-        A subclass with other kinds of prompt (images between text) overrides this alone.
-        """
-        cached = self._reuse_prefix(prompt)
-        self._llm.eval(prompt[cached:])
-        return len(prompt), cached
-
-    def _generate_locked(
-        self, prompt: Any, params: SamplingParams, cancel: threading.Event
-    ) -> Iterator[TextDelta | Finish]:
-        llm, lc = self._llm, self._llama_cpp
-        started = time.perf_counter()
-        n_prompt, cached = self._feed_prompt(prompt)
-        prompt_done = time.perf_counter()
-
-        sampler = self._sampler(params)
-        matcher = StopMatcher(params.stop)
-        budget = self.n_ctx - n_prompt
-        if params.max_tokens is not None:
-            budget = min(budget, params.max_tokens)
-        produced, reason = 0, "length"
-        pending: list[TokenLogprob] = []
-        try:
-            while produced < budget:
-                if cancel.is_set():
-                    return
-                token = sampler.sample(llm._ctx, -1)
-                if lc.llama_vocab_is_eog(self._vocab, token):
-                    reason = "stop"
-                    break
-                if params.logprobs is not None:
-                    pending.append(self._logprob(token, params.logprobs))
-                produced += 1
-                text = matcher.feed(self._piece(token))
-                if text or matcher.stopped:
-                    yield TextDelta(text, pending)
-                    pending = []
-                if matcher.stopped:
-                    reason = "stop"
-                    break
-                if produced < budget:
-                    llm.eval([token])
-        finally:
-            sampler.close()
-        if not matcher.stopped:
-            tail = matcher.flush()
-            if tail or pending:
-                yield TextDelta(tail, pending)
-        yield Finish(
-            reason=reason,
-            prompt_tokens=n_prompt,
-            completion_tokens=produced,
-            cached_tokens=cached,
-            prompt_seconds=prompt_done - started,
-            generation_seconds=time.perf_counter() - prompt_done,
-        )
-
-    def _reuse_prefix(self, prompt: list[int]) -> int:
-        """Keep the KV cache for the longest common prefix with the last request."""
-        llm = self._llm
+    def reusable(self, slot: Slot, prompt: Any) -> tuple[int, int]:
+        """(positions to keep in the slot's KV stream, prompt tokens they cover)."""
         common = 0
-        for a, b in zip(llm._input_ids[: llm.n_tokens], prompt):
+        for a, b in zip(slot.cache, prompt):
             if a != b:
                 break
             common += 1
@@ -235,12 +206,16 @@ class LlamaEngine(TextEngine):
         # round differently from a multi-row one, so re-decoding only the last token would
         # make a repeated greedy request answer differently from its first run.
         common = max(0, min(common, len(prompt) - 2))
-        if not llm._ctx.kv_cache_seq_rm(-1, common, -1):
-            common = 0
-            llm.reset()
-            llm._ctx.kv_cache_clear()
-        llm.n_tokens = common
-        return common
+        return common, common
+
+    def feed_special(self, scheduler: Scheduler, slot: Slot, prompt: Any, keep: int) -> None:
+        raise TypeError(f"{type(self).__name__} takes token prompts only")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def new_sampler(self, params: SamplingParams) -> Any:
+        return self._sampler(params)
 
     def _sampler(self, p: SamplingParams) -> Any:
         chain = self._chain(p)
@@ -271,7 +246,7 @@ class LlamaEngine(TextEngine):
         s.add_dist(RANDOM_SEED if p.seed is None else p.seed & 0xFFFFFFFF)
         return s
 
-    def _piece(self, token: int) -> bytes:
+    def piece(self, token: int) -> bytes:
         # Our own buffer handling: llama-cpp-python's token_to_piece returns its whole
         # 32-byte buffer, NULs included.
         buf = self._piece_buf
@@ -281,10 +256,7 @@ class LlamaEngine(TextEngine):
             n = self._llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
         return buf.raw[:n]
 
-    def _logprob(self, token: int, top_n: int) -> TokenLogprob:
-        return self._logprob_at(self._llm._ctx.ctx, -1, token, top_n)
-
-    def _logprob_at(self, ctx: Any, idx: int, token: int, top_n: int) -> TokenLogprob:
+    def logprob_at(self, ctx: Any, idx: int, token: int, top_n: int) -> TokenLogprob:
         """The model's log-probabilities at batch row `idx` of `ctx` (not the sampler's)."""
         ptr = self._llama_cpp.llama_get_logits_ith(ctx, idx)
         logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).astype(np.float64)
@@ -294,16 +266,16 @@ class LlamaEngine(TextEngine):
         if top_n > 0:
             ids = np.argpartition(-logprobs, top_n)[:top_n]
             for i in ids[np.argsort(-logprobs[ids])]:
-                piece = self._piece(int(i))
+                piece = self.piece(int(i))
                 top.append(TopLogprob(piece.decode("utf-8", "replace"), float(logprobs[i]), list(piece)))
-        piece = self._piece(token)
+        piece = self.piece(token)
         return TokenLogprob(piece.decode("utf-8", "replace"), float(logprobs[token]), list(piece), top)
 
     def embed(self, inputs: list[Any], **options: Any) -> Any:
         """Mean-pooled embeddings from a second, embedding-mode context on these same weights."""
         from nexa.engines.embeddings import LlamaEmbedder
 
-        with self._lock:  # the first requests must not build two contexts
+        with self._embedder_lock:  # the first requests must not build two contexts
             if self._embedder is None:
                 self._embedder = LlamaEmbedder(
                     self.path, n_ctx=self.n_ctx, n_threads=self._llm.n_threads, pooling="mean", model=self._llm._model
@@ -311,4 +283,22 @@ class LlamaEngine(TextEngine):
         return self._embedder.embed(inputs, **options)
 
     def close(self) -> None:
+        self.scheduler.close()
+        self._ctx.close()
         self._llm.close()
+
+
+def default_parallel(model: Any, n_ctx: int) -> int:
+    """Slots from the cores and the context: two rows per core keep a CPU busy (a decode step
+    costs little more for 4 rows than for 1), capped so the KV streams take at most a quarter
+    of the machine's memory."""
+    import llama_cpp as lc
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    want = max(2, min(8, 2 * cores))
+    n_layer, n_embd = lc.llama_model_n_layer(model.model), lc.llama_model_n_embd(model.model)
+    n_head, n_head_kv = lc.llama_model_n_head(model.model), lc.llama_model_n_head_kv(model.model)
+    per_token = 2 * n_layer * (n_embd // max(1, n_head)) * n_head_kv * 2  # K and V, f16
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    fit = (memory // 4) // max(1, per_token * n_ctx)
+    return max(1, min(want, fit))

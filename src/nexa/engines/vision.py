@@ -29,6 +29,7 @@ import numpy as np
 from nexa.config import Settings
 from nexa.engines.base import Task
 from nexa.engines.llama import LlamaEngine
+from nexa.engines.scheduler import Scheduler, Slot
 from nexa.errors import ContextLengthExceeded, InvalidRequest, StartupError
 from nexa.models.types import ResolvedModel
 
@@ -135,22 +136,20 @@ class VisionEngine(LlamaEngine):
         params.print_timings = False
         ctx = mtmd.mtmd_init_from_file(str(self.projector).encode(), self._llm.model, params)
         if not ctx:
-            self._llm.close()
+            super().close()
             raise ValueError(
                 f"llama.cpp could not load the vision projector {self.projector.name} with {path.name} "
                 "(is it the mmproj GGUF made for this model? its output width must match the model's)"
             )
         if not mtmd.mtmd_support_vision(ctx):
             mtmd.mtmd_free(ctx)
-            self._llm.close()
+            super().close()
             raise ValueError(f"{self.projector.name} has no vision encoder (an audio-only projector?)")
         self._ctx_mtmd = ctx
         self._marker = mtmd.mtmd_default_marker().decode("utf-8")
         # mtmd's context holds the last encoder output: tokenizing (in request threads) and
-        # encoding (under the engine lock) take turns on it.
+        # encoding (in the scheduler's thread) take turns on it.
         self._mtmd_lock = threading.Lock()
-        # Images now in the KV cache: start position -> (digest, positions); see _reusable.
-        self._cached_images: dict[int, tuple[str, int]] = {}
         log.info(
             "loaded projector %s (%s) in %.2fs",
             self.projector.name,
@@ -319,33 +318,27 @@ class VisionEngine(LlamaEngine):
 
     # -- generation ------------------------------------------------------------------------
 
-    def _feed_prompt(self, prompt: Any) -> tuple[int, int]:
-        if not isinstance(prompt, VisionPrompt):
-            return super()._feed_prompt(prompt)
-        llm = self._llm
-        keep, cached = self._reusable(prompt)
-        if not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
-            keep = cached = 0
-            llm.reset()
-            llm._ctx.kv_cache_clear()
-        llm.n_tokens = keep
-        self._forget_images_from(keep)
-        pos = 0  # positions, like llm.n_tokens
-        for seg in prompt.segments:
+    def feed_special(self, scheduler: Scheduler, slot: Slot, prompt: Any, keep: int) -> None:
+        """Decode a prompt of text and images into the slot's stream, from position `keep` on."""
+        if not isinstance(prompt.segments[-1], list):
+            raise InvalidRequest("A prompt cannot end with an image: the chat template must follow it with text.")
+        pos = 0  # positions, like len(slot.cache)
+        last = len(prompt.segments) - 1
+        for i, seg in enumerate(prompt.segments):
             if isinstance(seg, list):
                 if pos + len(seg) > keep:
-                    llm.eval(seg[max(0, keep - pos) :])
+                    scheduler.decode_tokens(slot, seg[max(0, keep - pos) :], logits_last=i == last)
                 pos += len(seg)
             else:
                 if pos + seg.n_pos > keep:  # keep never ends inside an image
-                    self._decode_image(seg)
+                    self._decode_image(scheduler, slot, seg)
                 pos += seg.n_pos
-        return prompt.n_tokens, cached
 
-    def _reusable(self, prompt: VisionPrompt) -> tuple[int, int]:
-        """(positions, tokens) of the prompt's prefix already in the KV cache."""
-        llm = self._llm
-        have, ids = llm.n_tokens, llm._input_ids
+    def reusable(self, slot: Slot, prompt: Any) -> tuple[int, int]:
+        """(positions, tokens) of the prompt's prefix already in the slot's KV stream."""
+        if not isinstance(prompt, VisionPrompt):
+            return super().reusable(slot, prompt)
+        have, ids = len(slot.cache), slot.cache
         spans: list[tuple[int, int, int, bool]] = []  # (start pos, end pos, start token, is image)
         pos = tok = 0
         for seg in prompt.segments:
@@ -362,11 +355,11 @@ class VisionEngine(LlamaEngine):
                 keep = start + n
                 if n < len(seg):
                     break
-            elif end <= have and self._cached_images.get(start) == (seg.digest, seg.n_pos):
+            elif end <= have and slot.images.get(start) == (seg.digest, seg.n_pos):
                 keep = end
             else:
                 break
-        # Re-decode at least the last two positions (see LlamaEngine._reuse_prefix), and never
+        # Re-decode at least the last two positions (see LlamaEngine.reusable), and never
         # stop inside an image: an image is decoded whole or not at all.
         keep = max(0, min(keep, prompt.n_pos - 2))
         for start, end, start_tok, is_image in spans:
@@ -376,11 +369,11 @@ class VisionEngine(LlamaEngine):
                 return keep, start_tok + (0 if is_image else keep - start)
         return keep, prompt.n_tokens
 
-    def _decode_image(self, seg: ImageSegment) -> None:
-        mtmd, llm = self._mtmd, self._llm
+    def _decode_image(self, scheduler: Scheduler, slot: Slot, seg: ImageSegment) -> None:
+        mtmd = self._mtmd
         import llama_cpp
 
-        start = llm.n_tokens
+        start = len(slot.cache)
         with self._mtmd_lock:
             if mtmd.mtmd_encode_chunk(self._ctx_mtmd, seg.chunk) != 0:
                 raise RuntimeError("the vision projector failed to encode an image")
@@ -388,12 +381,12 @@ class VisionEngine(LlamaEngine):
             new_n_past = llama_cpp.llama_pos(0)
             rc = mtmd.mtmd_helper_decode_image_chunk(
                 self._ctx_mtmd,
-                llm._ctx.ctx,
+                scheduler.ctx.ctx,
                 seg.chunk,
                 embd,
                 start,
-                0,
-                llm.n_batch,
+                slot.seq,
+                scheduler.n_batch,
                 ctypes.byref(new_n_past),
                 mtmd.mtmd_helper_post_decode_callback(),  # none
                 None,
@@ -402,19 +395,8 @@ class VisionEngine(LlamaEngine):
             raise RuntimeError(f"llama.cpp failed to decode an image's embeddings (error {rc})")
         end = new_n_past.value
         # No token id is -1: a later text prompt never "matches" the positions an image fills.
-        llm._input_ids[start:end] = -1
-        llm.n_tokens = end
-        self._cached_images[start] = (seg.digest, end - start)
-
-    def _reuse_prefix(self, prompt: list[int]) -> int:
-        common = super()._reuse_prefix(prompt)
-        self._forget_images_from(common)
-        return common
-
-    def _forget_images_from(self, pos: int) -> None:
-        for start, (_, n_pos) in list(self._cached_images.items()):
-            if start + n_pos > pos:
-                del self._cached_images[start]
+        slot.cache.extend([-1] * (end - start))
+        slot.images[start] = (seg.digest, end - start)
 
     def close(self) -> None:
         if self._ctx_mtmd:

@@ -14,7 +14,7 @@ from nexa.config import Settings
 from nexa.models.manager import ModelManager, resolve_model
 from nexa.server.errors import install_error_handlers
 from nexa.server.logs import AccessLog
-from nexa.server.routers import audio, chat, completions, embeddings, functions, health, images, models
+from nexa.server.routers import audio, chat, completions, embeddings, functions, health, images, metrics, models
 
 log = logging.getLogger("nexa.server")
 
@@ -35,6 +35,7 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
     install_error_handlers(app)
     for router in (
         health.router,
+        metrics.router,
         models.router,
         completions.router,
         chat.router,

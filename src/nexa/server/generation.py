@@ -4,6 +4,7 @@ turn its plain results into OpenAI pieces (logprobs, usage, the access-log figur
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,11 +19,19 @@ from nexa.server.threads import collect, iterate_in_thread
 def generate(
     request: Request, engine: TextEngine, prompt: list[int], params: SamplingParams
 ) -> AsyncIterator[TextDelta | Finish]:
+    # Called here, on the loop, so a request the engine cannot queue (503) fails before any
+    # response starts; engines do their work only when the returned iterator is read.
+    cancel = threading.Event()
+    started = engine.generate(prompt, params, cancel)
+
     async def items() -> AsyncIterator[TextDelta | Finish]:
-        async for item in iterate_in_thread(lambda cancel: engine.generate(prompt, params, cancel)):
-            if isinstance(item, Finish):
-                request.state.generation = (item.completion_tokens, item.generation_seconds)
-            yield item
+        try:
+            async for item in iterate_in_thread(lambda _: started, cancel):
+                if isinstance(item, Finish):
+                    request.state.generation = (item.completion_tokens, item.generation_seconds)
+                yield item
+        finally:
+            cancel.set()
 
     return items()
 
@@ -53,7 +62,34 @@ async def off_loop(fn: Any, *args: Any) -> Any:
 
 
 def finish_usage(finish: Finish) -> dict[str, Any]:
-    return usage(finish.prompt_tokens, finish.completion_tokens, finish.cached_tokens)
+    out = usage(finish.prompt_tokens, finish.completion_tokens, finish.cached_tokens)
+    computed = finish.prompt_tokens - finish.cached_tokens
+    # llama-server's names, so its dashboards and clients read them; OpenAI clients ignore them.
+    out["timings"] = {
+        "prompt_n": computed,
+        "prompt_ms": round(finish.prompt_seconds * 1000, 3),
+        "prompt_per_second": round(computed / finish.prompt_seconds, 2) if finish.prompt_seconds > 0 else None,
+        "predicted_n": finish.completion_tokens,
+        "predicted_ms": round(finish.generation_seconds * 1000, 3),
+        "predicted_per_second": (
+            round(finish.completion_tokens / finish.generation_seconds, 2) if finish.generation_seconds > 0 else None
+        ),
+        "cache_n": finish.cached_tokens,
+    }
+    return out
+
+
+def chat_chunk(
+    cid: str, created: int, model: str, delta: dict[str, Any], logprobs: Any = None, finish: str | None = None
+) -> dict[str, Any]:
+    """One `chat.completion.chunk` event of a streamed chat answer."""
+    return {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+    }
 
 
 def chat_logprobs(items: list[TokenLogprob]) -> dict[str, Any]:

@@ -23,10 +23,13 @@ class _Failed:
         self.exc = exc
 
 
-async def iterate_in_thread(make: Callable[[threading.Event], Iterator[T]]) -> AsyncIterator[T]:
+async def iterate_in_thread(
+    make: Callable[[threading.Event], Iterator[T]], cancel: threading.Event | None = None
+) -> AsyncIterator[T]:
+    """`cancel`: an event the caller already handed to the engine (one is made otherwise)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue()
-    cancel = threading.Event()
+    cancel = cancel or threading.Event()
 
     def put(item: object) -> None:
         try:
@@ -35,14 +38,19 @@ async def iterate_in_thread(make: Callable[[threading.Event], Iterator[T]]) -> A
             cancel.set()
 
     def work() -> None:
+        items = None
         try:
-            for item in make(cancel):
+            items = make(cancel)
+            for item in items:
                 put(item)
                 if cancel.is_set():
                     break
         except BaseException as exc:  # handed to the consumer, which raises it
             put(_Failed(exc))
         finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # a generator left early runs its cleanup now, not at GC
+                close()
             put(_DONE)
 
     threading.Thread(target=work, name="nexa-engine", daemon=True).start()

@@ -22,6 +22,7 @@ system note lists them and the conversation's calls and results are written out 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -35,7 +36,7 @@ from nexa.engines.grammar import TOOL_NAME, GrammarBuilder
 from nexa.errors import InvalidRequest
 from nexa.schemas.text import ChatMessage, ChatRequest, ResponseFormat
 from nexa.schemas.tools import CallEvents, Tool, ToolCall
-from nexa.server.generation import Collected, chat_logprobs, finish_usage
+from nexa.server.generation import Collected, chat_chunk, chat_logprobs, finish_usage
 
 MAX_CALLS = 4  # calls in one answer when parallel calls are allowed: a bound keeps it finite
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -561,15 +562,7 @@ async def chat_stream(
 ) -> AsyncIterator[dict[str, Any]]:
     """chat.completion.chunk events: text as `content`, calls as OpenAI `delta.tool_calls`."""
 
-    def chunk(delta: dict[str, Any], lp: Any = None, finish: str | None = None) -> dict[str, Any]:
-        return {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}],
-        }
-
+    chunk = functools.partial(chat_chunk, cid, created, model)
     parser, ev = new_parser(plan)
     started = False
     async for item in _prefilled(ev, items):

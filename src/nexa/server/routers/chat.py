@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 
-from nexa.engines.base import Finish, SamplingParams, Task, TextEngine
+from nexa.engines.base import Finish, SamplingParams, Task, TextDelta, TextEngine
 from nexa.errors import InvalidRequest
 from nexa.schemas.common import new_id, now
 from nexa.schemas.text import ChatRequest
 from nexa.server import tools
-from nexa.server.generation import chat_logprobs, finish_usage, generate, generate_all, off_loop
+from nexa.server.generation import chat_chunk, chat_logprobs, finish_usage, generate, generate_all, off_loop
 from nexa.server.image_input import ImagePolicy, load_images
 from nexa.server.sse import sse_response
 
@@ -46,7 +47,8 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
         return tools.chat_response(plan, out, cid, created, model, want_logprobs)
 
     if body.stream:
-        return sse_response(_stream(request, engine, tokens, params, body, cid, created, model))
+        items = generate(request, engine, tokens, params)  # queued now: a full queue is a 503, not a broken stream
+        return sse_response(_stream(items, params, body, cid, created, model))
 
     out = await generate_all(request, engine, tokens, params)
     assert out.finish is not None
@@ -106,26 +108,16 @@ def _prompt(engine: TextEngine, body: ChatRequest, plan: tools.Plan | None = Non
 
 
 async def _stream(
-    request: Request,
-    engine: TextEngine,
-    tokens: list[int],
+    items: AsyncIterator[TextDelta | Finish],
     params: SamplingParams,
     body: ChatRequest,
     cid: str,
     created: int,
     model: str,
 ) -> AsyncIterator[dict[str, Any]]:
-    def chunk(delta: dict[str, Any], logprobs: Any = None, finish: str | None = None) -> dict[str, Any]:
-        return {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
-        }
-
+    chunk = functools.partial(chat_chunk, cid, created, model)
     yield chunk({"role": "assistant", "content": ""})
-    async for item in generate(request, engine, tokens, params):
+    async for item in items:
         if isinstance(item, Finish):
             yield chunk({}, None, item.reason)
             if body.include_usage:

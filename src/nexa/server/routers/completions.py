@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from nexa.engines.base import Finish, Task, TextEngine
+from nexa.engines.base import Finish, Task, TextDelta, TextEngine
 from nexa.schemas.common import new_id, now
 from nexa.schemas.text import CompletionRequest
 from nexa.server import tools
@@ -29,7 +29,8 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     cid, created, model = new_id("cmpl"), now(), engine.name
 
     if body.stream:
-        return sse_response(_stream(request, engine, tokens, params, body, cid, created, model, echo))
+        items = generate(request, engine, tokens, params)  # queued now: a full queue is a 503, not a broken stream
+        return sse_response(_stream(items, params, body, cid, created, model, echo))
 
     out = await generate_all(request, engine, tokens, params)
     assert out.finish is not None
@@ -53,9 +54,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
 
 
 async def _stream(
-    request: Request,
-    engine: TextEngine,
-    tokens: list[int],
+    items: AsyncIterator[TextDelta | Finish],
     params: Any,
     body: CompletionRequest,
     cid: str,
@@ -75,7 +74,7 @@ async def _stream(
     if echo:
         yield chunk(echo)
     offset = len(echo)
-    async for item in generate(request, engine, tokens, params):
+    async for item in items:
         if isinstance(item, Finish):
             yield chunk("", None, item.reason)
             if body.include_usage:

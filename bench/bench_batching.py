@@ -1,0 +1,255 @@
+"""Concurrent throughput: `nexa server` against llama.cpp's `llama-server` and llama-cpp-python's
+two servers (`llama_cpp.server` and its batched `examples/server/server.py`), same model, same
+machine, one run.
+
+Each server is started in turn (never two at once: they would fight for the cores) with the same
+threads, the same number of parallel slots and the same context per slot. For 1, 4 and 8
+concurrent clients, every client streams chat requests of 128 greedy tokens, each with its own
+prompt (so no server reuses another request's cache); the script prints aggregate tokens/s,
+the median time to first token and both as ratios to llama-server. Then the prompt cache: the
+time to first token of a ~1k-token prompt, cold and again with the same prefix and a new
+question at the end.
+
+    .venv/bin/pip install -e '.[bench]'
+    .venv/bin/python bench/bench_batching.py [--model PATH] [--rounds 2] [--parallel 8] [--only nexa,llama-server]
+
+llama-server is built from the llama.cpp that the pinned llama-cpp-python's source archive
+vendors, outside the repo (bench/peers.py; several minutes the first time). This is a script,
+not a test: it prints figures and asserts nothing about them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # noqa: E402
+
+HOST = "127.0.0.1"
+MAX_TOKENS = 128
+TOPICS = [
+    "a lighthouse keeper", "a lost robot", "a desert caravan", "a deep-sea diver", "a mountain village",
+    "a time traveller", "a street musician", "an old library", "a dragon's egg", "a space station",
+    "a river ferry", "a secret garden", "a chess prodigy", "a storm chaser", "a clockmaker", "a polar expedition",
+]
+PREFIX_PARAGRAPH = (
+    "The following is the operating manual of the northern water treatment plant. Section {i}: every valve "
+    "is inspected weekly, pressures are logged at the start of each shift, and any reading outside the normal "
+    "band is reported to the duty engineer together with the time, the gauge number and the action taken. "
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    name: str
+    cmd: list[str]
+    port: int
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self, log_dir: Path, timeout_s: float = 180) -> None:
+        log = open(log_dir / f"{self.name}.log", "wb")
+        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited; see {log_dir / (self.name + '.log')}")
+            try:
+                if httpx.get(self.url + "/v1/models", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} did not start in {timeout_s:.0f}s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def servers(model: Path, parallel: int, n_ctx: int, threads: int) -> list[Server]:
+    py = sys.executable
+    out = [
+        Server("nexa", [py, "-m", "nexa.cli", "server", str(model), "-lp", "--port", "{port}", "--parallel",
+                        str(parallel), "--nctx", str(n_ctx), "--threads", str(threads), "--log-level", "warning"], 0),
+        Server("llama-server", [str(peers.llama_server()), "-m", str(model), "--host", HOST, "--port", "{port}",
+                                "-np", str(parallel), "-c", str(n_ctx * parallel), "-t", str(threads), "-tb",
+                                str(threads), "--no-webui"], 0,
+               env={**os.environ, "LD_LIBRARY_PATH": str(peers.llama_server().parent)}),
+        # llama_cpp.server has one context and no batching: it serves one request at a time.
+        Server("llama_cpp.server", [py, "-m", "llama_cpp.server", "--model", str(model), "--host", HOST, "--port",
+                                    "{port}", "--n_ctx", str(n_ctx), "--n_threads", str(threads),
+                                    "--n_threads_batch", str(threads)], 0),
+        Server("example-server", [py, str(peers.example_server()), "-C", "{config}"], 0),
+    ]
+    for s in out:
+        s.port = free_port()
+        s.cmd = [c.replace("{port}", str(s.port)) for c in s.cmd]
+        if "{config}" in s.cmd:
+            config = {
+                "server": {"host": HOST, "port": s.port},
+                "model": {"path": str(model), "n_ctx": n_ctx * parallel, "n_seq_max": parallel,
+                          "threads": threads, "threads_batch": threads, "max_output_tokens": MAX_TOKENS * 2},
+            }
+            path = Path(tempfile.mkstemp(suffix=".json")[1])
+            path.write_text(json.dumps(config))
+            s.cmd = [c.replace("{config}", str(path)) for c in s.cmd]
+    return out
+
+
+@dataclass
+class Sample:
+    ttft_s: float
+    tokens: int
+    end: float
+
+
+def stream_chat(url: str, messages: list[dict], max_tokens: int = MAX_TOKENS) -> Sample:
+    body = {
+        "model": "any", "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    ttft, chunks, usage = None, 0, None
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            if data.get("usage"):
+                usage = data["usage"]
+            for choice in data.get("choices") or []:
+                if (choice.get("delta") or {}).get("content"):
+                    chunks += 1
+                    if ttft is None:
+                        ttft = time.perf_counter() - started
+    end = time.perf_counter()
+    tokens = usage["completion_tokens"] if usage and usage.get("completion_tokens") else chunks
+    return Sample(ttft if ttft is not None else end - started, tokens, end)
+
+
+def load(url: str, clients: int, rounds: int, tag: str) -> tuple[float, float, int]:
+    """(aggregate tokens/s, median TTFT s, tokens): `clients` threads, `rounds` requests each."""
+    samples: list[Sample] = []
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        for r in range(rounds):
+            topic = TOPICS[(c * rounds + r) % len(TOPICS)]
+            messages = [
+                {"role": "system", "content": f"Request {tag}-{c}-{r}. You are a storyteller."},
+                {"role": "user", "content": f"Write a long story about {topic}, in many paragraphs."},
+            ]
+            s = stream_chat(url, messages)
+            with lock:
+                samples.append(s)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = max(s.end for s in samples) - started
+    tokens = sum(s.tokens for s in samples)
+    return tokens / took, statistics.median(s.ttft_s for s in samples), tokens
+
+
+def prefix_reuse(url: str) -> tuple[float, float]:
+    """TTFT of a ~1k-token prompt cold, then with the same prefix and a different question."""
+    manual = "".join(PREFIX_PARAGRAPH.format(i=i) for i in range(16))
+    tag = f"{time.time_ns()}"  # never seen before by this server
+
+    def ask(question: str) -> float:
+        messages = [{"role": "system", "content": f"Manual {tag}. {manual}"}, {"role": "user", "content": question}]
+        return stream_chat(url, messages, max_tokens=4).ttft_s
+
+    cold = ask("How often are valves inspected?")
+    warm = ask("Who receives the reports?")
+    return cold, warm
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, default=None, help="GGUF (default: SmolLM2-135M-Instruct from MODELS.md)")
+    ap.add_argument("--rounds", type=int, default=2, help="requests per client at each level")
+    ap.add_argument("--parallel", type=int, default=8, help="slots for every server")
+    ap.add_argument("--nctx", type=int, default=1024, help="context per slot")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--levels", default="1,4,8")
+    ap.add_argument("--only", default="", help="comma-separated server names")
+    args = ap.parse_args()
+    if args.model is None:
+        from nexa.models.store import ModelStore
+
+        args.model = ModelStore().resolve(None).path
+    levels = [int(x) for x in args.levels.split(",")]
+    chosen = [s for s in servers(args.model, args.parallel, args.nctx, args.threads)
+              if not args.only or s.name in args.only.split(",")]
+    log_dir = Path(tempfile.mkdtemp(prefix="bench_batching_"))
+    print(f"model {args.model.name}, {args.parallel} slots x {args.nctx} tokens, {args.threads} threads, "
+          f"{MAX_TOKENS} greedy tokens per request, {args.rounds} requests per client; logs in {log_dir}")
+    results: dict[str, dict] = {}
+    for server in chosen:
+        try:
+            server.start(log_dir)
+            stream_chat(server.url, [{"role": "user", "content": "Hello"}], max_tokens=8)  # warm-up
+            row: dict = {}
+            for c in levels:
+                row[c] = load(server.url, c, args.rounds, f"{server.name}-{c}")
+                print(f"  {server.name:<17} {c} clients: {row[c][0]:7.1f} tok/s  TTFT {row[c][1] * 1000:7.0f} ms"
+                      f"  ({row[c][2]} tokens)", flush=True)
+            row["prefix"] = prefix_reuse(server.url)
+            cold, warm = row["prefix"]
+            print(f"  {server.name:<17} 1k-token prefix TTFT cold {cold * 1000:.0f} ms, reused "
+                  f"{warm * 1000:.0f} ms ({warm / cold:.2f}x)", flush=True)
+            results[server.name] = row
+        except Exception as exc:  # one peer failing must not cost the others' figures
+            print(f"  {server.name}: failed: {exc}", flush=True)
+        finally:
+            server.stop()
+
+    base = results.get("llama-server")
+    print("\nclients  server             tok/s  TTFT ms  tok/s / llama-server's  llama-server's TTFT / this")
+    for c in levels:
+        for name, row in results.items():
+            tps, ttft, _ = row[c]
+            ratio = f"{tps / base[c][0]:.2f}x" if base else "-"
+            tratio = f"{base[c][1] / ttft:.2f}x" if base else "-"
+            print(f"{c:>7}  {name:<17} {tps:7.1f} {ttft * 1000:8.0f}  {ratio:>22}  {tratio:>26}")
+    print("(both ratios: above 1.0x means faster than llama-server; the target is >= 1.0x for nexa)")
+    if "nexa" in results:
+        cold, warm = results["nexa"]["prefix"]
+        print(f"nexa: repeated 1k-token prefix TTFT {warm / cold:.2f}x the cold one (target <= 0.2x)")
+
+
+if __name__ == "__main__":
+    main()

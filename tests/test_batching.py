@@ -1,0 +1,219 @@
+"""Continuous batching (engines/scheduler.py) on the real SmolLM2: requests decoded together give
+exactly what each gives alone; cancelling frees a slot; a full queue is a 503; prompt caches
+survive other conversations; /metrics reports it all."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from openai import OpenAI
+from tests.conftest import LiveServer
+
+from nexa.config import Settings
+from nexa.engines.base import Finish, SamplingParams, TextDelta
+from nexa.engines.grammar import schema_grammar
+from nexa.engines.llama import LlamaEngine
+from nexa.models.manager import ModelManager
+from nexa.server.app import create_app
+
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village near the sea,",
+    "def fibonacci(n):\n    ",
+    "List of prime numbers: 2, 3, 5,",
+    "The three laws of thermodynamics state that",
+    "In 1492, Columbus",
+]
+
+
+def run(engine: LlamaEngine, prompt: str, params: SamplingParams, cancel: threading.Event | None = None):
+    items = list(engine.generate(engine.tokenize(prompt), params, cancel or threading.Event()))
+    text = "".join(i.text for i in items if isinstance(i, TextDelta))
+    finish = items[-1]
+    assert isinstance(finish, Finish)
+    return text, [lp.logprob for i in items if isinstance(i, TextDelta) for lp in i.logprobs], finish
+
+
+def together(engine: LlamaEngine, jobs: list[tuple[str, SamplingParams]], stagger_s: float = 0.0):
+    def one(i: int):
+        time.sleep(i * stagger_s)
+        return run(engine, *jobs[i])
+
+    with cf.ThreadPoolExecutor(len(jobs)) as pool:
+        return list(pool.map(one, range(len(jobs))))
+
+
+@pytest.fixture(scope="module")
+def four(smollm2) -> Iterator[LlamaEngine]:
+    eng = LlamaEngine(smollm2.path, name="four", n_ctx=1024, parallel=4, max_queue=8)
+    yield eng
+    eng.close()
+
+
+def test_default_parallel_comes_from_cores_and_memory(engine):
+    assert engine.parallel >= 2 and len(engine.scheduler.slots) == engine.parallel
+
+
+def test_concurrent_greedy_requests_give_exactly_their_tokens_alone(four):
+    params = SamplingParams(max_tokens=48, temperature=0)
+    alone = [run(four, p, params)[0] for p in PROMPTS]
+    assert len(set(alone)) == len(PROMPTS)  # distinct answers: a mix-up would show
+    # Six requests on four slots, arriving a little apart: prompts are fed beside running decodes
+    # and two requests wait for a slot and land in a stream another request used.
+    got = together(four, [(p, params) for p in PROMPTS], stagger_s=0.05)
+    assert [t for t, _, _ in got] == alone
+    assert all(f.reason == "length" and f.completion_tokens == 48 for _, _, f in got)
+
+
+def test_seeds_logprobs_stops_and_grammars_hold_in_company(four):
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}
+    as_json = SamplingParams(max_tokens=60, temperature=0, grammar=schema_grammar(schema, "s"))
+    jobs = [
+        ("Tell me a story about a cat.", SamplingParams(max_tokens=40, temperature=0.9, seed=42)),
+        ("The capital of France is", SamplingParams(max_tokens=12, temperature=0, logprobs=2)),
+        ("1, 2, 3, 4, 5,", SamplingParams(max_tokens=40, temperature=0, stop=["9"])),
+        ("Give the capital of Peru as JSON:", as_json),
+    ]
+    alone = [run(four, p, params) for p, params in jobs]
+    got = together(four, jobs)
+    for (a_text, a_lp, a_fin), (b_text, b_lp, b_fin) in zip(alone, got):
+        assert b_text == a_text and b_fin.reason == a_fin.reason
+        assert b_lp == pytest.approx(a_lp, abs=1e-4)
+    assert "9" not in got[2][0] and got[2][2].reason == "stop"
+    assert set(json.loads(got[3][0])) == {"city"}
+    assert len(got[1][1]) == 12
+
+
+def test_cancelling_frees_the_slot_at_the_next_step(smollm2):
+    eng = LlamaEngine(smollm2.path, name="one", n_ctx=512, parallel=1, max_queue=4)
+    try:
+        cancel = threading.Event()
+        stream = eng.generate(eng.tokenize("Count: 1, 2, 3,"), SamplingParams(max_tokens=400, temperature=0), cancel)
+        next(stream)  # generating now, holding the only slot
+        waiting = cf.ThreadPoolExecutor(1).submit(run, eng, "Hello", SamplingParams(max_tokens=4, temperature=0))
+        time.sleep(0.2)
+        assert eng.scheduler.waiting == 1 and not waiting.done()
+        cancel.set()
+        _, _, finish = waiting.result(timeout=30)  # the slot went to the waiting request
+        assert finish.completion_tokens == 4
+        rest = list(stream)  # what it produced before the cancel, then an end without a Finish
+        assert len(rest) < 400 and not any(isinstance(i, Finish) for i in rest)
+        assert eng.scheduler.running == 0 and eng.scheduler.waiting == 0
+    finally:
+        eng.close()
+
+
+@pytest.fixture(scope="module")
+def tight(smollm2) -> Iterator[LiveServer]:
+    """A live server with one slot and room for one waiting request."""
+    manager = ModelManager.load(smollm2, Settings(n_ctx=512, parallel=1, max_queue=1))
+    with LiveServer(create_app(Settings(), manager)) as server:
+        yield server
+    manager.close()
+
+
+def test_a_full_queue_is_503_with_retry_after(tight):
+    long = {"prompt": "Count: 1, 2, 3,", "max_tokens": 300, "temperature": 0, "stream": True}
+    with httpx.Client(timeout=60) as c, c.stream("POST", tight.url + "/v1/completions", json=long) as r1:
+        lines = r1.iter_lines()  # kept: a dropped iterator closes the response, which cancels
+        next(lines)  # running
+        with c.stream("POST", tight.url + "/v1/completions", json=long) as r2:  # waiting
+            time.sleep(0.3)
+            third = c.post(tight.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+            assert third.status_code == 503, third.text
+            assert third.headers["retry-after"] == "1"
+            err = third.json()["error"]
+            assert err["type"] == "server_overloaded" and "--max-queue" in err["message"]
+            stream = c.post(tight.url + "/v1/completions", json={**long, "max_tokens": 2})
+            assert stream.status_code == 503  # a stream is refused before it starts, not mid-way
+            assert r2.status_code == 200
+    # Once the clients are gone their slots free and the server answers again.
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        r = httpx.post(tight.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=60)
+        if r.status_code == 200:
+            break
+        time.sleep(0.2)
+    assert r.status_code == 200
+
+
+def test_each_conversation_keeps_its_cache_beside_others(live, engine):
+    def turn(history: list[dict]) -> dict:
+        body = {"messages": history, "max_tokens": 6, "temperature": 0}
+        return httpx.post(live.url + "/v1/chat/completions", json=body, timeout=120).json()
+
+    chats = [
+        [{"role": "system", "content": f"You are assistant number {i}. " * 8}, {"role": "user", "content": "Hi!"}]
+        for i in range(engine.parallel)
+    ]
+    with cf.ThreadPoolExecutor(len(chats)) as pool:
+        firsts = list(pool.map(turn, chats))
+    answers = [{"role": "assistant", "content": f["choices"][0]["message"]["content"]} for f in firsts]
+    follow = [[*c, a, {"role": "user", "content": "And?"}] for c, a in zip(chats, answers)]
+    with cf.ThreadPoolExecutor(len(chats)) as pool:
+        seconds = list(pool.map(turn, follow))
+    for f, s in zip(firsts, seconds):
+        assert s["usage"]["prompt_tokens_details"]["cached_tokens"] >= f["usage"]["prompt_tokens"] - 2
+        t = s["usage"]["timings"]
+        assert t["cache_n"] == s["usage"]["prompt_tokens_details"]["cached_tokens"]
+        assert t["prompt_n"] == s["usage"]["prompt_tokens"] - t["cache_n"] and t["predicted_n"] == 6
+
+
+def test_openai_client_streams_concurrently(live):
+    client = OpenAI(base_url=live.url + "/v1", api_key="none")
+
+    def stream(i: int) -> tuple[str, str]:
+        messages = [{"role": "user", "content": f"Say a sentence about the number {i}."}]
+        kw = {"model": "any", "messages": messages, "max_tokens": 16, "temperature": 0}
+        whole = client.chat.completions.create(**kw).choices[0].message.content
+        parts = client.chat.completions.create(**kw, stream=True)
+        return whole, "".join(c.choices[0].delta.content or "" for c in parts if c.choices)
+
+    with cf.ThreadPoolExecutor(4) as pool:
+        for whole, streamed in pool.map(stream, range(4)):
+            assert whole and streamed == whole
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.split()
+            out[name] = float(value)
+    return out
+
+
+def test_metrics_in_prometheus_text_format(client, engine):
+    before = parse_metrics(client.get("/metrics").text)
+    r = client.post("/v1/completions", json={"prompt": "Hello there", "max_tokens": 5, "temperature": 0})
+    assert r.status_code == 200
+    res = client.get("/metrics")
+    assert res.status_code == 200 and res.headers["content-type"].startswith("text/plain")
+    for line in res.text.splitlines():  # every sample has its HELP and TYPE lines
+        if line and not line.startswith("#"):
+            name = line.split()[0]
+            assert f"# TYPE {name} " in res.text and f"# HELP {name} " in res.text
+    after = parse_metrics(res.text)
+    assert after["nexa_requests_total"] == before["nexa_requests_total"] + 1
+    assert after["nexa_generated_tokens_total"] == before["nexa_generated_tokens_total"] + 5
+    assert after["nexa_prompt_tokens_total"] > before["nexa_prompt_tokens_total"]
+    assert after["nexa_slots"] == engine.parallel and after["nexa_requests_running"] == 0
+    assert 0 < after["nexa_kv_cache_usage_ratio"] <= 1
+    assert after["nexa_kv_cache_capacity_tokens"] == engine.parallel * engine.n_ctx
+    assert after["nexa_generation_tokens_per_second"] > 0  # the request above ran in the last 10 s
+    assert after["nexa_resident_memory_bytes"] > 50e6
+
+
+def test_cli_validates_parallel_and_queue(capsys):
+    from nexa.cli import build_parser, main, settings_from_args
+
+    assert main(["server", "--parallel", "0"]) == 2
+    assert "--parallel must be at least 1" in capsys.readouterr().err
+    settings = settings_from_args(build_parser().parse_args(["server", "--parallel", "3", "--max-queue", "5"]))
+    assert (settings.parallel, settings.max_queue) == (3, 5)
