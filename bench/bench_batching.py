@@ -97,7 +97,7 @@ class Server:
 def servers(model: Path, parallel: int, n_ctx: int, threads: int) -> list[Server]:
     py = sys.executable
     out = [
-        Server("nexa", [py, "-m", "nexa.cli", "server", str(model), "-lp", "--port", "{port}", "--parallel",
+        Server("nexa", [py, "-m", "nexa", "server", str(model), "-lp", "--port", "{port}", "--parallel",
                         str(parallel), "--nctx", str(n_ctx), "--threads", str(threads), "--log-level", "warning"], 0),
         Server("llama-server", [str(peers.llama_server()), "-m", str(model), "--host", HOST, "--port", "{port}",
                                 "-np", str(parallel), "-c", str(n_ctx * parallel), "-t", str(threads), "-tb",
