@@ -29,6 +29,8 @@ PROMPTS = [
     "List of prime numbers: 2, 3, 5,",
     "The three laws of thermodynamics state that",
     "In 1492, Columbus",
+    # Long enough for flash attention's tiled kernel (64+ rows) and for KV lengths past 512.
+    "Minutes. " + "The committee met on Tuesday about the library wing, the parking plan and the garden. " * 30,
 ]
 
 
@@ -64,7 +66,7 @@ def test_concurrent_greedy_requests_give_exactly_their_tokens_alone(four):
     params = SamplingParams(max_tokens=48, temperature=0)
     alone = [run(four, p, params)[0] for p in PROMPTS]
     assert len(set(alone)) == len(PROMPTS)  # distinct answers: a mix-up would show
-    # Six requests on four slots, arriving a little apart: prompts are fed beside running decodes
+    # Seven requests on four slots, arriving a little apart: prompts are fed beside running decodes
     # and two requests wait for a slot and land in a stream another request used.
     got = together(four, [(p, params) for p in PROMPTS], stagger_s=0.05)
     assert [t for t, _, _ in got] == alone
@@ -90,6 +92,16 @@ def test_seeds_logprobs_stops_and_grammars_hold_in_company(four):
     assert len(got[1][1]) == 12
 
 
+def test_a_repeated_long_request_reuses_its_cache_and_answers_the_same(four):
+    prompt = four.tokenize(PROMPTS[-1] + "\nIn short, the committee")
+    assert len(prompt) > 300
+    params = SamplingParams(max_tokens=24, temperature=0)
+    first = list(four.generate(prompt, params, threading.Event()))
+    again = list(four.generate(prompt, params, threading.Event()))
+    assert again[-1].cached_tokens == len(prompt) - 2  # the last two are decoded again
+    assert again[:-1] == first[:-1]
+
+
 def test_cancelling_frees_the_slot_at_the_next_step(smollm2):
     eng = LlamaEngine(smollm2.path, name="one", n_ctx=512, parallel=1, max_queue=4)
     try:
@@ -105,6 +117,38 @@ def test_cancelling_frees_the_slot_at_the_next_step(smollm2):
         rest = list(stream)  # what it produced before the cancel, then an end without a Finish
         assert len(rest) < 400 and not any(isinstance(i, Finish) for i in rest)
         assert eng.scheduler.running == 0 and eng.scheduler.waiting == 0
+    finally:
+        eng.close()
+
+
+def test_a_shared_prefix_is_copied_from_a_busy_slot(smollm2):
+    eng = LlamaEngine(smollm2.path, name="two", n_ctx=1024, parallel=2)
+    try:
+        system = "You are the help desk of the city library. " + "Opening hours are 9 to 5 on weekdays. " * 12
+
+        def chat(question: str) -> list[int]:
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+            text, _, special = eng.render_chat(messages)
+            return eng.tokenize_chat(text, special)
+
+        def answer(prompt: list[int]):
+            items = list(eng.generate(prompt, SamplingParams(max_tokens=24, temperature=0), threading.Event()))
+            return "".join(i.text for i in items if isinstance(i, TextDelta)), items[-1]
+
+        a, b = chat("Can I renew a book online?"), chat("When do you open on Monday?")
+        shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        cold, first = answer(b)
+        assert first.cached_tokens == 0
+        # A takes the slot that holds the system prompt and keeps it busy; B then lands in the
+        # empty slot and copies the prefix from A's stream instead of recomputing it.
+        cancel = threading.Event()
+        busy = eng.generate(a, SamplingParams(max_tokens=900, temperature=0), cancel)
+        next(busy)
+        warm, second = answer(b)
+        cancel.set()
+        list(busy)
+        assert second.cached_tokens == shared > 100
+        assert warm == cold  # the copied cells are the same bits
     finally:
         eng.close()
 

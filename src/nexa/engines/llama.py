@@ -30,7 +30,7 @@ from nexa.engines.base import (
     TokenLogprob,
     TopLogprob,
 )
-from nexa.engines.scheduler import Scheduler, Slot
+from nexa.engines.scheduler import Scheduler, Slot, redecode
 from nexa.errors import InvalidRequest
 from nexa.models.types import ResolvedModel
 
@@ -202,10 +202,9 @@ class LlamaEngine(TextEngine):
             if a != b:
                 break
             common += 1
-        # Re-decode at least two prompt tokens: llama.cpp's CPU kernels for a one-row batch
-        # round differently from a multi-row one, so re-decoding only the last token would
-        # make a repeated greedy request answer differently from its first run.
-        common = max(0, min(common, len(prompt) - 2))
+        # Leave some prompt to decode again, so that a repeated greedy request takes the same
+        # kernel paths as its first run and answers the same (see engines/scheduler.py).
+        common = max(0, min(common, len(prompt) - redecode(len(prompt))))
         return common, common
 
     def feed_special(self, scheduler: Scheduler, slot: Slot, prompt: Any, keep: int) -> None:

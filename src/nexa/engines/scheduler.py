@@ -1,17 +1,24 @@
 """Continuous batching for one llama.cpp model: every active request decoded in one batch per step.
 
-A slot is a llama.cpp sequence id with its own KV stream of the full context. Each step packs
-one row for every request that is generating plus chunks of new prompts (up to `n_batch` rows)
-into one `llama_decode`, then samples each request at its own row with its own llama.cpp
-sampler chain (seed, penalties, grammar). A finished request leaves its tokens in its slot: the
-next request whose prompt starts the same way (the next turn of a chat, a shared system prompt)
-takes that slot and decodes only what is new.
+A slot is a llama.cpp sequence id with its own KV stream of the full context. Each step decodes
+one row for every request that is generating in one `llama_decode`, samples each request at its
+own row with its own llama.cpp sampler chain (seed, penalties, grammar), then feeds new prompts
+in chunks. A finished request leaves its tokens in its slot: the next request whose prompt
+starts the same way (the next turn of a chat, a shared system prompt) takes that slot, or copies
+it, and decodes only what is new.
 
-Why one stream per slot rather than one unified cache: with a unified cache the cells of
-concurrent requests interleave and attention sums them in a different order, so a greedy request
-answered differently alone and in company (1 in 8 in our runs). With a stream per slot and flash
-attention a request's arithmetic is the same whatever runs beside it (24 of 24, 16 of 16 with
-reused slots). The price is KV memory for `parallel` full contexts, which sizes the default.
+Same tokens alone or in company. llama.cpp's CPU kernels give a row the same bits whatever else
+is in the batch only if the row takes the same path every time, so:
+- one KV stream per slot (`kv_unified=false`): with a unified cache the cells of concurrent
+  requests interleave and attention sums them in another order (1 greedy answer in 8 changed);
+- flash attention, whose per-row kernel skips other sequences' cells entirely;
+- prompt rows never share a decode with other sequences (llama.cpp would split them into
+  ubatches of equal rows per sequence, so a chunk's rows would take other paths);
+- flash attention has a tiled kernel for 64+ query rows and a row-by-row one below, and they
+  round differently. A cached prompt still decodes its last two tokens (a one-row batch rounds
+  differently again), so every prompt ends with a chunk of under 64 rows: a repeated request
+  then decodes those two rows on the same path as its first run did, and answers the same.
+The price is KV memory for `parallel` full contexts, which sizes the default.
 
 The scheduler thread is the only one that touches the context. Requests come in through
 `submit` and their results go out through a queue per request, so a slow client never holds
@@ -37,6 +44,25 @@ from nexa.errors import Overloaded
 log = logging.getLogger("nexa.engine.scheduler")
 
 _END = object()  # a cancelled request's last item
+# Prefixes shorter than this are not worth a slot: a new request then takes the least recently
+# used free slot, so that a BOS or a chat header in common does not evict a conversation.
+MIN_SHARED = 32
+FA_TILE = 64  # llama.cpp's CPU flash attention tiles 64+ query rows (GGML_FA_TILE_Q)
+TAIL = 32  # rows of a prompt's last chunk: under FA_TILE, see the module notes
+CHUNK = 256  # prompt rows per decode: as fast per token as 512 here, and half the stall for others
+
+
+def next_chunk(left: int) -> int:
+    """Rows of the next prompt chunk when `left` remain: the last chunk has at most TAIL."""
+    if left <= TAIL:
+        return left
+    return min(CHUNK, left - TAIL)
+
+
+def redecode(n: int) -> int:
+    """Prompt tokens decoded again even when all are cached: a logits row for the first
+    token, and one more because llama.cpp rounds a one-row batch differently."""
+    return min(n, 2)
 
 
 class Slot:
@@ -220,7 +246,9 @@ class Scheduler:
             if not free:
                 break
             self._waiting.popleft()
-            slot = max(free, key=lambda s: (self.engine.reusable(s, job.prompt)[0], -s.used_at))
+            slot = max(free, key=lambda s: self.engine.reusable(s, job.prompt)[0])
+            if self.engine.reusable(slot, job.prompt)[0] < MIN_SHARED:
+                slot = min(free, key=lambda s: s.used_at)  # nothing worth keeping: spare the others' caches
             slot.job, job.slot = job, slot
             self._active.append(job)
             admitted.append(job)
@@ -230,6 +258,8 @@ class Scheduler:
         slot = job.slot
         assert slot is not None
         job.started = time.perf_counter()
+        keep, job.cached = self.engine.reusable(slot, job.prompt)
+        self._borrow_prefix(job, slot, keep)
         keep, job.cached = self.engine.reusable(slot, job.prompt)
         if not self._lc.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
             self._lc.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
@@ -242,7 +272,7 @@ class Scheduler:
         job.matcher = StopMatcher(job.params.stop)
         job.sampler = self.engine.new_sampler(job.params)
         if isinstance(job.prompt, list):
-            job.fed = keep  # the rest is decoded in chunks by _step, beside everyone else
+            job.fed = keep  # the rest is decoded in chunks by _step, after each step's generating rows
             return
         # A prompt with images is fed here, alone: its image embeddings go in by mtmd's helper.
         self.engine.feed_special(self, slot, job.prompt, keep)
@@ -250,13 +280,30 @@ class Scheduler:
         job.prompt_done = time.perf_counter()
         self._sample(job, -1)
 
+    def _borrow_prefix(self, job: Job, slot: Slot, keep: int) -> None:
+        """Copy another slot's stream when it holds a much longer start of this prompt (a shared
+        system prompt, a chat whose slot is busy): copying a stream costs far less than
+        recomputing the prefix, and the copied cells are the same bits."""
+        others = [s for s in self.slots if s is not slot]
+        if not others:
+            return
+        donor = max(others, key=lambda s: self.engine.reusable(s, job.prompt)[0])
+        if self.engine.reusable(donor, job.prompt)[0] < keep + MIN_SHARED:
+            return
+        # llama.cpp copies between streams whole, at the start of the next decode (before that
+        # decode writes anything): the donor's cells up to its current length are what arrive.
+        self._lc.llama_memory_seq_cp(self._mem, donor.seq, slot.seq, -1, -1)
+        slot.cache = list(donor.cache)
+        slot.images = dict(donor.images)
+
     def decode_tokens(self, slot: Slot, tokens: list[int], logits_last: bool) -> None:
         """Decode tokens of one sequence on their own (prompt text around images)."""
-        for i in range(0, len(tokens), self.n_batch):
-            part = tokens[i : i + self.n_batch]
-            last = logits_last and i + len(part) == len(tokens)
+        i = 0
+        while i < len(tokens):
+            part = tokens[i : i + next_chunk(len(tokens) - i)]
+            i += len(part)
             self.batch.clear()
-            self.batch.add(part, len(slot.cache), slot.seq, "last" if last else "none")
+            self.batch.add(part, len(slot.cache), slot.seq, "last" if logits_last and i == len(tokens) else "none")
             self._decode()
             slot.cache.extend(part)
 
@@ -266,50 +313,40 @@ class Scheduler:
             raise RuntimeError(f"llama_decode failed with code {rc} on a batch of {self.batch.n} tokens")
 
     def _step(self) -> None:
-        # What each request puts in this step: its sampled token if generating, else as much of
-        # its prompt as the rows left over allow, oldest request first.
-        room = self.n_batch - sum(1 for j in self._active if j.next_token is not None)
-        parts: dict[int, list[int]] = {}
-        for job in self._active:
-            if job.next_token is not None:
-                parts[id(job)] = [job.next_token]
-            elif job.fed < job.n_prompt and room > 0:
-                parts[id(job)] = job.prompt[job.fed : job.fed + room]
-                room -= len(parts[id(job)])
-        # Rows go in sequence order: llama.cpp splits a batch over per-sequence KV streams, and
-        # rows out of order made a step of 8 decoding requests take 1.8x as long.
         batch = self.batch
-        batch.clear()
-        rows: list[tuple[Job, list[int]]] = []
-        for job in sorted(self._active, key=lambda j: j.slot.seq if j.slot else 0):
-            job.row = -1
-            part = parts.get(id(job))
-            if not part:
-                continue
+        generating = sorted((j for j in self._active if j.next_token is not None), key=lambda j: j.slot.seq)  # type: ignore[union-attr]
+        if generating:
+            # One row per generating request, in sequence order: llama.cpp splits a batch over
+            # per-sequence streams in order, and rows out of order cost a step 1.8x the time.
+            batch.clear()
+            for job in generating:
+                assert job.slot is not None and job.next_token is not None
+                job.row = batch.add([job.next_token], len(job.slot.cache), job.slot.seq)
+            self._decode()
+            self.stats.recent.append((time.perf_counter(), len(generating), 0))
+            for job in generating:
+                assert job.slot is not None and job.next_token is not None
+                job.slot.cache.append(job.next_token)
+                self._guard(job, lambda j: self._sample(j, j.row))
+        # Then new prompts, oldest first, a chunk per decode, up to n_batch rows this step.
+        budget = self.n_batch
+        for job in [j for j in self._active if j.next_token is None and j.fed < j.n_prompt]:
+            if budget <= 0:
+                break
             slot = job.slot
             assert slot is not None
-            generating = job.next_token is not None
-            done = generating or job.fed + len(part) == job.n_prompt
-            row = batch.add(part, len(slot.cache), slot.seq, "last" if done else "none")
-            job.row = row if done else -1
-            if not generating:
-                job.fed += len(part)
-            rows.append((job, part))
-        if not rows:
-            return
-        self._decode()
-        now = time.perf_counter()
-        generated = 0
-        for job, tokens in rows:
-            assert job.slot is not None
-            job.slot.cache.extend(tokens)
-            generated += job.next_token is not None
-        self.stats.recent.append((now, generated, batch.n - generated))
-        for job in list(self._active):
-            if job.row >= 0:
-                if job.next_token is None:
-                    job.prompt_done = now
-                self._guard(job, lambda j: self._sample(j, j.row))
+            part = job.prompt[job.fed : job.fed + next_chunk(job.n_prompt - job.fed)]
+            done = job.fed + len(part) == job.n_prompt
+            batch.clear()
+            batch.add(part, len(slot.cache), slot.seq, "last" if done else "none")
+            self._decode()
+            self.stats.recent.append((time.perf_counter(), 0, len(part)))
+            slot.cache.extend(part)
+            job.fed += len(part)
+            budget -= len(part)
+            if done:
+                job.prompt_done = time.perf_counter()
+                self._guard(job, lambda j: self._sample(j, -1))
 
     def _sample(self, job: Job, row: int) -> None:
         engine, params = self.engine, job.params

@@ -29,7 +29,7 @@ import numpy as np
 from nexa.config import Settings
 from nexa.engines.base import Task
 from nexa.engines.llama import LlamaEngine
-from nexa.engines.scheduler import Scheduler, Slot
+from nexa.engines.scheduler import Scheduler, Slot, redecode
 from nexa.errors import ContextLengthExceeded, InvalidRequest, StartupError
 from nexa.models.types import ResolvedModel
 
@@ -359,9 +359,9 @@ class VisionEngine(LlamaEngine):
                 keep = end
             else:
                 break
-        # Re-decode at least the last two positions (see LlamaEngine.reusable), and never
-        # stop inside an image: an image is decoded whole or not at all.
-        keep = max(0, min(keep, prompt.n_pos - 2))
+        # Decode some positions again (see LlamaEngine.reusable), and never stop inside an
+        # image: an image is decoded whole or not at all.
+        keep = max(0, min(keep, prompt.n_pos - redecode(prompt.n_pos)))
         for start, end, start_tok, is_image in spans:
             if start <= keep < end:
                 if is_image and keep > start:
