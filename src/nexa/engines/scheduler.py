@@ -53,9 +53,9 @@ CHUNK = 256  # prompt rows per decode: as fast per token as 512 here, and half t
 
 
 def next_chunk(left: int) -> int:
-    """Rows of the next prompt chunk when `left` remain: the last chunk has at most TAIL."""
-    if left <= TAIL:
-        return left
+    """Rows of the next prompt chunk when `left` remain: the last chunk has under FA_TILE."""
+    if left < FA_TILE:
+        return left  # every row takes the row-by-row path in one decode
     return min(CHUNK, left - TAIL)
 
 
