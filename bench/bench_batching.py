@@ -156,9 +156,11 @@ def stream_chat(url: str, messages: list[dict], max_tokens: int = MAX_TOKENS) ->
     return Sample(ttft if ttft is not None else end - started, tokens, end)
 
 
-def load(url: str, clients: int, rounds: int, tag: str) -> tuple[float, float, int]:
-    """(aggregate tokens/s, median TTFT s, tokens): `clients` threads, `rounds` requests each."""
+def load(url: str, clients: int, rounds: int, tag: str) -> tuple[float, float, int, int]:
+    """(aggregate tokens/s, median TTFT s, tokens, requests cut off): `clients` threads,
+    `rounds` requests each. A stream the server breaks off counts no tokens."""
     samples: list[Sample] = []
+    failed = [0]
     lock = threading.Lock()
 
     def client(c: int) -> None:
@@ -168,7 +170,12 @@ def load(url: str, clients: int, rounds: int, tag: str) -> tuple[float, float, i
                 {"role": "system", "content": f"Request {tag}-{c}-{r}. You are a storyteller."},
                 {"role": "user", "content": f"Write a long story about {topic}, in many paragraphs."},
             ]
-            s = stream_chat(url, messages)
+            try:
+                s = stream_chat(url, messages)
+            except httpx.HTTPError:  # llama_cpp.server cuts a stream off when another request comes
+                with lock:
+                    failed[0] += 1
+                continue
             with lock:
                 samples.append(s)
 
@@ -178,9 +185,11 @@ def load(url: str, clients: int, rounds: int, tag: str) -> tuple[float, float, i
         t.start()
     for t in threads:
         t.join()
+    if not samples:
+        return 0.0, float("nan"), 0, failed[0]
     took = max(s.end for s in samples) - started
     tokens = sum(s.tokens for s in samples)
-    return tokens / took, statistics.median(s.ttft_s for s in samples), tokens
+    return tokens / took, statistics.median(s.ttft_s for s in samples), tokens, failed[0]
 
 
 def prefix_reuse(url: str) -> tuple[float, float]:
@@ -225,8 +234,9 @@ def main() -> None:
             row: dict = {}
             for c in levels:
                 row[c] = load(server.url, c, args.rounds, f"{server.name}-{c}")
+                cut = f", {row[c][3]} requests cut off" if row[c][3] else ""
                 print(f"  {server.name:<17} {c} clients: {row[c][0]:7.1f} tok/s  TTFT {row[c][1] * 1000:7.0f} ms"
-                      f"  ({row[c][2]} tokens)", flush=True)
+                      f"  ({row[c][2]} tokens{cut})", flush=True)
             row["prefix"] = prefix_reuse(server.url)
             cold, warm = row["prefix"]
             print(f"  {server.name:<17} 1k-token prefix TTFT cold {cold * 1000:.0f} ms, reused "
@@ -241,7 +251,7 @@ def main() -> None:
     print("\nclients  server             tok/s  TTFT ms  tok/s / llama-server's  llama-server's TTFT / this")
     for c in levels:
         for name, row in results.items():
-            tps, ttft, _ = row[c]
+            tps, ttft, _, _ = row[c]
             ratio = f"{tps / base[c][0]:.2f}x" if base else "-"
             tratio = f"{base[c][1] / ttft:.2f}x" if base else "-"
             print(f"{c:>7}  {name:<17} {tps:7.1f} {ttft * 1000:8.0f}  {ratio:>22}  {tratio:>26}")

@@ -44,9 +44,8 @@ from nexa.errors import Overloaded
 log = logging.getLogger("nexa.engine.scheduler")
 
 _END = object()  # a cancelled request's last item
-# Prefixes shorter than this are not worth a slot: a new request then takes the least recently
-# used free slot, so that a BOS or a chat header in common does not evict a conversation.
-MIN_SHARED = 32
+SIMILAR = 0.1  # a slot is chosen for its cache when it holds this share of the prompt (as llama-server)
+MIN_SHARED = 32  # a busy slot's prefix is copied when it is this many tokens longer
 FA_TILE = 64  # llama.cpp's CPU flash attention tiles 64+ query rows (GGML_FA_TILE_Q)
 TAIL = 32  # rows of a prompt's last chunk: under FA_TILE, see the module notes
 CHUNK = 256  # prompt rows per decode: as fast per token as 512 here, and half the stall for others
@@ -246,9 +245,11 @@ class Scheduler:
             if not free:
                 break
             self._waiting.popleft()
-            slot = max(free, key=lambda s: self.engine.reusable(s, job.prompt)[0])
-            if self.engine.reusable(slot, job.prompt)[0] < MIN_SHARED:
-                slot = min(free, key=lambda s: s.used_at)  # nothing worth keeping: spare the others' caches
+            # The longest cached start of the prompt, the least recently used slot among equals;
+            # a match under a tenth of the prompt is not worth another conversation's cache.
+            slot = max(free, key=lambda s: (self.engine.reusable(s, job.prompt)[0], -s.used_at))
+            if self.engine.reusable(slot, job.prompt)[0] < SIMILAR * len(job.prompt):
+                slot = min(free, key=lambda s: s.used_at)
             slot.job, job.slot = job, slot
             self._active.append(job)
             admitted.append(job)
