@@ -355,8 +355,8 @@ def test_openai_client_and_concurrent_requests(vision_manager: ModelManager, red
     from openai import OpenAI
 
     with LiveServer(create_app(Settings(n_threads=2), vision_manager)) as live:
-        # Two requests at once: prompts are built side by side, generations take turns, and
-        # neither sees the other's image.
+        # Two requests at once: prompts are built side by side, decoded together by the
+        # scheduler, and neither sees the other's image.
         with ThreadPoolExecutor(2) as pool:
             red, blue = pool.map(
                 lambda uri: httpx.post(f"{live.url}/v1/chat/completions", json=chat(uri), timeout=TIMEOUT),
