@@ -2,16 +2,17 @@
 two servers (`llama_cpp.server` and its batched `examples/server/server.py`), same model, same
 machine, one run.
 
-Each server is started in turn (never two at once: they would fight for the cores) with the same
-threads, the same number of parallel slots and the same context per slot. For 1, 4 and 8
-concurrent clients, every client streams chat requests of 128 greedy tokens, each with its own
-prompt (so no server reuses another request's cache); the script prints aggregate tokens/s,
-the median time to first token and both as ratios to llama-server. Then the prompt cache: the
+All servers run with the same threads, the same number of parallel slots and the same context
+per slot; they are started together but only one is loaded at a time, in alternating passes, so
+noise from elsewhere falls on all alike. For 1, 4 and 8 concurrent clients, every client streams
+chat requests of 128 greedy tokens, each with its own prompt (so no server reuses another
+request's cache); the script prints aggregate tokens/s and the median time to first token
+(medians over the passes) and both as ratios to llama-server. Then the prompt cache: the
 time to first token of a ~1k-token prompt, cold and again with the same prefix and a new
 question at the end.
 
     .venv/bin/pip install -e '.[bench]'
-    .venv/bin/python bench/bench_batching.py [--model PATH] [--rounds 2] [--parallel 8] [--only nexa,llama-server]
+    .venv/bin/python bench/bench_batching.py [--model PATH] [--reps 3] [--rounds 2] [--only nexa,llama-server]
 
 llama-server is built from the llama.cpp that the pinned llama-cpp-python's source archive
 vendors, outside the repo (bench/peers.py; several minutes the first time). This is a script,
@@ -209,7 +210,8 @@ def prefix_reuse(url: str) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=None, help="GGUF (default: SmolLM2-135M-Instruct from MODELS.md)")
-    ap.add_argument("--rounds", type=int, default=2, help="requests per client at each level")
+    ap.add_argument("--rounds", type=int, default=2, help="requests per client in a pass")
+    ap.add_argument("--reps", type=int, default=3, help="passes over every server and level (medians)")
     ap.add_argument("--parallel", type=int, default=8, help="slots for every server")
     ap.add_argument("--nctx", type=int, default=1024, help="context per slot")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -225,33 +227,46 @@ def main() -> None:
               if not args.only or s.name in args.only.split(",")]
     log_dir = Path(tempfile.mkdtemp(prefix="bench_batching_"))
     print(f"model {args.model.name}, {args.parallel} slots x {args.nctx} tokens, {args.threads} threads, "
-          f"{MAX_TOKENS} greedy tokens per request, {args.rounds} requests per client; logs in {log_dir}")
-    results: dict[str, dict] = {}
+          f"{MAX_TOKENS} greedy tokens per request, {args.rounds} per client per pass, {args.reps} passes; "
+          f"logs in {log_dir}")
+    # All servers start first and wait idle; then the passes alternate between them, so that a
+    # spell of noise from elsewhere on the machine falls on every server alike. Medians per cell.
+    running: list[Server] = []
     for server in chosen:
         try:
             server.start(log_dir)
             stream_chat(server.url, [{"role": "user", "content": "Hello"}], max_tokens=8)  # warm-up
-            row: dict = {}
+            running.append(server)
+        except Exception as exc:  # one peer failing must not cost the others' figures
+            print(f"  {server.name}: failed to start: {exc}", flush=True)
+            server.stop()
+    runs: dict[str, dict[int, list]] = {s.name: {c: [] for c in levels} for s in running}
+    results: dict[str, dict] = {s.name: {} for s in running}
+    try:
+        for rep in range(args.reps):
             for c in levels:
-                row[c] = load(server.url, c, args.rounds, f"{server.name}-{c}")
-                cut = f", {row[c][3]} requests cut off" if row[c][3] else ""
-                print(f"  {server.name:<17} {c} clients: {row[c][0]:7.1f} tok/s  TTFT {row[c][1] * 1000:7.0f} ms"
-                      f"  ({row[c][2]} tokens{cut})", flush=True)
-            row["prefix"] = prefix_reuse(server.url)
-            cold, warm = row["prefix"]
+                for server in running:
+                    got = load(server.url, c, args.rounds, f"{server.name}-{c}-{rep}")
+                    runs[server.name][c].append(got)
+                    cut = f", {got[3]} requests cut off" if got[3] else ""
+                    print(f"  pass {rep + 1}: {server.name:<17} {c} clients: {got[0]:7.1f} tok/s  "
+                          f"TTFT {got[1] * 1000:7.0f} ms  ({got[2]} tokens{cut})", flush=True)
+        for server in running:
+            for c in levels:
+                got = runs[server.name][c]
+                results[server.name][c] = (statistics.median(g[0] for g in got), statistics.median(g[1] for g in got))
+            cold, warm = results[server.name]["prefix"] = prefix_reuse(server.url)
             print(f"  {server.name:<17} 1k-token prefix TTFT cold {cold * 1000:.0f} ms, reused "
                   f"{warm * 1000:.0f} ms ({warm / cold:.2f}x)", flush=True)
-            results[server.name] = row
-        except Exception as exc:  # one peer failing must not cost the others' figures
-            print(f"  {server.name}: failed: {exc}", flush=True)
-        finally:
+    finally:
+        for server in running:
             server.stop()
 
     base = results.get("llama-server")
     print("\nclients  server             tok/s  TTFT ms  tok/s / llama-server's  llama-server's TTFT / this")
     for c in levels:
         for name, row in results.items():
-            tps, ttft, _, _ = row[c]
+            tps, ttft = row[c]
             ratio = f"{tps / base[c][0]:.2f}x" if base else "-"
             tratio = f"{base[c][1] / ttft:.2f}x" if base else "-"
             print(f"{c:>7}  {name:<17} {tps:7.1f} {ttft * 1000:8.0f}  {ratio:>22}  {tratio:>26}")
