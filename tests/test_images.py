@@ -285,6 +285,27 @@ def test_image_path_is_off_unless_the_operator_allows_a_directory(
     assert "--allow-dir" in refused(r, 400, "image_path")
 
 
+def test_max_image_mb_bounds_every_input_image(image_manager: ModelManager, dirs: dict[str, Path]) -> None:
+    big = png((10, 200, 30), size=128, stripes=True)
+    assert len(big) > 200
+    (dirs["allowed"] / "big.png").write_bytes(big)
+    settings = Settings(
+        image_output_dir=str(dirs["out"]), allowed_image_dirs=[str(dirs["allowed"])], max_image_bytes=200
+    )
+    client = TestClient(create_app(settings, image_manager))  # no `with`: keep the shared model open
+    as_b64 = base64.b64encode(big).decode()
+    for body, param in (
+        ({"image": as_b64}, "image"),
+        ({"image": "data:image/png;base64," + as_b64}, "image"),
+        ({"image_path": str(dirs["allowed"] / "big.png")}, "image_path"),
+        ({"image": base64.b64encode(png((1, 2, 3), size=8)).decode(), "mask": as_b64}, "mask"),
+    ):
+        r = client.post("/v1/img2img", json={"prompt": "x", **SMALL, **body})
+        assert "MiB" in refused(r, 413, param), body
+    r = client.post("/v1/images/edits", data={"prompt": "x"}, files={"image": ("big.png", big, "image/png")})
+    assert "--max-image-mb" in refused(r, 413, "image")
+
+
 def test_files_route_serves_only_generated_names(http: httpx.Client, dirs: dict[str, Path]) -> None:
     (dirs["secret"] / "x.txt").write_text("TOP-SECRET-CONTENT")
     link = dirs["out"] / f"txt2img-{'0' * 32}.png"

@@ -137,25 +137,30 @@ def _read_regular(path: Path, max_bytes: int, param: str) -> bytes:
         return f.read(max_bytes + 1)
 
 
-def decode_base64_image(value: str, param: str = "image") -> bytes:
+def too_large(what: str, max_bytes: int, param: str) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The {what} is over {max_bytes / 2**20:g} MiB (--max-image-mb).", param=param)
+
+
+def decode_base64_image(value: str, param: str = "image", max_bytes: int = MAX_INPUT_BYTES) -> bytes:
     """Bytes of a base64 string or a `data:image/...;base64,` URI."""
     text = value.strip()
     if text.startswith("data:"):
         header, sep, text = text.partition(",")
         if not sep or ";base64" not in header:
             raise InvalidRequest(f"{param} must be a base64 data URI (data:image/png;base64,...).", param=param)
-    if len(text) > MAX_INPUT_BYTES * 4 // 3 + 4:
-        raise PayloadTooLarge(f"The image is over {MAX_INPUT_BYTES // 2**20} MiB.", param=param)
+    if len(text) > max_bytes * 4 // 3 + 4:
+        raise too_large(param, max_bytes, param)
     try:
-        return base64.b64decode(text, validate=True)
+        data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest(f"{param} is not valid base64 (send base64 or a data URI).", param=param) from None
+    if len(data) > max_bytes:
+        raise too_large(param, max_bytes, param)
+    return data
 
 
 def open_image(data: bytes, param: str = "image") -> Image.Image:
     """Decode image bytes (PNG, JPEG, ...) into a loaded PIL image, or a 400."""
-    if len(data) > MAX_INPUT_BYTES:
-        raise PayloadTooLarge(f"The image is over {MAX_INPUT_BYTES // 2**20} MiB.", param=param)
     try:
         image = Image.open(io.BytesIO(data))
         if image.width * image.height > MAX_INPUT_PIXELS:

@@ -23,16 +23,16 @@ from starlette.datastructures import UploadFile
 
 from nexa.config import Settings
 from nexa.engines.base import Task
-from nexa.errors import InvalidRequest, PayloadTooLarge
+from nexa.errors import InvalidRequest
 from nexa.schemas.common import now
 from nexa.schemas.images import GenerationParams, ImageRequest, OpenAIImageRequest
 from nexa.server.files import (
-    MAX_INPUT_BYTES,
     ImageFiles,
     decode_base64_image,
     open_image,
     output_dir,
     read_allowed_file,
+    too_large,
 )
 
 router = APIRouter(tags=["images"])
@@ -107,9 +107,10 @@ async def _parse(request: Request, model: type[ImageRequest]) -> tuple[ImageRequ
                     raise InvalidRequest(f"Unexpected file {key!r}: send `image` and optionally `mask`.", param=key)
                 if name in uploads:
                     raise InvalidRequest(f"Send one {name}: this model edits a single image.", param=name)
-                data = await value.read(MAX_INPUT_BYTES + 1)
-                if len(data) > MAX_INPUT_BYTES:
-                    raise PayloadTooLarge(f"The {name} is over {MAX_INPUT_BYTES // 2**20} MiB.", param=name)
+                limit = request.app.state.settings.max_image_bytes
+                data = await value.read(limit + 1)
+                if len(data) > limit:
+                    raise too_large(name, limit, name)
                 uploads[name] = data
             else:
                 fields[key] = value
@@ -132,16 +133,20 @@ def _sources(request: Request, body: ImageRequest, uploads: dict[str, bytes]) ->
     if "image" in uploads:
         image.append(lambda: uploads["image"])
     if body.image:
-        image.append(lambda: decode_base64_image(body.image or "", "image"))
+        image.append(lambda: decode_base64_image(body.image or "", "image", settings.max_image_bytes))
     if body.image_path:
-        image.append(lambda: read_allowed_file(body.image_path, settings.allowed_image_dirs, "image_path"))
+        image.append(
+            lambda: read_allowed_file(
+                body.image_path, settings.allowed_image_dirs, "image_path", max_bytes=settings.max_image_bytes
+            )
+        )
     if len(image) > 1:
         raise InvalidRequest("Give the input image one way: an upload, `image` or `image_path`.", param="image")
     mask: Source | None = None
     if "mask" in uploads:
         mask = lambda: uploads["mask"]  # noqa: E731
     elif body.mask:
-        mask = lambda: decode_base64_image(body.mask or "", "mask")  # noqa: E731
+        mask = lambda: decode_base64_image(body.mask or "", "mask", settings.max_image_bytes)  # noqa: E731
     if mask is not None and not image:
         raise InvalidRequest("A mask needs an input image to apply to.", param="mask")
     return (image[0] if image else None), mask
