@@ -345,3 +345,39 @@ def test_chat_model_gives_mean_pooled_embeddings(client: TestClient) -> None:
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Say hi"}],
                                                   "max_tokens": 4, "temperature": 0})
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+
+
+def test_a_client_that_leaves_stops_its_embeddings(
+    minilm_manager: ModelManager, emb_live: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    import httpx
+
+    from nexa.engines.base import Cancelled
+
+    embedder = minilm_manager.engine._embedder  # type: ignore[attr-defined]
+    with pytest.raises(Cancelled):  # a cancel already set: no batch is decoded
+        stopped = threading.Event()
+        stopped.set()
+        embedder.embed(["one", "two"], cancel=stopped)
+
+    decodes: list[float] = []
+    real = embedder._decode
+
+    def slow(seqs, out):  # each batch takes a while, so the client can leave half-way
+        decodes.append(time.monotonic())
+        time.sleep(0.1)
+        real(seqs, out)
+
+    monkeypatch.setattr(embedder, "_decode", slow)
+    texts = [f"sentence number {i} about the weather and the sea" for i in range(2000)]  # ~70 batches
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(emb_live.url + "/v1/embeddings", json={"input": texts}, timeout=1.0)
+    time.sleep(1.0)  # the server notices within its poll interval and stops at the next batch
+    seen = len(decodes)
+    time.sleep(0.5)
+    assert len(decodes) == seen < 40, "embedding went on after the client left"
+    monkeypatch.setattr(embedder, "_decode", real)
+    assert httpx.post(emb_live.url + "/v1/embeddings", json={"input": "still here"}, timeout=30).status_code == 200

@@ -17,6 +17,10 @@ from nexa.errors import ContextLengthExceeded, InvalidRequest, UnsupportedTask
 from nexa.models.types import ResolvedModel
 
 
+class Cancelled(Exception):
+    """The client went away and the engine stopped its work early."""
+
+
 class Task(str, Enum):
     COMPLETION = "completion"
     CHAT = "chat"

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from nexa.config import Settings
-from nexa.engines.base import Engine, Task
+from nexa.engines.base import Cancelled, Engine, Task
 from nexa.engines.batch import TokenBatch
 from nexa.errors import ContextLengthExceeded, InvalidRequest, StartupError
 from nexa.models.types import ResolvedModel
@@ -188,12 +188,14 @@ class LlamaEmbedder:
         truncate: bool = True,
         normalize: bool = False,
         dimensions: int | None = None,
+        cancel: threading.Event | None = None,
     ) -> EmbeddingResult:
-        """Embed texts or token-id lists (used as given, no special tokens added)."""
+        """Embed texts or token-id lists (used as given, no special tokens added). A set `cancel`
+        stops the work between batches with Cancelled (the client has gone)."""
         check_dimensions(dimensions, self.dim)
         seqs = [self._tokens(i, x, truncate) for i, x in enumerate(inputs)]
         started = time.perf_counter()
-        vectors = self._embed_tokens(seqs)
+        vectors = self._embed_tokens(seqs, cancel)
         took = time.perf_counter() - started
         vectors = finish_vectors(vectors, dimensions, normalize)
         return EmbeddingResult(vectors, sum(len(s) for s in seqs), took)
@@ -230,7 +232,7 @@ class LlamaEmbedder:
         keep = max(0, self.max_tokens - head - len(tail))
         return full[:head] + plain[:keep] + tail
 
-    def _embed_tokens(self, seqs: list[list[int]]) -> np.ndarray:
+    def _embed_tokens(self, seqs: list[list[int]], cancel: threading.Event | None = None) -> np.ndarray:
         out = np.empty((len(seqs), self.dim), np.float32)
         with self._lock:
             start = 0
@@ -243,6 +245,8 @@ class LlamaEmbedder:
                 ):
                     used += len(seqs[end])
                     end += 1
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled()
                 self._decode(seqs[start:end], out[start:end])
                 start = end
         return out

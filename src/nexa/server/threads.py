@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from starlette.requests import Request
@@ -72,16 +72,34 @@ async def collect(request: Request, items: AsyncIterator[T], poll_s: float = 0.2
     async def gather() -> list[T]:
         return [item async for item in items]
 
-    task = asyncio.ensure_future(gather())
+    async def stop() -> None:
+        await items.aclose()  # type: ignore[attr-defined]
+
+    return await _unless_disconnected(request, asyncio.ensure_future(gather()), stop, poll_s)
+
+
+async def call_in_thread(request: Request, fn: Callable[[threading.Event], T], poll_s: float = 0.25) -> T:
+    """fn(cancel) in a worker thread; `cancel` is set if the client disconnects meanwhile."""
+    cancel = threading.Event()
+
+    async def stop() -> None:
+        cancel.set()
+
+    return await _unless_disconnected(request, asyncio.ensure_future(asyncio.to_thread(fn, cancel)), stop, poll_s)
+
+
+async def _unless_disconnected(
+    request: Request, task: asyncio.Future[T], stop: Callable[[], Awaitable[None]], poll_s: float
+) -> T:
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=poll_s)
             if done:
                 return task.result()
             if await request.is_disconnected():
-                task.cancel()
+                task.cancel()  # a thread runs on until `stop` reaches it; nobody awaits its result
                 await asyncio.gather(task, return_exceptions=True)
-                await items.aclose()  # type: ignore[attr-defined]
+                await stop()
                 raise asyncio.CancelledError("client disconnected")
     finally:
         if not task.done():

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from nexa.config import Settings
-from nexa.engines.base import Engine, Task
+from nexa.engines.base import Cancelled, Engine, Task
 from nexa.engines.embeddings import (
     EmbeddingResult,
     Input,
@@ -186,13 +186,15 @@ class OnnxEmbeddingEngine(Engine):
         truncate: bool = True,
         normalize: bool = False,
         dimensions: int | None = None,
+        cancel: threading.Event | None = None,
     ) -> EmbeddingResult:
-        """Embed texts or token-id lists (used as given, no special tokens added)."""
+        """Embed texts or token-id lists (used as given, no special tokens added). A set `cancel`
+        stops the work between batches with Cancelled (the client has gone)."""
         check_dimensions(dimensions, self.dim)
         seqs = [self._tokens(i, x, truncate) for i, x in enumerate(inputs)]
         started = time.perf_counter()
         with self._lock:
-            vectors = self._embed_tokens(seqs)
+            vectors = self._embed_tokens(seqs, cancel)
         took = time.perf_counter() - started
         vectors = finish_vectors(vectors, dimensions, normalize)
         return EmbeddingResult(vectors, sum(len(s) for s in seqs), took)
@@ -224,7 +226,7 @@ class OnnxEmbeddingEngine(Engine):
         check_length(where, tokens, self.max_tokens)
         return tokens
 
-    def _embed_tokens(self, seqs: list[list[int]]) -> np.ndarray:
+    def _embed_tokens(self, seqs: list[list[int]], cancel: threading.Event | None = None) -> np.ndarray:
         out = np.empty((len(seqs), self.dim), np.float32)
         # Similar lengths batch together, so little compute goes into padding.
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
@@ -236,6 +238,8 @@ class OnnxEmbeddingEngine(Engine):
                 longest = max(longest, len(seqs[order[end]]))
                 end += 1
             batch = order[start:end]
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
             out[batch] = self._run([seqs[i] for i in batch])
             start = end
         return out

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from nexa.engines.base import Task
 from nexa.schemas.embeddings import EmbeddingRequest, render
+from nexa.server.threads import call_in_thread
 
 router = APIRouter(tags=["embeddings"])
 
@@ -26,8 +25,12 @@ async def embeddings(request: Request) -> JSONResponse:
     engine = request.app.state.manager.get(Task.EMBEDDING, "/v1/embeddings")
     body = EmbeddingRequest.parse(await request.body())
     inputs = body.inputs()
-    result = await asyncio.to_thread(
-        engine.embed, inputs, truncate=body.truncate, normalize=body.normalize, dimensions=body.dimensions
+    # A client that leaves stops the work at the next batch of inputs.
+    result = await call_in_thread(
+        request,
+        lambda cancel: engine.embed(
+            inputs, truncate=body.truncate, normalize=body.normalize, dimensions=body.dimensions, cancel=cancel
+        ),
     )
     request.state.generation = (result.prompt_tokens, result.seconds)  # the access log's tokens/s
     # JSONResponse directly: FastAPI's encoder would walk every float of every vector in Python.
