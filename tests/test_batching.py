@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -261,3 +262,16 @@ def test_cli_validates_parallel_and_queue(capsys):
     assert "--parallel must be at least 1" in capsys.readouterr().err
     settings = settings_from_args(build_parser().parse_args(["server", "--parallel", "3", "--max-queue", "5"]))
     assert (settings.parallel, settings.max_queue) == (3, 5)
+
+
+def test_a_client_that_leaves_is_a_quiet_499(live, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        body = {"prompt": "Count: 1, 2, 3,", "max_tokens": 1500, "temperature": 0}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(live.url + "/v1/completions", json=body, timeout=0.5)
+        deadline = time.time() + 30
+        while time.time() < deadline and not any(" 499 " in r.getMessage() for r in caplog.records):
+            time.sleep(0.1)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("POST /v1/completions 499 ") for m in messages), messages
+    assert not any(r.levelno >= logging.ERROR for r in caplog.records), messages  # no traceback for a normal event

@@ -49,6 +49,14 @@ class PayloadTooLarge(NexaError):
     type = "invalid_request_error"
 
 
+class ClientGone(NexaError):
+    """The client disconnected before the answer was ready: the work stopped, nobody reads this
+    (499, nginx's "client closed request", so the access log says what happened)."""
+
+    status = 499
+    type = "client_closed_request"
+
+
 class Overloaded(NexaError):
     """Too many requests are waiting (503 with Retry-After)."""
 

@@ -14,6 +14,8 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
+from nexa.errors import ClientGone
+
 T = TypeVar("T")
 _DONE = object()
 
@@ -100,7 +102,7 @@ async def _unless_disconnected(
                 task.cancel()  # a thread runs on until `stop` reaches it; nobody awaits its result
                 await asyncio.gather(task, return_exceptions=True)
                 await stop()
-                raise asyncio.CancelledError("client disconnected")
+                raise ClientGone("The client disconnected; the work was stopped.")
     finally:
         if not task.done():
             task.cancel()
