@@ -29,7 +29,8 @@ from nexa.models.catalogue import (  # noqa: E402
     choose_projector,
     load_catalogue,
 )
-from nexa.models.store import ModelStore, cache_root, gguf_architecture  # noqa: E402
+from nexa.models.gguf_header import gguf_architecture  # noqa: E402
+from nexa.models.store import ModelStore, cache_root  # noqa: E402
 from nexa.models.types import ModelType  # noqa: E402
 
 fake_hub = fakehub.fake_hub  # the fixture: a running fake hub, endpoints and cache pointed at it

@@ -18,9 +18,8 @@ import logging
 import os
 import re
 import shutil
-import struct
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from nexa.errors import StartupError
 from nexa.models import download as dl
@@ -33,9 +32,9 @@ from nexa.models.catalogue import (
     Source,
     choose_model_file,
     choose_projector,
-    is_projector_name,
     load_catalogue,
 )
+from nexa.models.gguf_header import is_projector, split_projectors
 from nexa.models.types import ModelType, ResolvedModel
 
 log = logging.getLogger("nexa.store")
@@ -363,7 +362,7 @@ class ModelStore:
             files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(exts))
             if not files and model_type == ModelType.TEXT_EMBEDDING and (path / "config.json").exists():
                 return ResolvedModel(name=path.name, path=path, model_type=model_type)  # HF-format folder
-            model, projectors = _split_projectors(files)
+            model, projectors = split_projectors(files)
             if not model:
                 raise StartupError(
                     f"No model file ({'/'.join(exts)}) in {path}"
@@ -380,12 +379,12 @@ class ModelStore:
                 )
         else:
             chosen = path
-            if _is_projector(path):
+            if is_projector(path):
                 raise StartupError(
                     f"{path} is a vision projector (clip), not a model: pass the model GGUF (with -mt MULTIMODAL)"
                 )
             siblings = sorted(p for p in path.parent.iterdir() if p.is_file() and p.name.lower().endswith(GGUF_EXTS))
-            _, projectors = _split_projectors(siblings) if model_type == ModelType.MULTIMODAL else ([], [])
+            _, projectors = split_projectors(siblings) if model_type == ModelType.MULTIMODAL else ([], [])
         projector: Path | None = None
         if model_type == ModelType.MULTIMODAL:
             if not projectors:
@@ -588,74 +587,3 @@ def _kind(path: Path) -> str:
 def _check_ct2_folder(folder: Path, what: str) -> None:
     if not (folder / "model.bin").is_file():
         raise dl.DownloadError(f"{what} is not a CTranslate2 (faster-whisper) model: no model.bin in {folder}")
-
-
-def _split_projectors(files: list[Path]) -> tuple[list[Path], list[Path]]:
-    models: list[Path] = []
-    projectors: list[Path] = []
-    for f in files:
-        (projectors if _is_projector(f) else models).append(f)
-    return models, projectors
-
-
-def _is_projector(path: Path) -> bool:
-    """A GGUF is a projector when its metadata says clip (or, failing that, its name says mmproj)."""
-    if path.suffix.lower() != ".gguf":
-        return False
-    arch = gguf_architecture(path)
-    return arch == "clip" if arch is not None else is_projector_name(path.name)
-
-
-# GGUF value types (ggml/gguf spec): fixed sizes, 8 = string, 9 = array.
-_GGUF_FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-
-
-def gguf_architecture(path: Path) -> str | None:
-    """`general.architecture` from a GGUF header, reading only the key/value section.
-
-    Our own dozen lines instead of the `gguf` package: it would map the whole file and needs numpy.
-    Returns None for anything that is not a readable GGUF.
-    """
-    try:
-        with path.open("rb") as f:
-            if f.read(4) != b"GGUF":
-                return None
-            (version,) = struct.unpack("<I", f.read(4))
-            count_fmt = "<I" if version == 1 else "<Q"
-            size = struct.calcsize(count_fmt)
-            struct.unpack(count_fmt, f.read(size))  # tensor count
-            (n_kv,) = struct.unpack(count_fmt, f.read(size))
-            for _ in range(n_kv):
-                key = _gguf_str(f, count_fmt)
-                (vtype,) = struct.unpack("<I", f.read(4))
-                if key == "general.architecture" and vtype == 8:
-                    return _gguf_str(f, count_fmt)
-                _gguf_skip(f, vtype, count_fmt)
-    except (OSError, struct.error, UnicodeDecodeError, ValueError):
-        return None
-    return None
-
-
-def _gguf_str(f: BinaryIO, count_fmt: str) -> str:
-    (n,) = struct.unpack(count_fmt, f.read(struct.calcsize(count_fmt)))
-    if n > 1 << 20:
-        raise ValueError("implausible GGUF string length")
-    return f.read(n).decode("utf-8")
-
-
-def _gguf_skip(f: BinaryIO, vtype: int, count_fmt: str) -> None:
-    if vtype in _GGUF_FIXED:
-        f.seek(_GGUF_FIXED[vtype], os.SEEK_CUR)
-    elif vtype == 8:
-        (n,) = struct.unpack(count_fmt, f.read(struct.calcsize(count_fmt)))
-        f.seek(n, os.SEEK_CUR)
-    elif vtype == 9:
-        (item_type,) = struct.unpack("<I", f.read(4))
-        (count,) = struct.unpack(count_fmt, f.read(struct.calcsize(count_fmt)))
-        if item_type in _GGUF_FIXED:
-            f.seek(_GGUF_FIXED[item_type] * count, os.SEEK_CUR)
-        else:
-            for _ in range(count):
-                _gguf_skip(f, item_type, count_fmt)
-    else:
-        raise ValueError(f"unknown GGUF value type {vtype}")
