@@ -133,12 +133,17 @@ def _read_regular(path: Path, max_bytes: int, param: str) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             raise InvalidRequest(f"{param} is not a regular file.", param=param)
         if info.st_size > max_bytes:
-            raise PayloadTooLarge(f"The image file is over {max_bytes / 2**20:g} MiB.", param=param)
+            raise image_too_large(max_bytes, param)
         return f.read(max_bytes + 1)
 
 
-def too_large(what: str, max_bytes: int, param: str) -> PayloadTooLarge:
-    return PayloadTooLarge(f"The {what} is over {max_bytes / 2**20:g} MiB (--max-image-mb).", param=param)
+def image_too_large(max_bytes: int, param: str) -> PayloadTooLarge:
+    """The one 413 for an input image over the limit, wherever it came from."""
+    return PayloadTooLarge(
+        f"The image is larger than this server's limit of {max_bytes / 2**20:g} MiB (--max-image-mb): "
+        "send a smaller image.",
+        param=param,
+    )
 
 
 def decode_base64_image(value: str, param: str = "image", max_bytes: int = MAX_INPUT_BYTES) -> bytes:
@@ -149,13 +154,13 @@ def decode_base64_image(value: str, param: str = "image", max_bytes: int = MAX_I
         if not sep or ";base64" not in header:
             raise InvalidRequest(f"{param} must be a base64 data URI (data:image/png;base64,...).", param=param)
     if len(text) > max_bytes * 4 // 3 + 4:
-        raise too_large(param, max_bytes, param)
+        raise image_too_large(max_bytes, param)
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest(f"{param} is not valid base64 (send base64 or a data URI).", param=param) from None
     if len(data) > max_bytes:
-        raise too_large(param, max_bytes, param)
+        raise image_too_large(max_bytes, param)
     return data
 
 

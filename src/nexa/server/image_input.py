@@ -32,8 +32,8 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from nexa.config import Settings
-from nexa.errors import InvalidRequest, PayloadTooLarge
-from nexa.server.files import read_allowed_file
+from nexa.errors import InvalidRequest
+from nexa.server.files import image_too_large, read_allowed_file
 
 log = logging.getLogger("nexa.images.input")
 
@@ -150,7 +150,7 @@ def _decode_data_uri(text: str, max_bytes: int, param: str) -> InputImage:
 def _decode_base64(text: str, max_bytes: int, param: str) -> InputImage:
     compact = "".join(text.split())
     if len(compact) * 3 // 4 > max_bytes + 3:
-        raise PayloadTooLarge(_too_large(max_bytes), param=param)
+        raise image_too_large(max_bytes, param)
     try:
         # Both alphabets: standard and URL-safe base64 are both common in the wild.
         alt = b"-_" if ("-" in compact or "_" in compact) else None
@@ -273,13 +273,13 @@ async def _fetch(url: str, policy: ImagePolicy, param: str) -> bytes:
 async def _read_capped(response: httpx.Response, max_bytes: int, param: str) -> bytes:
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(_too_large(max_bytes), param=param)
+        raise image_too_large(max_bytes, param)
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > max_bytes:  # a missing or lying Content-Length is caught here
-            raise PayloadTooLarge(_too_large(max_bytes), param=param)
+            raise image_too_large(max_bytes, param)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -311,7 +311,3 @@ def decode_image(data: bytes, param: str) -> InputImage:
             "The image could not be decoded: send a PNG, JPEG, WebP, GIF or BMP file.", param=param
         ) from None
     return InputImage(rgb.tobytes(), rgb.width, rgb.height, hashlib.sha256(data).hexdigest())
-
-
-def _too_large(max_bytes: int) -> str:
-    return f"The image is larger than this server's limit of {max_bytes / 2**20:g} MiB: send a smaller image."

@@ -29,10 +29,10 @@ from nexa.schemas.images import GenerationParams, ImageRequest, OpenAIImageReque
 from nexa.server.files import (
     ImageFiles,
     decode_base64_image,
+    image_too_large,
     open_image,
     output_dir,
     read_allowed_file,
-    too_large,
 )
 
 router = APIRouter(tags=["images"])
@@ -110,7 +110,7 @@ async def _parse(request: Request, model: type[ImageRequest]) -> tuple[ImageRequ
                 limit = request.app.state.settings.max_image_bytes
                 data = await value.read(limit + 1)
                 if len(data) > limit:
-                    raise too_large(name, limit, name)
+                    raise image_too_large(limit, name)
                 uploads[name] = data
             else:
                 fields[key] = value
