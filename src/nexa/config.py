@@ -13,7 +13,7 @@ from nexa.models.types import ModelType
 SETTINGS_ENV = "NEXA_SERVER_SETTINGS"
 
 
-def _default_threads() -> int:
+def usable_cores() -> int:
     # llama.cpp is fastest with one thread per physical core; affinity respects cgroups/taskset.
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -31,7 +31,7 @@ class Settings:
     port: int = 8000
     reload: bool = False
     n_ctx: int = 2048
-    n_threads: int = field(default_factory=_default_threads)
+    n_threads: int = field(default_factory=usable_cores)
     parallel: int | None = None  # text requests decoded together; None: from cores and memory
     max_queue: int = 64  # text requests waiting for a slot before new ones get 503
     n_gpu_layers: int = -1  # all layers on the GPU when the wheel has one; ignored on CPU builds

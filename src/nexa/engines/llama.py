@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from nexa.config import Settings
+from nexa.config import Settings, usable_cores
 from nexa.engines.base import (
     Finish,
     SamplingParams,
@@ -91,7 +91,6 @@ class LlamaEngine(TextEngine):
         self._embedder_lock = threading.Lock()
         self._formatter = self._chat_formatter(chat_format, llama_chat_format)
         self.parallel = parallel or default_parallel(self._llm._model, n_ctx)
-        self.n_batch = N_BATCH
         self._ctx = self._context(n_threads)
         self.scheduler = Scheduler(self, self._ctx, parallel=self.parallel, n_batch=N_BATCH, max_waiting=max_queue)
         log.info(
@@ -213,10 +212,7 @@ class LlamaEngine(TextEngine):
     def is_eog(self, token: int) -> bool:
         return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
-    def new_sampler(self, params: SamplingParams) -> Any:
-        return self._sampler(params)
-
-    def _sampler(self, p: SamplingParams) -> Any:
+    def new_sampler(self, p: SamplingParams) -> Any:
         chain = self._chain(p)
         if not p.grammar:
             return chain
@@ -293,8 +289,7 @@ def default_parallel(model: Any, n_ctx: int) -> int:
     of the machine's memory."""
     import llama_cpp as lc
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    want = max(2, min(8, 2 * cores))
+    want = max(2, min(8, 2 * usable_cores()))
     n_layer, n_embd = lc.llama_model_n_layer(model.model), lc.llama_model_n_embd(model.model)
     n_head, n_head_kv = lc.llama_model_n_head(model.model), lc.llama_model_n_head_kv(model.model)
     per_token = 2 * n_layer * (n_embd // max(1, n_head)) * n_head_kv * 2  # K and V, f16

@@ -109,7 +109,6 @@ class Job:
     sampler: Any = None
     matcher: StopMatcher | None = None
     pending: list[TokenLogprob] = field(default_factory=list)
-    submitted: float = field(default_factory=time.perf_counter)
     started: float = 0.0
     prompt_done: float = 0.0
 
@@ -247,8 +246,9 @@ class Scheduler:
             self._waiting.popleft()
             # The longest cached start of the prompt, the least recently used slot among equals;
             # a match under a tenth of the prompt is not worth another conversation's cache.
-            slot = max(free, key=lambda s: (self.engine.reusable(s, job.prompt)[0], -s.used_at))
-            if self.engine.reusable(slot, job.prompt)[0] < SIMILAR * len(job.prompt):
+            keep = {s.seq: self.engine.reusable(s, job.prompt)[0] for s in free}
+            slot = max(free, key=lambda s: (keep[s.seq], -s.used_at))
+            if keep[slot.seq] < SIMILAR * len(job.prompt):
                 slot = min(free, key=lambda s: s.used_at)
             slot.job, job.slot = job, slot
             self._active.append(job)
@@ -260,8 +260,8 @@ class Scheduler:
         assert slot is not None
         job.started = time.perf_counter()
         keep, job.cached = self.engine.reusable(slot, job.prompt)
-        self._borrow_prefix(job, slot, keep)
-        keep, job.cached = self.engine.reusable(slot, job.prompt)
+        if self._borrow_prefix(job, slot, keep):
+            keep, job.cached = self.engine.reusable(slot, job.prompt)
         if not self._lc.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
             self._lc.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
             keep = job.cached = 0
@@ -281,21 +281,22 @@ class Scheduler:
         job.prompt_done = time.perf_counter()
         self._sample(job, -1)
 
-    def _borrow_prefix(self, job: Job, slot: Slot, keep: int) -> None:
+    def _borrow_prefix(self, job: Job, slot: Slot, keep: int) -> bool:
         """Copy another slot's stream when it holds a much longer start of this prompt (a shared
         system prompt, a chat whose slot is busy): copying a stream costs far less than
-        recomputing the prefix, and the copied cells are the same bits."""
-        others = [s for s in self.slots if s is not slot]
+        recomputing the prefix, and the copied cells are the same bits. True if it copied."""
+        others = [(self.engine.reusable(s, job.prompt)[0], s) for s in self.slots if s is not slot]
         if not others:
-            return
-        donor = max(others, key=lambda s: self.engine.reusable(s, job.prompt)[0])
-        if self.engine.reusable(donor, job.prompt)[0] < keep + MIN_SHARED:
-            return
+            return False
+        longest, donor = max(others, key=lambda o: o[0])
+        if longest < keep + MIN_SHARED:
+            return False
         # llama.cpp copies between streams whole, at the start of the next decode (before that
         # decode writes anything): the donor's cells up to its current length are what arrive.
         self._lc.llama_memory_seq_cp(self._mem, donor.seq, slot.seq, -1, -1)
         slot.cache = list(donor.cache)
         slot.images = dict(donor.images)
+        return True
 
     def decode_tokens(self, slot: Slot, tokens: list[int], logits_last: bool) -> None:
         """Decode tokens of one sequence on their own (prompt text around images)."""
@@ -303,10 +304,14 @@ class Scheduler:
         while i < len(tokens):
             part = tokens[i : i + next_chunk(len(tokens) - i)]
             i += len(part)
-            self.batch.clear()
-            self.batch.add(part, len(slot.cache), slot.seq, "last" if logits_last and i == len(tokens) else "none")
-            self._decode()
-            slot.cache.extend(part)
+            self._decode_chunk(slot, part, logits_last and i == len(tokens))
+
+    def _decode_chunk(self, slot: Slot, part: list[int], logits_last: bool) -> None:
+        """One prompt chunk of one sequence, alone in its decode (see the module notes)."""
+        self.batch.clear()
+        self.batch.add(part, len(slot.cache), slot.seq, "last" if logits_last else "none")
+        self._decode()
+        slot.cache.extend(part)
 
     def _decode(self) -> None:
         rc = self._lc.llama_decode(self.ctx.ctx, self.batch.struct)
@@ -338,11 +343,8 @@ class Scheduler:
             assert slot is not None
             part = job.prompt[job.fed : job.fed + next_chunk(job.n_prompt - job.fed)]
             done = job.fed + len(part) == job.n_prompt
-            batch.clear()
-            batch.add(part, len(slot.cache), slot.seq, "last" if done else "none")
-            self._decode()
+            self._decode_chunk(slot, part, done)
             self.stats.recent.append((time.perf_counter(), 0, len(part)))
-            slot.cache.extend(part)
             job.fed += len(part)
             budget -= len(part)
             if done:

@@ -3,6 +3,7 @@ reports the process's uptime and resident memory."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from fastapi import APIRouter, Request
@@ -15,8 +16,6 @@ _STARTED = time.time()
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
-            import os
-
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:  # not Linux
         return 0
