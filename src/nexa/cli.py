@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--max-queue", type=int, default=64, help="requests that may wait for a slot; more get 503 (default: 64)"
     )
+    s.add_argument(
+        "--no-repack",
+        action="store_true",
+        help="keep llama.cpp weights in plain CPU buffers, not its repacked layouts (for a kernel bug; slower "
+        "prompts on Q4_0/Q4_K/Q8_0); AMX is never used either way",
+    )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     # Image models: where images go and which server files `image_path` may read.
     s.add_argument("--output-dir", default=None, help="directory for generated images (default: <cache>/images)")
@@ -164,6 +170,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if (args.parallel is not None and args.parallel < 1) or args.max_queue < 0:
         raise StartupError("--parallel must be at least 1 and --max-queue at least 0.")
     settings.parallel, settings.max_queue = args.parallel, args.max_queue
+    settings.repack = not args.no_repack
     if args.max_image_size < 64 or args.max_image_steps < 1 or args.max_images < 1:
         raise StartupError("--max-image-size must be at least 64, --max-image-steps and --max-images at least 1.")
     for d in args.allow_dir:

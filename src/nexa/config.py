@@ -35,6 +35,9 @@ class Settings:
     parallel: int | None = None  # text requests decoded together; None: from cores and memory
     max_queue: int = 64  # text requests waiting for a slot before new ones get 503
     n_gpu_layers: int = -1  # all layers on the GPU when the wheel has one; ignored on CPU builds
+    # Weights in llama.cpp's repacked CPU layouts (CPU_REPACK) where the CPU has kernels for them;
+    # False keeps them in plain buffers (--no-repack). AMX is never used (engines/cpu_buffers.py).
+    repack: bool = True
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
     shutdown_grace_s: float = 30.0  # in-flight requests get this long to finish on Ctrl-C or SIGTERM
     log_level: str = "info"

@@ -22,6 +22,7 @@ import numpy as np
 from nexa.config import Settings
 from nexa.engines.base import Cancelled, Engine, Task
 from nexa.engines.batch import TokenBatch
+from nexa.engines.cpu_buffers import log_weights, report_weights, set_weight_rule
 from nexa.errors import ContextLengthExceeded, InvalidRequest, StartupError
 from nexa.models.types import ResolvedModel
 
@@ -109,6 +110,7 @@ class LlamaEmbedder:
         pooling: str | None = None,
         model: Any = None,
         batch_tokens: int = BATCH_TOKENS,
+        repack: bool = True,
     ):
         import llama_cpp
         from llama_cpp import _internals
@@ -120,10 +122,15 @@ class LlamaEmbedder:
         self.path = Path(path)
         started = time.perf_counter()
         self._owns_model = model is None
+        self.weights: dict[str, float] = {}
         if model is None:
             params = llama_cpp.llama_model_default_params()
             params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
-            model = _internals.LlamaModel(path_model=str(path), params=params, verbose=False)
+            set_weight_rule(repack)  # never the AMX kernels (engines/cpu_buffers.py)
+            with report_weights() as report:
+                model = _internals.LlamaModel(path_model=str(path), params=params, verbose=False)
+            self.weights = report.buffers
+            log_weights(self.path.name, report, repack)
         self._model = model
         self._vocab = model.vocab
         self.n_vocab = model.n_vocab()
@@ -201,7 +208,8 @@ class LlamaEmbedder:
         return EmbeddingResult(vectors, sum(len(s) for s in seqs), took)
 
     def describe(self) -> dict[str, Any]:
-        return {"embedding_dim": self.dim, "pooling": self.pooling, "max_input_tokens": self.max_tokens}
+        info = {"embedding_dim": self.dim, "pooling": self.pooling, "max_input_tokens": self.max_tokens}
+        return {**info, "weights": self.weights} if self._owns_model else info
 
     def close(self) -> None:
         self._ctx.close()
@@ -273,10 +281,21 @@ class EmbeddingEngine(Engine):
 
     tasks = frozenset({Task.EMBEDDING})
 
-    def __init__(self, path: Path, *, name: str, n_ctx: int = 2048, n_threads: int = 2, n_gpu_layers: int = -1):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str,
+        n_ctx: int = 2048,
+        n_threads: int = 2,
+        n_gpu_layers: int = -1,
+        repack: bool = True,
+    ):
         self.name = name
         self.path = Path(path)
-        self._embedder = LlamaEmbedder(path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+        self._embedder = LlamaEmbedder(
+            path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, repack=repack
+        )
 
     @classmethod
     def from_resolved(cls, model: ResolvedModel, settings: Settings) -> EmbeddingEngine:
@@ -291,6 +310,7 @@ class EmbeddingEngine(Engine):
             n_ctx=settings.n_ctx,
             n_threads=settings.n_threads,
             n_gpu_layers=settings.n_gpu_layers,
+            repack=settings.repack,
         )
 
     def embed(self, inputs: Sequence[Input], **options: Any) -> EmbeddingResult:

@@ -30,6 +30,7 @@ from nexa.engines.base import (
     TokenLogprob,
     TopLogprob,
 )
+from nexa.engines.cpu_buffers import log_weights, report_weights, set_weight_rule
 from nexa.engines.scheduler import Scheduler, Slot, redecode
 from nexa.errors import InvalidRequest
 from nexa.models.types import ResolvedModel
@@ -66,6 +67,7 @@ class LlamaEngine(TextEngine):
         chat_format: str | None = None,
         parallel: int | None = None,
         max_queue: int = 64,
+        repack: bool = True,
     ):
         import llama_cpp
         from llama_cpp import llama_chat_format
@@ -74,16 +76,20 @@ class LlamaEngine(TextEngine):
         self.name = name
         self.path = path
         started = time.perf_counter()
-        self._llm = llama_cpp.Llama(
-            model_path=str(path),
-            # Weights, tokenizer and template only: generation runs in the scheduler's own
-            # context below, so this one is kept as small as llama.cpp allows.
-            n_ctx=32,
-            n_batch=32,
-            n_threads=n_threads,
-            n_gpu_layers=n_gpu_layers,
-            verbose=False,
-        )
+        set_weight_rule(repack)  # never the AMX kernels (engines/cpu_buffers.py)
+        with report_weights() as report:
+            self._llm = llama_cpp.Llama(
+                model_path=str(path),
+                # Weights, tokenizer and template only: generation runs in the scheduler's own
+                # context below, so this one is kept as small as llama.cpp allows.
+                n_ctx=32,
+                n_batch=32,
+                n_threads=n_threads,
+                n_gpu_layers=n_gpu_layers,
+                verbose=False,
+            )
+        self.weights = report.buffers
+        log_weights(path.name, report, repack)
         self.n_ctx = n_ctx
         self._vocab = self._llm._model.vocab
         self.n_vocab = self._n_vocab = self._llm.n_vocab()
@@ -132,6 +138,7 @@ class LlamaEngine(TextEngine):
             chat_format=model.chat_format,
             parallel=settings.parallel,
             max_queue=settings.max_queue,
+            repack=settings.repack,
         )
 
     # -- prompts ---------------------------------------------------------------------------
@@ -182,7 +189,12 @@ class LlamaEngine(TextEngine):
         return self._llm.tokenize(text.encode("utf-8"), add_bos=not has_bos, special=True)
 
     def describe(self) -> dict[str, Any]:
-        return {"n_ctx": self.n_ctx, "parallel": self.parallel, "chat_template": self.chat_template_source}
+        return {
+            "n_ctx": self.n_ctx,
+            "parallel": self.parallel,
+            "chat_template": self.chat_template_source,
+            "weights": self.weights,
+        }
 
     # -- generation (the scheduler calls the hooks below from its thread) ----------------------
 

@@ -175,6 +175,9 @@ class VisionEngine(LlamaEngine):
             n_threads=settings.n_threads,
             n_gpu_layers=settings.n_gpu_layers,
             chat_format=model.chat_format,
+            parallel=settings.parallel,
+            max_queue=settings.max_queue,
+            repack=settings.repack,
         )
 
     def describe(self) -> dict[str, Any]:
