@@ -180,8 +180,19 @@ def test_engine_loads_english_only_tiny(whisper_engine: WhisperEngine) -> None:
     assert whisper_engine.device == "cpu" and whisper_engine.compute_type == "float32"  # as asked
 
 
-def test_default_compute_type_on_cpu_is_int8_and_transcribes(whisper_model: ResolvedModel) -> None:
+def test_default_compute_type_on_cpu_is_float32_for_tiny_and_transcribes(whisper_model: ResolvedModel) -> None:
     engine = WhisperEngine.from_resolved(whisper_model, Settings())
+    try:
+        assert engine.compute_type == "float32"
+        items = engine.transcribe(engine.decode(AUDIO / "s3.wav"), SpeechOptions(beam_size=1), threading.Event())
+        text = " ".join(i.text for i in items if not isinstance(i, TranscriptInfo))
+        assert wer(TRANSCRIPTS["s3.wav"], text) <= 0.2
+    finally:
+        engine.close()
+
+
+def test_int8_transcribes(whisper_model: ResolvedModel) -> None:
+    engine = WhisperEngine.from_resolved(whisper_model, Settings(whisper_compute_type="int8"))
     try:
         assert engine.compute_type == "int8"
         items = engine.transcribe(engine.decode(AUDIO / "s3.wav"), SpeechOptions(beam_size=1), threading.Event())
@@ -191,7 +202,12 @@ def test_default_compute_type_on_cpu_is_int8_and_transcribes(whisper_model: Reso
         engine.close()
 
 
-def test_compute_type_choice() -> None:
+def test_compute_type_choice(whisper_model: ResolvedModel, tmp_path: Path) -> None:
+    # tiny and base run in float32 on a CPU, larger models in int8 (see engines/whisper.py)
+    assert choose_compute_type("cpu", None, whisper_model.path) == "float32"
+    with open(tmp_path / "model.bin", "wb") as f:
+        f.truncate(484 * 2**20)  # the size of whisper small's weights, as a sparse file
+    assert choose_compute_type("cpu", None, tmp_path) == "int8"
     assert choose_compute_type("cpu", None) == "int8"
     assert choose_compute_type("cpu", "float32") == "float32"
     with pytest.raises(StartupError, match="compute-type"):

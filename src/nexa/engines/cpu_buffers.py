@@ -79,9 +79,8 @@ class _ExtraBufferTypes:
 
     def current(self) -> list[str]:
         out: list[str] = []
-        if self.array is not None:
-            while self.array[len(out)]:
-                out.append(self.names.get(self.array[len(out)], "?"))
+        while self.array is not None and (entry := self.array[len(out)]):
+            out.append(self.names.get(entry, "?"))
         return out
 
 

@@ -89,13 +89,26 @@ def _device() -> str:
     return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
 
 
-def choose_compute_type(device: str, requested: str | None) -> str:
-    """int8 on CPU (fast, small, accurate enough for Whisper), float16 on CUDA; or as asked."""
+# On a CPU, small Whisper models run in float32 and larger ones in int8. int8 kernels differ
+# between CPUs: tiny.en in int8 mis-heard espeak-ng speech with a mean WER of 0.20 on an Intel
+# Xeon with AVX-512/AMX (0.11 in float32) and no better than float32 on an AMD EPYC (0.081 vs
+# 0.074), while float32 took only 1.37x as long (bench/bench_whisper_types.py). For small and
+# larger models int8's speed and memory (a quarter of float32's) weigh more than that.
+FLOAT32_UP_TO_BYTES = 300 * 2**20  # model.bin: tiny 75 MB and base 145 MB in float16; small is 484 MB
+
+
+def choose_compute_type(device: str, requested: str | None, path: Path | None = None) -> str:
+    """As asked; else float16 on CUDA, and on CPU float32 for tiny/base models, int8 above."""
     import ctranslate2
 
     supported = set(ctranslate2.get_supported_compute_types(device))
     if requested is None:
-        preferred = "float16" if device == "cuda" else "int8"
+        if device == "cuda":
+            preferred = "float16"
+        else:
+            weights = path / "model.bin" if path is not None else None
+            small = weights is not None and weights.is_file() and weights.stat().st_size <= FLOAT32_UP_TO_BYTES
+            preferred = "float32" if small else "int8"
         return preferred if preferred in supported else "default"
     if requested not in supported | {"default", "auto"}:
         raise StartupError(
@@ -122,7 +135,7 @@ class WhisperEngine(Engine):
         self.name = name
         self.path = path
         self.device = _device()
-        self.compute_type = choose_compute_type(self.device, compute_type)
+        self.compute_type = choose_compute_type(self.device, compute_type, Path(path))
         self.batch_size = batch_size
         started = time.perf_counter()
         self._model = WhisperModel(
