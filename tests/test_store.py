@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gguf import GGUFReader
 
 sys.path.insert(0, str(Path(__file__).parent))  # fakehub sits beside this file, whatever the import mode
 
@@ -30,6 +31,7 @@ from nexa.models.catalogue import (  # noqa: E402
     load_catalogue,
 )
 from nexa.models.gguf_header import gguf_architecture  # noqa: E402
+from nexa.models.hubs import ms_file_url  # noqa: E402
 from nexa.models.store import ModelStore, cache_root  # noqa: E402
 from nexa.models.types import ModelType  # noqa: E402
 
@@ -172,6 +174,9 @@ def test_gguf_architecture_reader(tmp_path: Path) -> None:
     assert gguf_architecture(tmp_path / "clip.gguf") == "clip"
     assert gguf_architecture(tmp_path / "llama.gguf") == "llama"
     assert gguf_architecture(tmp_path / "junk.gguf") is None
+    for name in ("clip.gguf", "llama.gguf"):  # the same answer as the gguf package's full reader
+        field = GGUFReader(tmp_path / name).get_field("general.architecture")
+        assert field is not None and gguf_architecture(tmp_path / name) == field.contents()
 
     # Hand-made v3 header where the architecture comes after values the reader must skip.
     def s(text: str) -> bytes:
@@ -599,9 +604,9 @@ def test_download_file_checks_size(fake_hub: FakeHub, tmp_path: Path) -> None:
     fake_hub.add_ms_repo("o/r", {"f.bin": BLOB})
     dest = tmp_path / "f.bin"
     with pytest.raises(dl.DownloadError, match="expected 5"):
-        dl.download_file(dl.ms_file_url("o/r", "f.bin"), dest, size=5)
+        dl.download_file(ms_file_url("o/r", "f.bin"), dest, size=5)
     assert not dest.exists()
-    assert dl.download_file(dl.ms_file_url("o/r", "f.bin"), dest, size=len(BLOB), sha256=sha(BLOB)) == dest
+    assert dl.download_file(ms_file_url("o/r", "f.bin"), dest, size=len(BLOB), sha256=sha(BLOB)) == dest
     with pytest.raises(dl.DownloadError, match="HTTP 404"):
-        dl.download_file(dl.ms_file_url("o/r", "nope"), tmp_path / "nope")
+        dl.download_file(ms_file_url("o/r", "nope"), tmp_path / "nope")
     assert not (tmp_path / "nope").exists() and not (tmp_path / "nope.part").exists()
