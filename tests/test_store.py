@@ -482,6 +482,22 @@ def test_corrupt_registry_is_ignored(fake_hub: FakeHub) -> None:
     assert list(registry(store)) == ["org/Tiny-GGUF:tiny-Q4_K_M.gguf"]
 
 
+def test_registry_json_is_kept_and_entries_it_cannot_read_survive(fake_hub: FakeHub) -> None:
+    fake_hub.add_hf_repo("org/Tiny-GGUF", {"tiny-Q4_K_M.gguf": BLOB, "tiny-Q8_0.gguf": BLOB * 2})
+    store = ModelStore()
+    first = store.resolve("org/Tiny-GGUF", source="hf")
+    written = registry(store)
+    assert set(written[first.name]) == {"type", "location", "run_type", "projector", "source", "size", "refs"}
+    foreign = {"type": "gguf", "location": "/elsewhere/m.gguf", "run_type": "NLP"}  # another tool's entry
+    store.registry_path.write_text(json.dumps({**written, "theirs": foreign}))
+    second = store.resolve("org/Tiny-GGUF:Q8_0", source="hf")
+    after = registry(store)
+    assert after["theirs"] == foreign and after[first.name] == written[first.name]
+    assert [m["name"] for m in store.list()] == [first.name, second.name]
+    store.remove(first.name)
+    assert registry(store)["theirs"] == foreign
+
+
 # --- list and remove ----------------------------------------------------------------------------------
 
 
