@@ -9,6 +9,7 @@ resumable downloader (download.py). Every failure is a one-line `DownloadError`.
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -20,7 +21,7 @@ from nexa.models import download as dl
 DEFAULT_MODELSCOPE_ENDPOINT = "https://www.modelscope.cn"
 
 
-class Hub:
+class Hub(ABC):
     source: ClassVar[str]  # the registry's `source` and the ref-key prefix: "hf" or "ms"
     flag: ClassVar[str]  # the CLI flag that names a repository on it
     title: ClassVar[str]
@@ -32,19 +33,21 @@ class Hub:
     def local_dir(self, repo: str) -> Path:
         return self.cache / self.folder / repo
 
+    @abstractmethod
     def check_reachable(self) -> None:
         """Fail fast, before any listing or download, when the hub cannot be reached at all."""
 
+    @abstractmethod
     def list_files(self, repo: str) -> dict[str, int]:
         """{path: size} of every file in the repository."""
-        raise NotImplementedError
 
+    @abstractmethod
     def download(self, repo: str, file: str, size: int | None) -> Path:
-        raise NotImplementedError
+        """One file into the repository's local folder; `size` (from a listing) is checked when known."""
 
+    @abstractmethod
     def download_all(self, repo: str, files: dict[str, int] | None = None) -> Path:
         """`files` (as listed: {path: size}), or with None the whole repository; returns its folder."""
-        raise NotImplementedError
 
 
 class HuggingFace(Hub):
@@ -120,6 +123,9 @@ def _hf_error(repo: str, e: Exception, what: str) -> dl.DownloadError:
 
 class ModelScope(Hub):
     source, flag, title, folder = "ms", "-ms", "ModelScope", "modelscope"
+
+    def check_reachable(self) -> None:
+        """Nothing to do: our own client fails at once on a dead connection, with its own message."""
 
     def list_files(self, repo: str) -> dict[str, int]:
         """Every file of the repository's master branch."""
