@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gguf import GGUFReader
 
 sys.path.insert(0, str(Path(__file__).parent))  # fakehub sits beside this file, whatever the import mode
 
@@ -30,6 +31,7 @@ from nexa.models.catalogue import (  # noqa: E402
     load_catalogue,
 )
 from nexa.models.gguf_header import gguf_architecture  # noqa: E402
+from nexa.models.hubs import ms_file_url  # noqa: E402
 from nexa.models.store import ModelStore, cache_root  # noqa: E402
 from nexa.models.types import ModelType  # noqa: E402
 
@@ -172,6 +174,9 @@ def test_gguf_architecture_reader(tmp_path: Path) -> None:
     assert gguf_architecture(tmp_path / "clip.gguf") == "clip"
     assert gguf_architecture(tmp_path / "llama.gguf") == "llama"
     assert gguf_architecture(tmp_path / "junk.gguf") is None
+    for name in ("clip.gguf", "llama.gguf"):  # the same answer as the gguf package's full reader
+        field = GGUFReader(tmp_path / name).get_field("general.architecture")
+        assert field is not None and gguf_architecture(tmp_path / name) == field.contents()
 
     # Hand-made v3 header where the architecture comes after values the reader must skip.
     def s(text: str) -> bytes:
@@ -477,6 +482,22 @@ def test_corrupt_registry_is_ignored(fake_hub: FakeHub) -> None:
     assert list(registry(store)) == ["org/Tiny-GGUF:tiny-Q4_K_M.gguf"]
 
 
+def test_registry_json_is_kept_and_entries_it_cannot_read_survive(fake_hub: FakeHub) -> None:
+    fake_hub.add_hf_repo("org/Tiny-GGUF", {"tiny-Q4_K_M.gguf": BLOB, "tiny-Q8_0.gguf": BLOB * 2})
+    store = ModelStore()
+    first = store.resolve("org/Tiny-GGUF", source="hf")
+    written = registry(store)
+    assert set(written[first.name]) == {"type", "location", "run_type", "projector", "source", "size", "refs"}
+    foreign = {"type": "gguf", "location": "/elsewhere/m.gguf", "run_type": "NLP"}  # another tool's entry
+    store.registry_path.write_text(json.dumps({**written, "theirs": foreign}))
+    second = store.resolve("org/Tiny-GGUF:Q8_0", source="hf")
+    after = registry(store)
+    assert after["theirs"] == foreign and after[first.name] == written[first.name]
+    assert [m["name"] for m in store.list()] == [first.name, second.name]
+    store.remove(first.name)
+    assert registry(store)["theirs"] == foreign
+
+
 # --- list and remove ----------------------------------------------------------------------------------
 
 
@@ -599,9 +620,9 @@ def test_download_file_checks_size(fake_hub: FakeHub, tmp_path: Path) -> None:
     fake_hub.add_ms_repo("o/r", {"f.bin": BLOB})
     dest = tmp_path / "f.bin"
     with pytest.raises(dl.DownloadError, match="expected 5"):
-        dl.download_file(dl.ms_file_url("o/r", "f.bin"), dest, size=5)
+        dl.download_file(ms_file_url("o/r", "f.bin"), dest, size=5)
     assert not dest.exists()
-    assert dl.download_file(dl.ms_file_url("o/r", "f.bin"), dest, size=len(BLOB), sha256=sha(BLOB)) == dest
+    assert dl.download_file(ms_file_url("o/r", "f.bin"), dest, size=len(BLOB), sha256=sha(BLOB)) == dest
     with pytest.raises(dl.DownloadError, match="HTTP 404"):
-        dl.download_file(dl.ms_file_url("o/r", "nope"), tmp_path / "nope")
+        dl.download_file(ms_file_url("o/r", "nope"), tmp_path / "nope")
     assert not (tmp_path / "nope").exists() and not (tmp_path / "nope.part").exists()

