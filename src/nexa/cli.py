@@ -153,8 +153,9 @@ def _model_values(args: argparse.Namespace) -> dict[str, Any]:
         raise StartupError(f"Unexpected argument {args.onnx_model!r}: give one model (or `onnx MODEL`).")
     if model is not None:
         values["model"] = model
-    if _source(args) != "auto":
-        values["source"] = _source(args)
+    source = _source(args)
+    if source != "auto":
+        values["source"] = source
     if args.model_type:
         values["model_type"] = args.model_type
     return values
@@ -189,27 +190,24 @@ def _problem(error: Any, typed: dict[str, Any]) -> str:
     else:
         who, got, scale = env_name(name), error["input"], 1
     if error["type"] in _RANGE_ERRORS:
-        return f"{who} must be {_range(name, scale)} (got {_number(got)})"
+        return f"{who} must be {_range(name, scale)} (got {_number(got) if isinstance(got, (int, float)) else got})"
     return f"{who}: {error['msg']} (got {got!r})"
 
 
 def _range(name: str, scale: int) -> str:
     """The field's bounds in the flag's unit: "at least 16", "between 1 and 65535"."""
-    low: tuple[str, Any] | None = None
-    high: tuple[str, Any] | None = None
+    bounds: list[tuple[str, Any]] = []  # lower bound first, as Field(ge=, le=) lists them
     for m in Settings.model_fields[name].metadata:
         if isinstance(m, annotated_types.Ge):
-            low = ("at least", m.ge)
+            bounds.append(("at least", m.ge))
         elif isinstance(m, annotated_types.Gt):
-            low = ("above", m.gt)
+            bounds.append(("above", m.gt))
         elif isinstance(m, annotated_types.Le):
-            high = ("at most", m.le)
-        elif isinstance(m, annotated_types.Lt):
-            high = ("below", m.lt)
-    if low and high:
-        return f"between {_number(low[1] / scale)} and {_number(high[1] / scale)}"
-    word, bound = low or high or ("valid", 0)
-    return f"{word} {_number(bound / scale)}"
+            bounds.append(("at most", m.le))
+    shown = [(word, _number(bound / scale)) for word, bound in bounds]
+    if len(shown) == 2:
+        return f"between {shown[0][1]} and {shown[1][1]}"
+    return " ".join(shown[0])
 
 
 def _check_paths_and_hosts(settings: Settings) -> None:
