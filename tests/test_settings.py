@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import nexa
 from nexa.cli import build_parser, main, settings_from_args
 from nexa.config import SETTINGS_ENV, Settings, cli_flag, default, env_name
 from nexa.engines.loader import EngineCall, engine_call, load_engine
@@ -25,7 +26,7 @@ from nexa.models.types import ModelType, ResolvedModel
 sys.path.insert(0, str(Path(__file__).parent))  # helpers sit beside this file, whatever the import mode
 from projector import ensure_projector  # noqa: E402
 
-SRC = Path(__file__).parent.parent / "src" / "nexa"
+SRC = Path(nexa.__file__).parent
 
 LLAMA = ("LlamaEngine", "VisionEngine")
 GGUF = (*LLAMA, "EmbeddingEngine")
