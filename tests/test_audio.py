@@ -31,6 +31,7 @@ from fastapi.testclient import TestClient
 
 from conftest import LiveServer, free_port
 from nexa.config import Settings
+from nexa.engines.loader import load_engine
 from nexa.engines.whisper import SpeechOptions, TranscriptInfo, WhisperEngine, choose_compute_type
 from nexa.errors import StartupError
 from nexa.models.manager import ModelManager
@@ -130,7 +131,7 @@ def whisper_engine(whisper_model: ResolvedModel) -> Iterator[WhisperEngine]:
     # float32, not the CPU default int8: int8 kernels differ between CPUs, and on an AMD EPYC
     # tiny.en heard "let the cool air come in" as "let the kill there come in" (float32 did
     # not), so the accuracy checks below would depend on the machine CI draws.
-    engine = WhisperEngine.from_resolved(whisper_model, Settings(whisper_compute_type="float32"))
+    engine = load_engine(whisper_model, Settings(whisper_compute_type="float32"))
     yield engine
     engine.close()
 
@@ -181,7 +182,7 @@ def test_engine_loads_english_only_tiny(whisper_engine: WhisperEngine) -> None:
 
 
 def test_default_compute_type_on_cpu_is_float32_for_tiny_and_transcribes(whisper_model: ResolvedModel) -> None:
-    engine = WhisperEngine.from_resolved(whisper_model, Settings())
+    engine = load_engine(whisper_model, Settings())
     try:
         assert engine.compute_type == "float32"
         items = engine.transcribe(engine.decode(AUDIO / "s3.wav"), SpeechOptions(beam_size=1), threading.Event())
@@ -192,7 +193,7 @@ def test_default_compute_type_on_cpu_is_float32_for_tiny_and_transcribes(whisper
 
 
 def test_int8_transcribes(whisper_model: ResolvedModel) -> None:
-    engine = WhisperEngine.from_resolved(whisper_model, Settings(whisper_compute_type="int8"))
+    engine = load_engine(whisper_model, Settings(whisper_compute_type="int8"))
     try:
         assert engine.compute_type == "int8"
         items = engine.transcribe(engine.decode(AUDIO / "s3.wav"), SpeechOptions(beam_size=1), threading.Event())

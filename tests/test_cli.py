@@ -79,6 +79,14 @@ def test_help_lists_the_spec_flags():
     out = nexa("server", "--help").stdout
     for flag in ("-lp", "--local_path", "-mt", "-hf", "-ms", "--host", "--port", "--reload", "--nctx"):
         assert flag in out
+    for flag in ("-c", "-t", "-np", "-ngl", "--mmproj", "--cors-origin", "--no-repack", "NEXA_N_CTX"):
+        assert flag in out  # llama-server's short names beside ours, and the variables
+
+
+def test_short_names_and_variables_reach_a_subprocess(tmp_path):
+    env = {"NEXA_CACHE_ROOT": str(tmp_path), "NEXA_N_CTX": "8"}
+    assert_one_line_error(nexa("server", env=env), "NEXA_N_CTX must be at least 16")
+    assert_one_line_error(nexa("server", "-c", "8", env=env), "--nctx must be at least 16")
 
 
 @pytest.mark.parametrize(
@@ -89,6 +97,8 @@ def test_help_lists_the_spec_flags():
         (("server", "gemma", "-mt", "NLP"), ("-mt",)),
         (("server", "onnx"), ("onnx MODEL",)),
         (("server", "--nctx", "1"), ("--nctx",)),
+        (("server", "-np", "0"), ("--parallel must be at least 1",)),
+        (("server", "--mmproj", "/no/such/mmproj.gguf"), ("--projector",)),
         (("remove", "never-pulled-model"), ("never-pulled-model",)),
     ],
 )

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from conftest import LiveServer
 from minilm_gguf import minilm_folder, minilm_gguf, read_safetensors
 from nexa.config import Settings
-from nexa.engines.embeddings import EmbeddingEngine
+from nexa.engines.loader import load_engine
 from nexa.errors import StartupError
 from nexa.models.manager import ModelManager
 from nexa.models.store import ModelStore
@@ -326,7 +326,7 @@ def test_openai_client(emb_live: LiveServer, emb: TestClient) -> None:
 def test_hugging_face_folder_is_refused_clearly(minilm_dir: Path) -> None:
     folder = ResolvedModel(name="minilm", path=minilm_dir, model_type=ModelType.TEXT_EMBEDDING)
     with pytest.raises(StartupError, match="GGUF"):
-        EmbeddingEngine.from_resolved(folder, Settings())
+        load_engine(folder, Settings())
 
 
 # -- a chat model in embedding mode (the shared SmolLM2 app) ----------------------------------

@@ -28,7 +28,8 @@ from PIL import Image
 from nexa.cli import build_parser, settings_from_args
 from nexa.config import Settings
 from nexa.engines.base import Engine, Task
-from nexa.engines.diffusion import DiffusionEngine, load_arguments
+from nexa.engines.diffusion import DiffusionEngine
+from nexa.engines.loader import diffusion_arguments as load_arguments
 from nexa.models.manager import ModelManager
 from nexa.models.types import ModelType, ResolvedModel
 from nexa.server.app import create_app

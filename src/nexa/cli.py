@@ -1,7 +1,8 @@
 """`nexa server | pull | list | remove`: flags -> Settings -> store -> app -> uvicorn.
 
-No logic beyond wiring; no prompt ever waits on stdin; a user mistake prints one line
-saying what to do and exits with status 2, never a traceback.
+The `nexa server` flags are generated from the Settings fields (config.py: each field's Flag,
+description, default and range), so a new setting is one field there. No prompt ever waits on
+stdin; a user mistake prints one line saying what to do and exits with status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ import logging
 import os
 import socket
 import sys
+import types
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Literal, Union, get_args, get_origin
+
+import annotated_types
+from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from nexa import __version__
-from nexa.config import SETTINGS_ENV, Settings
+from nexa.config import SETTINGS_ENV, Flag, Settings, cli_flag, env_name
 from nexa.errors import StartupError
 from nexa.models.types import ModelType
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("nexa")
 
@@ -57,64 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("onnx_model", nargs="?", help=argparse.SUPPRESS)
     _add_source_flags(s)
-    s.add_argument("--host", default="localhost", help="host to bind (default: localhost)")
-    s.add_argument("--port", type=int, default=8000, help="port to bind (default: 8000)")
-    s.add_argument("--reload", action="store_true", help="restart the server when the code changes")
-    s.add_argument("--nctx", type=int, default=2048, help="context length in tokens (default: 2048)")
-    s.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: all usable cores)")
-    s.add_argument(
-        "--parallel",
-        type=int,
-        default=None,
-        help="requests a text model decodes together, each with the full --nctx (default: from cores and memory)",
-    )
-    s.add_argument(
-        "--max-queue", type=int, default=64, help="requests that may wait for a slot; more get 503 (default: 64)"
-    )
-    s.add_argument(
-        "--no-repack",
-        action="store_true",
-        help="keep llama.cpp weights in plain CPU buffers, not its repacked layouts (for a kernel bug; slower "
-        "prompts on Q4_0/Q4_K/Q8_0); AMX is never used either way",
-    )
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    # Image models: where images go and which server files `image_path` may read.
-    s.add_argument("--output-dir", default=None, help="directory for generated images (default: <cache>/images)")
-    s.add_argument(
-        "--allow-dir",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="let image_path and chat image URLs (file://, paths) read files inside DIR (repeatable; default: none)",
-    )
-    s.add_argument("--max-image-size", type=int, default=1024, help="largest image width/height (default: 1024)")
-    s.add_argument("--max-image-steps", type=int, default=100, help="most sampling steps per image (default: 100)")
-    s.add_argument("--max-images", type=int, default=4, help="most images per request (default: 4)")
-    # Speech models (/v1/audio/*).
-    s.add_argument("--max-upload-mb", type=float, default=25.0, help="largest audio upload in MiB (default: 25)")
-    s.add_argument(
-        "--compute-type",
-        default=None,
-        help="Whisper compute type: int8, float16, float32... (default: int8 on CPU, float16 on CUDA)",
-    )
-    s.add_argument(
-        "--whisper-batch-size",
-        type=int,
-        default=8,
-        help="30-second windows decoded at once for audio of 30 s or more; 0: never batch (default: 8)",
-    )
-    # Vision chat (image_url parts on MULTIMODAL models): the projector and where images may come from.
-    s.add_argument("--projector", default=None, metavar="PATH", help="vision projector GGUF (mmproj) for the model")
-    s.add_argument("--no-remote-images", action="store_true", help="refuse http(s) image URLs in chat messages")
-    s.add_argument(
-        "--allow-image-host",
-        action="append",
-        default=[],
-        metavar="HOST|CIDR",
-        help="let image URLs reach this host or network despite it being private/loopback (repeatable)",
-    )
-    s.add_argument("--max-image-mb", type=float, default=20.0, help="largest input image in MiB (default: 20)")
-    s.add_argument("--max-chat-images", type=int, default=16, help="most images in one chat request (default: 16)")
+    for name, info in Settings.model_fields.items():
+        flag = cli_flag(name)
+        if flag is not None:
+            s.add_argument(*flag.names, **_flag_options(name, info, flag))
 
     p = sub.add_parser("pull", help="download a model into the cache")
     p.add_argument("model_path")
@@ -123,6 +72,57 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("remove", help="delete a cached model")
     r.add_argument("model_path")
     return parser
+
+
+def _value_type(info: FieldInfo) -> Any:
+    """The field's type without None: `int | None` -> int."""
+    kind = info.annotation
+    if get_origin(kind) in (Union, types.UnionType):
+        kind = next(a for a in get_args(kind) if a is not type(None))
+    return kind
+
+
+def _flag_options(name: str, info: FieldInfo, flag: Flag) -> dict[str, Any]:
+    """add_argument's options for a field. No argparse default: a flag left out leaves the field
+    to its NEXA_* variable or its default, which the help shows."""
+    kind = _value_type(info)
+    options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+    notes = []
+    if kind is bool:
+        options["action"] = "store_false" if info.default else "store_true"
+        variable = f"{env_name(name)}={str(not info.default).lower()}"
+    else:
+        variable = env_name(name)
+        if get_origin(kind) is list:
+            options["action"] = "append"
+            notes.append("repeatable")
+            (kind,) = get_args(kind)
+        if get_origin(kind) is Literal:
+            options["choices"] = list(get_args(kind))
+            kind = str
+        else:  # named after the flag, as argparse would name it: NCTX, MAX_IMAGE_MB
+            options["metavar"] = flag.metavar or flag.names[0].lstrip("-").replace("-", "_").upper()
+        options["type"] = float if flag.scale != 1 else kind
+        shown = flag.shown_default or _shown(info.get_default(call_default_factory=True), flag.scale)
+        if shown:
+            notes.append(f"default: {shown}")
+    notes.append(variable)
+    options["help"] = f"{flag.help or info.description} ({'; '.join(notes)})"
+    return options
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _shown(value: Any, scale: int) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return ", ".join(value) or "none"
+    if isinstance(value, (int, float)):
+        return _number(value / scale)
+    return str(value)
 
 
 def _source(args: argparse.Namespace) -> str:
@@ -141,70 +141,89 @@ def _model_type(args: argparse.Namespace, source: str) -> ModelType | None:
     return ModelType(args.model_type) if args.model_type else None
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    model, onnx = args.model_path, False
+def _model_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The model fields from `[onnx] MODEL`, -lp/-hf/-ms and -mt, where given."""
+    values: dict[str, Any] = {}
+    model = args.model_path
     if model == "onnx":
-        onnx, model = True, args.onnx_model
+        values["onnx"], model = True, args.onnx_model
         if not model:
             raise StartupError("`nexa server onnx` needs a model: nexa server onnx MODEL")
     elif args.onnx_model:
         raise StartupError(f"Unexpected argument {args.onnx_model!r}: give one model (or `onnx MODEL`).")
-    if args.nctx < 16:
-        raise StartupError("--nctx must be at least 16 tokens.")
-    if not 0 < args.port < 65536:
-        raise StartupError("--port must be between 1 and 65535.")
+    if model is not None:
+        values["model"] = model
     source = _source(args)
-    settings = Settings(
-        model=model,
-        source=source,
-        model_type=_model_type(args, source),
-        onnx=onnx,
-        host=args.host,
-        port=args.port,
-        reload=args.reload,
-        n_ctx=args.nctx,
-        log_level=args.log_level,
-    )
-    if args.threads:
-        settings.n_threads = args.threads
-    if (args.parallel is not None and args.parallel < 1) or args.max_queue < 0:
-        raise StartupError("--parallel must be at least 1 and --max-queue at least 0.")
-    settings.parallel, settings.max_queue = args.parallel, args.max_queue
-    settings.repack = not args.no_repack
-    if args.max_image_size < 64 or args.max_image_steps < 1 or args.max_images < 1:
-        raise StartupError("--max-image-size must be at least 64, --max-image-steps and --max-images at least 1.")
-    for d in args.allow_dir:
+    if source != "auto":
+        values["source"] = source
+    if args.model_type:
+        values["model_type"] = args.model_type
+    return values
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Flags over NEXA_* variables over defaults; a bad value is one StartupError naming its flag."""
+    values, typed = _model_values(args), {}
+    for name in Settings.model_fields:
+        flag = cli_flag(name)
+        if flag is not None and hasattr(args, name):
+            typed[name] = value = getattr(args, name)
+            values[name] = int(value * flag.scale) if flag.scale != 1 else value
+    try:
+        settings = Settings(**values)
+    except ValidationError as exc:
+        raise StartupError("; ".join(_problem(error, typed) for error in exc.errors()) + ".") from None
+    _model_type(args, settings.source)
+    _check_paths_and_hosts(settings)
+    return settings
+
+
+_RANGE_ERRORS = {"greater_than_equal", "greater_than", "less_than_equal", "less_than"}
+
+
+def _problem(error: Any, typed: dict[str, Any]) -> str:
+    """One validation error in the user's terms: the flag (or variable) they set, in its unit."""
+    name = str(error["loc"][0]) if error["loc"] else ""
+    flag = cli_flag(name) if name in Settings.model_fields else None
+    if flag is not None and name in typed:
+        who, got, scale = flag.names[0], typed[name], flag.scale
+    else:
+        who, got, scale = env_name(name), error["input"], 1
+    if error["type"] in _RANGE_ERRORS:
+        return f"{who} must be {_range(name, scale)} (got {_number(got) if isinstance(got, (int, float)) else got})"
+    return f"{who}: {error['msg']} (got {got!r})"
+
+
+def _range(name: str, scale: int) -> str:
+    """The field's bounds in the flag's unit: "at least 16", "between 1 and 65535"."""
+    bounds: list[tuple[str, Any]] = []  # lower bound first, as Field(ge=, le=) lists them
+    for m in Settings.model_fields[name].metadata:
+        if isinstance(m, annotated_types.Ge):
+            bounds.append(("at least", m.ge))
+        elif isinstance(m, annotated_types.Gt):
+            bounds.append(("above", m.gt))
+        elif isinstance(m, annotated_types.Le):
+            bounds.append(("at most", m.le))
+    shown = [(word, _number(bound / scale)) for word, bound in bounds]
+    if len(shown) == 2:
+        return f"between {shown[0][1]} and {shown[1][1]}"
+    return " ".join(shown[0])
+
+
+def _check_paths_and_hosts(settings: Settings) -> None:
+    """What only the machine can say: directories and files exist, host names are names."""
+    for d in settings.allowed_image_dirs:
         if not os.path.isdir(d):
             raise StartupError(f"--allow-dir {d!r} is not a directory: create it or fix the path.")
-    settings.image_output_dir = args.output_dir
-    settings.allowed_image_dirs = [os.path.abspath(d) for d in args.allow_dir]
-    settings.max_image_size, settings.max_image_steps, settings.max_images_n = (
-        args.max_image_size,
-        args.max_image_steps,
-        args.max_images,
-    )
-    if args.max_upload_mb <= 0 or args.whisper_batch_size < 0:
-        raise StartupError("--max-upload-mb must be above 0 and --whisper-batch-size at least 0.")
-    settings.max_upload_mb = args.max_upload_mb
-    settings.whisper_compute_type = args.compute_type
-    settings.whisper_batch_size = args.whisper_batch_size
     # Vision chat: --allow-dir above also lets file:// image URLs read inside those directories.
-    if args.projector and not os.path.isfile(args.projector):
-        raise StartupError(f"--projector {args.projector!r} is not a file: give the path of the mmproj GGUF.")
-    if args.max_image_mb <= 0 or args.max_chat_images < 1:
-        raise StartupError("--max-image-mb must be above 0 and --max-chat-images at least 1.")
+    if settings.projector and not os.path.isfile(settings.projector):
+        raise StartupError(f"--projector {settings.projector!r} is not a file: give the path of the mmproj GGUF.")
     try:
         from nexa.server.image_input import parse_allowed_hosts
 
-        parse_allowed_hosts(args.allow_image_host)
+        parse_allowed_hosts(settings.allowed_image_hosts)
     except ValueError as exc:
         raise StartupError(f"--allow-image-host: {exc}.") from None
-    settings.projector = os.path.abspath(args.projector) if args.projector else None
-    settings.remote_images = not args.no_remote_images
-    settings.allowed_image_hosts = list(args.allow_image_host)
-    settings.max_image_bytes = int(args.max_image_mb * 2**20)
-    settings.max_chat_images = args.max_chat_images
-    return settings
 
 
 def check_port(host: str, port: int) -> None:
@@ -259,14 +278,21 @@ def serve(settings: Settings) -> None:
     uvicorn.run(app, **common)  # type: ignore[arg-type]
 
 
+def _log_to_stderr(level: str) -> None:
+    log_format = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    logging.basicConfig(level=level.upper(), format=log_format, stream=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = getattr(args, "log_level", "info").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
     try:
         if args.command == "server":
-            serve(settings_from_args(args))
-        elif args.command == "pull":
+            settings = settings_from_args(args)
+            _log_to_stderr(settings.log_level)
+            serve(settings)
+            return 0
+        _log_to_stderr("info")
+        if args.command == "pull":
             from nexa.models.store import ModelStore
 
             source = _source(args)

@@ -1,16 +1,27 @@
-"""One Settings object: built by the CLI from flags, passed into create_app, never global."""
+"""One Settings model: its fields, defaults, range checks, `nexa server` flags and NEXA_* variables.
+
+Every setting is written once, here. The CLI builds its `nexa server` flags from the `Flag` on
+each field (cli.py), pydantic-settings reads `NEXA_<FIELD>` environment variables (NEXA_N_CTX,
+NEXA_PORT; lists as JSON: NEXA_CORS_ORIGINS='["http://localhost:3000"]'), and engines that keep
+keyword defaults take them from `default()`. Flags win over variables, variables over defaults.
+Settings are passed into create_app, never read from a global.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nexa.models.types import ModelType
 
 # --reload runs the app in a child process that uvicorn imports by name; the settings travel
 # there in this environment variable (uvicorn cannot pass objects across the re-import).
 SETTINGS_ENV = "NEXA_SERVER_SETTINGS"
+ENV_PREFIX = "NEXA_"
 
 
 def usable_cores() -> int:
@@ -21,60 +32,158 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-@dataclass
-class Settings:
-    model: str | None = None  # None: the default model (SmolLM2-135M-Instruct)
-    source: str = "auto"  # auto (catalogue), local (-lp), hf (-hf), ms (-ms)
-    model_type: ModelType | None = None
-    onnx: bool = False
-    host: str = "localhost"
-    port: int = 8000
-    reload: bool = False
-    n_ctx: int = 2048
-    n_threads: int = field(default_factory=usable_cores)
-    parallel: int | None = None  # text requests decoded together; None: from cores and memory
-    max_queue: int = 64  # text requests waiting for a slot before new ones get 503
-    n_gpu_layers: int = -1  # all layers on the GPU when the wheel has one; ignored on CPU builds
+@dataclass(frozen=True)
+class Flag:
+    """How a field appears on `nexa server`'s command line; its help is the field's description.
+
+    A bool field whose default is True is switched off by its flag (--no-repack); a list field's
+    flag is repeatable. `scale` converts the flag's unit to the field's (MiB -> bytes).
+    """
+
+    names: tuple[str, ...]  # the first is the one error messages name
+    metavar: str | None = None
+    shown_default: str | None = None  # the help's "(default: ...)" where the value says little
+    help: str | None = None  # the flag's own help where it reads differently from the field's doc
+    scale: int = 1
+
+
+def flag(*names: str, **options: Any) -> Flag:
+    return Flag(names, **options)
+
+
+class Settings(BaseSettings):
+    """The server's settings; `Settings(n_ctx=4096)` in code, flags on the command line."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    # -- the model: set by `nexa server [onnx] MODEL [-lp|-hf|-ms] [-mt TYPE]` (cli.py) ----------
+    model: str | None = Field(None, description="the model to serve; None: the default (SmolLM2-135M-Instruct)")
+    source: Literal["auto", "local", "hf", "ms"] = Field(
+        "auto", description="where MODEL is: auto (catalogue), local (-lp), hf (-hf), ms (-ms)"
+    )
+    model_type: ModelType | None = Field(None, description="the model's type (-mt); None: known or NLP")
+    onnx: bool = Field(False, description="serve the ONNX Runtime variant (`nexa server onnx MODEL`)")
+
+    # -- the HTTP server ------------------------------------------------------------------------
+    host: Annotated[str, flag("--host")] = Field("localhost", description="host to bind")
+    port: Annotated[int, flag("--port")] = Field(8000, ge=1, le=65535, description="port to bind")
+    reload: Annotated[bool, flag("--reload")] = Field(False, description="restart the server when the code changes")
+    cors_origins: Annotated[list[str], flag("--cors-origin", metavar="ORIGIN")] = Field(
+        default_factory=lambda: ["*"], description="let browser pages from ORIGIN call the API (CORS)"
+    )
+    shutdown_grace_s: Annotated[float, flag("--shutdown-grace", metavar="SECONDS")] = Field(
+        30.0, ge=0, description="seconds in-flight requests get to finish on Ctrl-C or SIGTERM"
+    )
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], flag("--log-level")] = Field(
+        "info", description="what the server logs"
+    )
+
+    # -- llama.cpp (text, chat, vision and embedding models) -----------------------------------
+    n_ctx: Annotated[int, flag("--nctx", "-c")] = Field(2048, ge=16, description="context length in tokens")
+    n_threads: Annotated[int, flag("--threads", "-t", shown_default="all usable cores")] = Field(
+        default_factory=usable_cores, ge=1, description="CPU threads for inference"
+    )
+    parallel: Annotated[int | None, flag("--parallel", "-np", shown_default="from cores and memory")] = Field(
+        None, ge=1, description="requests a text model decodes together, each with the full --nctx"
+    )
+    max_queue: Annotated[int, flag("--max-queue")] = Field(
+        64, ge=0, description="requests that may wait for a slot; more get 503"
+    )
+    n_gpu_layers: Annotated[int, flag("--n-gpu-layers", "-ngl")] = Field(
+        -1, ge=-1, description="model layers on the GPU, -1: all; ignored by CPU-only builds of llama.cpp"
+    )
     # Weights in llama.cpp's repacked CPU layouts (CPU_REPACK) where the CPU has kernels for them;
-    # False keeps them in plain buffers (--no-repack). AMX is never used (engines/cpu_buffers.py).
-    repack: bool = True
-    cors_origins: list[str] = field(default_factory=lambda: ["*"])
-    shutdown_grace_s: float = 30.0  # in-flight requests get this long to finish on Ctrl-C or SIGTERM
-    log_level: str = "info"
-    # Image generation (/v1/txt2img, /v1/img2img, /v1/images/*). Clients never choose paths:
-    # images are written into image_output_dir (None: <cache root>/images) and served from there;
-    # `image_path` may only read inside allowed_image_dirs (none by default).
-    image_output_dir: str | None = None
-    allowed_image_dirs: list[str] = field(default_factory=list)
-    max_image_size: int = 1024  # largest width/height in pixels (multiples of 64)
-    max_image_steps: int = 100
-    max_images_n: int = 4  # images per request
-    # Speech (/v1/audio/*). Uploads over max_upload_mb are refused with 413 (OpenAI's limit is
-    # 25 MB); compute type None picks int8 on CPU and float16 on CUDA; audio of 30 s or more is
-    # decoded whisper_batch_size windows at a time (0: never batch).
-    max_upload_mb: float = 25.0
-    whisper_compute_type: str | None = None
-    whisper_batch_size: int = 8
-    # Vision chat (image_url parts, MULTIMODAL models). `projector` overrides the model's own
-    # projector file. Remote images are fetched with a deadline, a byte cap and a few redirects,
-    # never from private/loopback/link-local addresses unless a host or network (CIDR) is in
-    # allowed_image_hosts; `file://` URLs and paths read only inside allowed_image_dirs (above).
-    projector: str | None = None
-    remote_images: bool = True
-    allowed_image_hosts: list[str] = field(default_factory=list)
-    max_image_bytes: int = 20 * 1024 * 1024  # one input image, encoded
-    image_fetch_timeout_s: float = 10.0  # the whole fetch, redirects included
-    max_image_redirects: int = 3
-    max_chat_images: int = 16  # images in one request, all messages together
+    # False keeps them in plain buffers. AMX is never used (engines/cpu_buffers.py).
+    repack: Annotated[
+        bool,
+        flag(
+            "--no-repack",
+            help="keep llama.cpp weights in plain CPU buffers, not its repacked layouts (for a kernel bug; "
+            "slower prompts on Q4_0/Q4_K/Q8_0); AMX is never used either way",
+        ),
+    ] = Field(True, description="weights in llama.cpp's repacked CPU layouts where the CPU has kernels for them")
+
+    # -- image generation (/v1/txt2img, /v1/img2img, /v1/images/*) -------------------------------
+    # Clients never choose paths: images are written into image_output_dir and served from there;
+    # `image_path` (and file:// chat images) may only read inside allowed_image_dirs.
+    image_output_dir: Annotated[str | None, flag("--output-dir", shown_default="<cache>/images")] = Field(
+        None, description="directory for generated images"
+    )
+    allowed_image_dirs: Annotated[list[str], flag("--allow-dir", metavar="DIR")] = Field(
+        default_factory=list,
+        description="let image_path and chat image URLs (file://, paths) read files inside DIR",
+    )
+    max_image_size: Annotated[int, flag("--max-image-size")] = Field(
+        1024, ge=64, description="largest image width/height"
+    )
+    max_image_steps: Annotated[int, flag("--max-image-steps")] = Field(
+        100, ge=1, description="most sampling steps per image"
+    )
+    max_images_n: Annotated[int, flag("--max-images")] = Field(4, ge=1, description="most images per request")
+
+    # -- speech (/v1/audio/*) ------------------------------------------------------------------
+    max_upload_mb: Annotated[float, flag("--max-upload-mb")] = Field(  # OpenAI's limit is 25 MB
+        25.0, gt=0, description="largest audio upload in MiB"
+    )
+    whisper_compute_type: Annotated[
+        str | None, flag("--compute-type", shown_default="float32 on CPU for tiny/base, int8 for larger; float16 on CUDA")
+    ] = Field(None, description="Whisper compute type: int8, float16, float32...")
+    whisper_batch_size: Annotated[int, flag("--whisper-batch-size")] = Field(
+        8, ge=0, description="30-second windows decoded at once for audio of 30 s or more; 0: never batch"
+    )
+
+    # -- vision chat (image_url parts on MULTIMODAL models) --------------------------------------
+    # Remote images are fetched with a deadline, a byte cap and a few redirects, never from
+    # private/loopback/link-local addresses unless a host or network is in allowed_image_hosts.
+    projector: Annotated[str | None, flag("--projector", "--mmproj", metavar="PATH")] = Field(
+        None, description="vision projector GGUF (mmproj) for the model"
+    )
+    remote_images: Annotated[
+        bool, flag("--no-remote-images", help="refuse http(s) image URLs in chat messages")
+    ] = Field(True, description="fetch http(s) image URLs in chat messages")
+    allowed_image_hosts: Annotated[list[str], flag("--allow-image-host", metavar="HOST|CIDR")] = Field(
+        default_factory=list,
+        description="let image URLs reach this host or network despite it being private/loopback",
+    )
+    max_image_bytes: Annotated[int, flag("--max-image-mb", scale=2**20, help="largest input image in MiB")] = Field(
+        20 * 2**20, gt=0, description="largest input image in bytes, encoded"
+    )
+    image_fetch_timeout_s: Annotated[float, flag("--image-fetch-timeout", metavar="SECONDS")] = Field(
+        10.0, gt=0, description="seconds to fetch one remote image, redirects included"
+    )
+    max_image_redirects: Annotated[int, flag("--max-image-redirects")] = Field(
+        3, ge=0, description="redirects followed when fetching one image"
+    )
+    max_chat_images: Annotated[int, flag("--max-chat-images")] = Field(
+        16, ge=1, description="most images in one chat request, all messages together"
+    )
+
+    @field_validator("allowed_image_dirs")
+    @classmethod
+    def _absolute_dirs(cls, dirs: list[str]) -> list[str]:
+        return [os.path.abspath(d) for d in dirs]
+
+    @field_validator("projector")
+    @classmethod
+    def _absolute_projector(cls, path: str | None) -> str | None:
+        return os.path.abspath(path) if path else None
 
     def to_env(self) -> str:
-        data = asdict(self)
-        data["model_type"] = self.model_type.value if self.model_type else None
-        return json.dumps(data)
+        return self.model_dump_json()
 
     @classmethod
     def from_env(cls) -> Settings:
-        data = json.loads(os.environ[SETTINGS_ENV])
-        if data.get("model_type"):
-            data["model_type"] = ModelType(data["model_type"])
-        return cls(**data)
+        return cls.model_validate_json(os.environ[SETTINGS_ENV])
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def default(field: str) -> Any:
+    """A field's default, for keyword defaults elsewhere (engines), so none is written twice."""
+    return Settings.model_fields[field].get_default(call_default_factory=True)
+
+
+def cli_flag(field: str) -> Flag | None:
+    return next((m for m in Settings.model_fields[field].metadata if isinstance(m, Flag)), None)

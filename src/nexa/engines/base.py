@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
 
-from nexa.config import Settings
 from nexa.errors import ContextLengthExceeded, InvalidRequest, UnsupportedTask
-from nexa.models.types import ResolvedModel
 
 
 class Cancelled(Exception):
@@ -50,11 +48,6 @@ class Engine:
                 f"The loaded model '{self.name}' cannot serve {endpoint} (it supports: {can}). "
                 f"Start the server with a model of the right type."
             )
-
-    @classmethod
-    def from_resolved(cls, model: ResolvedModel, settings: Settings) -> Engine:
-        """Load the model; the manager calls this for the model's type (see manager.ENGINES)."""
-        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         """Extra facts for /v1/models (context size, type...)."""

@@ -17,10 +17,8 @@ from typing import Any
 
 from PIL import Image
 
-from nexa.config import Settings
 from nexa.engines.base import Engine, Task
-from nexa.errors import InvalidRequest, StartupError
-from nexa.models.types import ResolvedModel
+from nexa.errors import InvalidRequest
 
 log = logging.getLogger("nexa.engine.diffusion")
 native_log = logging.getLogger("nexa.engine.diffusion.native")
@@ -30,42 +28,7 @@ native_log = logging.getLogger("nexa.engine.diffusion.native")
 # are the INFO view.
 _NATIVE_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.WARNING, 3: logging.ERROR}
 
-# Extra files a split checkpoint may need (ResolvedModel.extra_files key -> StableDiffusion argument).
-_EXTRA_ARGS = {
-    "vae": "vae_path",
-    "taesd": "taesd_path",
-    "clip_l": "clip_l_path",
-    "clip_g": "clip_g_path",
-    "t5xxl": "t5xxl_path",
-}
-
 MAX_SEED = 2**31 - 1
-
-
-def load_arguments(model: ResolvedModel, settings: Settings) -> dict[str, Any]:
-    """StableDiffusion(...) keyword arguments for a resolved model.
-
-    FLUX ships its transformer alone (tensor names without the `model.diffusion_model.` prefix)
-    beside t5xxl/clip_l/vae files, so it is loaded as `diffusion_model_path`; SD3 files with
-    separate text encoders carry all three (clip_l, clip_g, t5xxl) and load as a full model.
-    """
-    extra = dict(model.extra_files)
-    unknown = sorted(set(extra) - set(_EXTRA_ARGS) - {"diffusion_model"})
-    if unknown:
-        raise StartupError(
-            f"Unknown extra model files {unknown} for {model.name}: expected some of {sorted(_EXTRA_ARGS)}."
-        )
-    args: dict[str, Any] = {_EXTRA_ARGS[k]: str(v) for k, v in extra.items() if k in _EXTRA_ARGS}
-    standalone = "t5xxl" in extra and "clip_g" not in extra
-    args["diffusion_model_path" if standalone else "model_path"] = str(model.path)
-    args.update(
-        n_threads=settings.n_threads,  # the wrapper's default is half the cores
-        vae_decode_only=False,  # img2img needs the encoder
-        # verbose=False makes the wrapper point fds 1 and 2 at /dev/null during every call,
-        # which would swallow the whole server's logs; we route native logs ourselves instead.
-        verbose=True,
-    )
-    return args
 
 
 class DiffusionEngine(Engine):
@@ -85,17 +48,6 @@ class DiffusionEngine(Engine):
         self._sd: Any = stable_diffusion_cpp.StableDiffusion(**load_args)
         logging.getLogger("stable-diffusion-cpp-python").setLevel(logging.CRITICAL)  # see _route_native_output
         log.info("loaded %s in %.1fs (%d threads)", path.name, time.perf_counter() - started, load_args["n_threads"])
-
-    @classmethod
-    def from_resolved(cls, model: ResolvedModel, settings: Settings) -> DiffusionEngine:
-        try:
-            import stable_diffusion_cpp  # noqa: F401
-        except ModuleNotFoundError as exc:
-            raise StartupError(
-                "Image models need stable-diffusion-cpp-python, which is not installed: "
-                "reinstall nexa with its dependencies (pip install -e .)."
-            ) from exc
-        return cls(model.path, name=model.name, load_args=load_arguments(model, settings))
 
     def _route_native_output(self, sd_cpp: Any) -> None:
         # The wrapper prints native logs to stderr with inverted levels, prints system info to

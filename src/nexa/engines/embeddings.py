@@ -19,12 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from nexa.config import Settings
+from nexa.config import default
 from nexa.engines.base import Cancelled, Engine, Task
 from nexa.engines.batch import TokenBatch
 from nexa.engines.cpu_buffers import log_weights, report_weights, set_weight_rule
 from nexa.errors import ContextLengthExceeded, InvalidRequest, StartupError
-from nexa.models.types import ResolvedModel
 
 log = logging.getLogger("nexa.engine.embeddings")
 
@@ -104,13 +103,13 @@ class LlamaEmbedder:
         self,
         path: Path,
         *,
-        n_ctx: int = 2048,
-        n_threads: int = 2,
-        n_gpu_layers: int = -1,
+        n_ctx: int = default("n_ctx"),
+        n_threads: int = default("n_threads"),
+        n_gpu_layers: int = default("n_gpu_layers"),
         pooling: str | None = None,
         model: Any = None,
         batch_tokens: int = BATCH_TOKENS,
-        repack: bool = True,
+        repack: bool = default("repack"),
     ):
         import llama_cpp
         from llama_cpp import _internals
@@ -286,31 +285,15 @@ class EmbeddingEngine(Engine):
         path: Path,
         *,
         name: str,
-        n_ctx: int = 2048,
-        n_threads: int = 2,
-        n_gpu_layers: int = -1,
-        repack: bool = True,
+        n_ctx: int = default("n_ctx"),
+        n_threads: int = default("n_threads"),
+        n_gpu_layers: int = default("n_gpu_layers"),
+        repack: bool = default("repack"),
     ):
         self.name = name
         self.path = Path(path)
         self._embedder = LlamaEmbedder(
             path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, repack=repack
-        )
-
-    @classmethod
-    def from_resolved(cls, model: ResolvedModel, settings: Settings) -> EmbeddingEngine:
-        if model.path.is_dir():
-            raise StartupError(
-                f"{model.path} is a Hugging Face folder; this server runs embedding models as GGUF files. "
-                f"Convert it first (llama.cpp's convert_hf_to_gguf.py) and pass the .gguf with -lp -mt TEXT_EMBEDDING."
-            )
-        return cls(
-            model.path,
-            name=model.name,
-            n_ctx=settings.n_ctx,
-            n_threads=settings.n_threads,
-            n_gpu_layers=settings.n_gpu_layers,
-            repack=settings.repack,
         )
 
     def embed(self, inputs: Sequence[Input], **options: Any) -> EmbeddingResult:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from nexa.config import Settings, usable_cores
+from nexa.config import default, usable_cores
 from nexa.engines.base import (
     Finish,
     SamplingParams,
@@ -33,7 +33,6 @@ from nexa.engines.base import (
 from nexa.engines.cpu_buffers import log_weights, report_weights, set_weight_rule
 from nexa.engines.scheduler import Scheduler, Slot, redecode
 from nexa.errors import InvalidRequest
-from nexa.models.types import ResolvedModel
 
 log = logging.getLogger("nexa.engine.llama")
 
@@ -61,13 +60,13 @@ class LlamaEngine(TextEngine):
         path: Path,
         *,
         name: str,
-        n_ctx: int = 2048,
-        n_threads: int = 2,
-        n_gpu_layers: int = -1,
+        n_ctx: int = default("n_ctx"),
+        n_threads: int = default("n_threads"),
+        n_gpu_layers: int = default("n_gpu_layers"),
         chat_format: str | None = None,
         parallel: int | None = None,
-        max_queue: int = 64,
-        repack: bool = True,
+        max_queue: int = default("max_queue"),
+        repack: bool = default("repack"),
     ):
         import llama_cpp
         from llama_cpp import llama_chat_format
@@ -91,6 +90,7 @@ class LlamaEngine(TextEngine):
         self.weights = report.buffers
         log_weights(path.name, report, repack)
         self.n_ctx = n_ctx
+        self.n_gpu_layers = n_gpu_layers
         self._vocab = self._llm._model.vocab
         self.n_vocab = self._n_vocab = self._llm.n_vocab()
         self._piece_buf = ctypes.create_string_buffer(64)
@@ -126,20 +126,6 @@ class LlamaEngine(TextEngine):
         except ValueError:  # a model or backend without flash attention
             cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_AUTO
             return _internals.LlamaContext(model=self._llm._model, params=cp, verbose=False)
-
-    @classmethod
-    def from_resolved(cls, model: ResolvedModel, settings: Settings) -> LlamaEngine:
-        return cls(
-            model.path,
-            name=model.name,
-            n_ctx=settings.n_ctx,
-            n_threads=settings.n_threads,
-            n_gpu_layers=settings.n_gpu_layers,
-            chat_format=model.chat_format,
-            parallel=settings.parallel,
-            max_queue=settings.max_queue,
-            repack=settings.repack,
-        )
 
     # -- prompts ---------------------------------------------------------------------------
 

@@ -26,12 +26,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from nexa.config import Settings
 from nexa.engines.base import Task
 from nexa.engines.llama import LlamaEngine
 from nexa.engines.scheduler import Scheduler, Slot, redecode
-from nexa.errors import ContextLengthExceeded, InvalidRequest, StartupError
-from nexa.models.types import ResolvedModel
+from nexa.errors import ContextLengthExceeded, InvalidRequest
 
 log = logging.getLogger("nexa.engine.vision")
 
@@ -131,7 +129,7 @@ class VisionEngine(LlamaEngine):
         _route_mtmd_logs(mtmd)
         started = time.perf_counter()
         params = mtmd.mtmd_context_params_default()
-        params.use_gpu = kwargs.get("n_gpu_layers", -1) != 0
+        params.use_gpu = self.n_gpu_layers != 0
         params.n_threads = self._llm.n_threads
         params.print_timings = False
         ctx = mtmd.mtmd_init_from_file(str(self.projector).encode(), self._llm.model, params)
@@ -155,29 +153,6 @@ class VisionEngine(LlamaEngine):
             self.projector.name,
             self._projector_type or "unknown type",
             time.perf_counter() - started,
-        )
-
-    @classmethod
-    def from_resolved(cls, model: ResolvedModel, settings: Settings) -> VisionEngine:
-        projector = Path(settings.projector) if settings.projector else model.projector
-        if projector is None:
-            raise StartupError(
-                f"{model.name} is a vision model but no projector was found: pass --projector PATH "
-                "(its mmproj GGUF), or put the mmproj file beside the model."
-            )
-        if not projector.is_file():
-            raise StartupError(f"The vision projector {projector} does not exist: check --projector.")
-        return cls(
-            model.path,
-            projector=projector,
-            name=model.name,
-            n_ctx=settings.n_ctx,
-            n_threads=settings.n_threads,
-            n_gpu_layers=settings.n_gpu_layers,
-            chat_format=model.chat_format,
-            parallel=settings.parallel,
-            max_queue=settings.max_queue,
-            repack=settings.repack,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -21,10 +21,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from nexa.config import Settings
+from nexa.config import default
 from nexa.engines.base import Engine, Task
 from nexa.errors import InvalidRequest, StartupError, UnsupportedTask
-from nexa.models.types import ResolvedModel
 
 log = logging.getLogger("nexa.engine.whisper")
 
@@ -126,9 +125,9 @@ class WhisperEngine(Engine):
         path: Path,
         *,
         name: str,
-        compute_type: str | None = None,
-        cpu_threads: int = 0,
-        batch_size: int = 8,
+        compute_type: str | None = default("whisper_compute_type"),
+        cpu_threads: int = default("n_threads"),
+        batch_size: int = default("whisper_batch_size"),
     ):
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
@@ -157,16 +156,6 @@ class WhisperEngine(Engine):
         log.info(
             "whisper %s on %s (%s), %s, loaded in %.1fs", name, self.device, self.compute_type,
             "multilingual" if self.multilingual else "English-only", time.perf_counter() - started,
-        )
-
-    @classmethod
-    def from_resolved(cls, model: ResolvedModel, settings: Settings) -> WhisperEngine:
-        return cls(
-            model.path,
-            name=model.name,
-            compute_type=settings.whisper_compute_type,
-            cpu_threads=settings.n_threads,
-            batch_size=settings.whisper_batch_size,
         )
 
     def require(self, task: Task, endpoint: str) -> None:

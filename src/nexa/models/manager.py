@@ -1,50 +1,23 @@
-"""Turns a resolved model into a loaded engine; the server's only mutable state."""
+"""Turns a resolved model into a loaded engine (through engines/loader.py); the server's only mutable state."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nexa.config import Settings
-from nexa.engines.base import Engine, Task
+from nexa.engines.loader import load_engine
 from nexa.errors import NotFound, StartupError
 from nexa.models.types import ModelType, ResolvedModel
 
 if TYPE_CHECKING:
+    from nexa.engines.base import Engine, Task  # the engine interface, for types only
     from nexa.models.store import ModelStore
 
 log = logging.getLogger("nexa.models")
-
-
-# Model type -> "module:Class" of its engine. Engine libraries are imported only when a
-# model of that type is loaded, so `import nexa` and `nexa --help` stay light.
-ENGINES = {
-    ModelType.NLP: "nexa.engines.llama:LlamaEngine",
-    ModelType.MULTIMODAL: "nexa.engines.vision:VisionEngine",
-    ModelType.TEXT_EMBEDDING: "nexa.engines.embeddings:EmbeddingEngine",
-    ModelType.AUDIO: "nexa.engines.whisper:WhisperEngine",
-    ModelType.COMPUTER_VISION: "nexa.engines.diffusion:DiffusionEngine",
-}
-# `nexa server onnx`: one loader for every type; it reads the folder's layout, builds the
-# onnxruntime engine that fits, and refuses (naming what it found) a model none fits.
-ONNX_ENGINES = {t: "nexa.engines.onnx:OnnxLoader" for t in ModelType}
-
-
-def load_engine(model: ResolvedModel, settings: Settings) -> Engine:
-    """Load the engine for a model type: `Class.from_resolved(model, settings)`."""
-    module_name, class_name = (ONNX_ENGINES if settings.onnx else ENGINES)[model.model_type].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise StartupError(
-            f"Model type {model.model_type.value} needs {exc.name}, which is not installed: "
-            f"reinstall nexa with its dependencies (pip install -e .)."
-        ) from exc
-    return getattr(module, class_name).from_resolved(model, settings)
 
 
 def resolve_model(settings: Settings, store: ModelStore) -> ResolvedModel:

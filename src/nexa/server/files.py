@@ -25,7 +25,6 @@ from PIL import Image, UnidentifiedImageError
 from nexa.config import Settings
 from nexa.errors import InvalidRequest, NotFound, PayloadTooLarge
 
-MAX_INPUT_BYTES = 20 * 1024 * 1024  # an input image, encoded
 MAX_INPUT_PIXELS = 4096 * 4096  # an input image, decoded (refuses decompression bombs)
 _NAME = re.compile(r"^[a-z0-9]+-[0-9a-f]{32}\.png$")
 
@@ -80,7 +79,7 @@ def read_allowed_file(
     allowed_dirs: Sequence[str],
     param: str = "image_path",
     *,
-    max_bytes: int = MAX_INPUT_BYTES,
+    max_bytes: int,
     instead: str = "send the image itself (base64, a data URI or a multipart upload)",
 ) -> bytes:
     """Read `raw` if it lies inside an allowed directory, else a 400 that says why.
@@ -146,7 +145,7 @@ def image_too_large(max_bytes: int, param: str) -> PayloadTooLarge:
     )
 
 
-def decode_base64_image(value: str, param: str = "image", max_bytes: int = MAX_INPUT_BYTES) -> bytes:
+def decode_base64_image(value: str, param: str, max_bytes: int) -> bytes:
     """Bytes of a base64 string or a `data:image/...;base64,` URI."""
     text = value.strip()
     if text.startswith("data:"):

@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from nexa.config import Settings
+from nexa.config import Settings, default
 from nexa.errors import InvalidRequest
 from nexa.server.files import image_too_large, read_allowed_file
 
@@ -57,13 +57,13 @@ class InputImage:
 class ImagePolicy:
     """What the operator allows (from Settings)."""
 
-    remote: bool = True
+    remote: bool = default("remote_images")
     allowed_hosts: frozenset[str] = frozenset()  # host names allowed despite resolving privately
     allowed_networks: tuple[IPNetwork, ...] = ()
     allowed_dirs: Sequence[str] = field(default_factory=list)
-    max_bytes: int = 20 * 1024 * 1024
-    timeout_s: float = 10.0
-    max_redirects: int = 3
+    max_bytes: int = default("max_image_bytes")
+    timeout_s: float = default("image_fetch_timeout_s")
+    max_redirects: int = default("max_image_redirects")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImagePolicy:

@@ -1,7 +1,7 @@
 """ONNX Runtime engines for `nexa server onnx MODEL`.
 
-The manager maps every model type to `OnnxLoader` when settings.onnx is set; the loader reads
-the folder's layout (layout.py) and builds the engine that fits it:
+When settings.onnx is set, the loader (engines/loader.py) asks `fitting_layout` which engine
+fits the model's folder (layout.py) and builds it:
 - a folder with genai_config.json -> OnnxTextEngine (onnxruntime-genai: completions, chat);
 - an .onnx encoder + tokenizer.json -> OnnxEmbeddingEngine (onnxruntime + tokenizers);
 anything else is a StartupError naming what was found. Engine libraries are imported only
@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from nexa.config import Settings
-from nexa.engines.base import Engine
-from nexa.engines.onnx.layout import ENCODER, GENAI, describe_folder, detect, unsupported_reason
+from nexa.engines.onnx.layout import ENCODER, GENAI, Layout, describe_folder, detect, unsupported_reason
 from nexa.errors import StartupError
 from nexa.models.types import ModelType, ResolvedModel
 
@@ -24,50 +22,42 @@ log = logging.getLogger("nexa.engine.onnx")
 SERVED = {ModelType.NLP: GENAI, ModelType.TEXT_EMBEDDING: ENCODER}
 
 
-class OnnxLoader:
-    """Not an engine itself: `from_resolved` returns the engine that fits the model's folder."""
-
-    @classmethod
-    def from_resolved(cls, model: ResolvedModel, settings: Settings) -> Engine:
-        folder = model.path
-        if not folder.is_dir():
-            raise StartupError(
-                f"{folder} is a file; `nexa server onnx` serves ONNX model folders (an onnxruntime-genai folder "
-                f"with genai_config.json, or model.onnx + tokenizer.json). Pass the folder, or drop `onnx` for GGUF."
-            )
-        reason = unsupported_reason(folder)
-        if reason is not None:
-            raise StartupError(f"{folder} is {reason}.")
-        if model.model_type not in SERVED:
-            raise StartupError(
-                f"The ONNX variant serves text generation (NLP) and embeddings (TEXT_EMBEDDING), not "
-                f"{model.model_type.value} models: drop `onnx` to serve {model.model_type.value} models."
-            )
-        layout = detect(folder)
-        if layout is None:
-            raise StartupError(
-                f"{folder} fits no ONNX engine: found {describe_folder(folder)}. Expected an onnxruntime-genai "
-                f"folder (genai_config.json + the .onnx decoder + tokenizer) for text, or an encoder for embeddings "
-                f"(model.onnx or onnx/model.onnx beside tokenizer.json)."
-            )
-        if layout.kind == GENAI:
-            if model.model_type == ModelType.TEXT_EMBEDDING:
-                raise StartupError(
-                    f"{folder} is an onnxruntime-genai text-generation model, not an embedding model: "
-                    f"drop -mt TEXT_EMBEDDING."
-                )
-            from nexa.engines.onnx.text import OnnxTextEngine
-
-            return OnnxTextEngine.from_resolved(model, settings)
-        if model.model_type != ModelType.TEXT_EMBEDDING:
-            # -lp/-hf default to NLP when no -mt is given; the folder says what it is.
-            log.info("%s is a sentence encoder: serving it for /v1/embeddings", folder.name)
-        from nexa.engines.onnx.embeddings import OnnxEmbeddingEngine
-
-        assert layout.model_file is not None
-        return OnnxEmbeddingEngine(
-            layout.root, layout.model_file, name=model.name, n_ctx=settings.n_ctx, n_threads=settings.n_threads
+def fitting_layout(model: ResolvedModel) -> Layout:
+    """The layout of the model's folder when an ONNX engine serves it; else a StartupError saying why."""
+    folder = model.path
+    if not folder.is_dir():
+        raise StartupError(
+            f"{folder} is a file; `nexa server onnx` serves ONNX model folders (an onnxruntime-genai folder "
+            f"with genai_config.json, or model.onnx + tokenizer.json). Pass the folder, or drop `onnx` for GGUF."
         )
+    reason = unsupported_reason(folder)
+    if reason is not None:
+        raise StartupError(f"{folder} is {reason}.")
+    if model.model_type not in SERVED:
+        raise StartupError(
+            f"The ONNX variant serves text generation (NLP) and embeddings (TEXT_EMBEDDING), not "
+            f"{model.model_type.value} models: drop `onnx` to serve {model.model_type.value} models."
+        )
+    layout = detect(folder)
+    if layout is None:
+        raise StartupError(
+            f"{folder} fits no ONNX engine: found {describe_folder(folder)}. Expected an onnxruntime-genai "
+            f"folder (genai_config.json + the .onnx decoder + tokenizer) for text, or an encoder for embeddings "
+            f"(model.onnx or onnx/model.onnx beside tokenizer.json)."
+        )
+    if layout.kind == GENAI:
+        if model.model_type == ModelType.TEXT_EMBEDDING:
+            raise StartupError(
+                f"{folder} is an onnxruntime-genai text-generation model, not an embedding model: "
+                f"drop -mt TEXT_EMBEDDING."
+            )
+        return layout
+    if model.model_type != ModelType.TEXT_EMBEDDING:
+        # -lp/-hf default to NLP when no -mt is given; the folder says what it is.
+        log.info("%s is a sentence encoder: serving it for /v1/embeddings", folder.name)
+    if layout.model_file is None:
+        raise StartupError(f"{folder} is not an ONNX sentence encoder folder (model.onnx + tokenizer.json).")
+    return layout
 
 
-__all__ = ["OnnxLoader", "SERVED"]
+__all__ = ["GENAI", "SERVED", "fitting_layout"]

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from nexa.config import Settings
+from nexa.config import default
 from nexa.engines.base import Cancelled, Engine, Task
 from nexa.engines.embeddings import (
     EmbeddingResult,
@@ -31,7 +31,6 @@ from nexa.engines.embeddings import (
     token_id_input,
 )
 from nexa.errors import InvalidRequest, StartupError
-from nexa.models.types import ResolvedModel
 
 log = logging.getLogger("nexa.engine.onnx.embeddings")
 
@@ -93,7 +92,15 @@ class OnnxEmbeddingEngine(Engine):
 
     tasks = frozenset({Task.EMBEDDING})
 
-    def __init__(self, folder: Path, model_file: Path, *, name: str, n_ctx: int = 2048, n_threads: int = 2):
+    def __init__(
+        self,
+        folder: Path,
+        model_file: Path,
+        *,
+        name: str,
+        n_ctx: int = default("n_ctx"),
+        n_threads: int = default("n_threads"),
+    ):
         import onnxruntime as ort  # type: ignore[import-untyped]
         from tokenizers import Tokenizer
 
@@ -163,15 +170,6 @@ class OnnxEmbeddingEngine(Engine):
             "loaded %s in %.1fs (dim=%d, pooling=%s, max %d tokens per input, threads=%d)",
             model_file.name, time.perf_counter() - started, self.dim, self.pooling, self.max_tokens, n_threads,
         )
-
-    @classmethod
-    def from_resolved(cls, model: ResolvedModel, settings: Settings) -> OnnxEmbeddingEngine:
-        from nexa.engines.onnx.layout import ENCODER, detect
-
-        layout = detect(model.path)
-        if layout is None or layout.kind != ENCODER or layout.model_file is None:
-            raise StartupError(f"{model.path} is not an ONNX sentence encoder folder (model.onnx + tokenizer.json).")
-        return cls(layout.root, layout.model_file, name=model.name, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
 
     # -- public ------------------------------------------------------------------------------
 

@@ -21,11 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from nexa.config import Settings
+from nexa.config import default
 from nexa.engines.base import Finish, SamplingParams, Task, TextDelta, TextEngine, TokenLogprob, TopLogprob
 from nexa.engines.stops import StopMatcher
 from nexa.errors import InvalidRequest
-from nexa.models.types import ResolvedModel
 
 log = logging.getLogger("nexa.engine.onnx.text")
 
@@ -89,7 +88,9 @@ def _raise_exception(message: str) -> None:
 class OnnxTextEngine(TextEngine):
     tasks = frozenset({Task.COMPLETION, Task.CHAT})
 
-    def __init__(self, folder: Path, *, name: str, n_ctx: int = 2048, n_threads: int = 2):
+    def __init__(
+        self, folder: Path, *, name: str, n_ctx: int = default("n_ctx"), n_threads: int = default("n_threads")
+    ):
         import onnxruntime_genai as og  # type: ignore[import-untyped]
 
         self._og = og
@@ -127,10 +128,6 @@ class OnnxTextEngine(TextEngine):
             self.path.name, model_cfg.get("type"), time.perf_counter() - started, self.n_ctx, n_threads,
             self.chat_template_source,
         )
-
-    @classmethod
-    def from_resolved(cls, model: ResolvedModel, settings: Settings) -> OnnxTextEngine:
-        return cls(model.path, name=model.name, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
 
     # -- prompts ---------------------------------------------------------------------------
 

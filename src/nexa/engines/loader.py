@@ -1,0 +1,174 @@
+"""Settings -> engine: the only place that maps settings to engine constructor arguments.
+
+`engine_call` names the engine class for a model ("module:Class") and the keyword arguments
+its constructor gets, loading nothing (tests check that every setting arrives); `load_engine`
+imports the class and builds it. Engine libraries are imported only when a model of their
+type is loaded, so `import nexa` and `nexa --help` stay light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nexa.config import Settings
+from nexa.engines.base import Engine
+from nexa.errors import StartupError
+from nexa.models.types import ModelType, ResolvedModel
+
+
+@dataclass(frozen=True)
+class EngineCall:
+    target: str  # "module:Class"
+    kwargs: dict[str, Any]
+
+
+def _llama(model: ResolvedModel, settings: Settings) -> EngineCall:
+    return EngineCall(
+        "nexa.engines.llama:LlamaEngine",
+        dict(
+            path=model.path,
+            name=model.name,
+            chat_format=model.chat_format,
+            n_ctx=settings.n_ctx,
+            n_threads=settings.n_threads,
+            n_gpu_layers=settings.n_gpu_layers,
+            parallel=settings.parallel,
+            max_queue=settings.max_queue,
+            repack=settings.repack,
+        ),
+    )
+
+
+def _vision(model: ResolvedModel, settings: Settings) -> EngineCall:
+    projector = Path(settings.projector) if settings.projector else model.projector
+    if projector is None:
+        raise StartupError(
+            f"{model.name} is a vision model but no projector was found: pass --projector PATH "
+            "(its mmproj GGUF), or put the mmproj file beside the model."
+        )
+    if not projector.is_file():
+        raise StartupError(f"The vision projector {projector} does not exist: check --projector.")
+    # Everything a text model gets, so a llama.cpp setting cannot miss the vision engine.
+    text = _llama(model, settings)
+    return EngineCall("nexa.engines.vision:VisionEngine", {**text.kwargs, "projector": projector})
+
+
+def _embedding(model: ResolvedModel, settings: Settings) -> EngineCall:
+    if model.path.is_dir():
+        raise StartupError(
+            f"{model.path} is a Hugging Face folder; this server runs embedding models as GGUF files. "
+            f"Convert it first (llama.cpp's convert_hf_to_gguf.py) and pass the .gguf with -lp -mt TEXT_EMBEDDING."
+        )
+    return EngineCall(
+        "nexa.engines.embeddings:EmbeddingEngine",
+        dict(
+            path=model.path,
+            name=model.name,
+            n_ctx=settings.n_ctx,
+            n_threads=settings.n_threads,
+            n_gpu_layers=settings.n_gpu_layers,
+            repack=settings.repack,
+        ),
+    )
+
+
+def _whisper(model: ResolvedModel, settings: Settings) -> EngineCall:
+    return EngineCall(
+        "nexa.engines.whisper:WhisperEngine",
+        dict(
+            path=model.path,
+            name=model.name,
+            compute_type=settings.whisper_compute_type,
+            cpu_threads=settings.n_threads,
+            batch_size=settings.whisper_batch_size,
+        ),
+    )
+
+
+# Extra files a split checkpoint may need (ResolvedModel.extra_files key -> StableDiffusion argument).
+_SD_EXTRA_ARGS = {
+    "vae": "vae_path",
+    "taesd": "taesd_path",
+    "clip_l": "clip_l_path",
+    "clip_g": "clip_g_path",
+    "t5xxl": "t5xxl_path",
+}
+
+
+def diffusion_arguments(model: ResolvedModel, settings: Settings) -> dict[str, Any]:
+    """StableDiffusion(...) keyword arguments for a resolved model.
+
+    FLUX ships its transformer alone (tensor names without the `model.diffusion_model.` prefix)
+    beside t5xxl/clip_l/vae files, so it is loaded as `diffusion_model_path`; SD3 files with
+    separate text encoders carry all three (clip_l, clip_g, t5xxl) and load as a full model.
+    """
+    extra = dict(model.extra_files)
+    unknown = sorted(set(extra) - set(_SD_EXTRA_ARGS) - {"diffusion_model"})
+    if unknown:
+        raise StartupError(
+            f"Unknown extra model files {unknown} for {model.name}: expected some of {sorted(_SD_EXTRA_ARGS)}."
+        )
+    args: dict[str, Any] = {_SD_EXTRA_ARGS[k]: str(v) for k, v in extra.items() if k in _SD_EXTRA_ARGS}
+    standalone = "t5xxl" in extra and "clip_g" not in extra
+    args["diffusion_model_path" if standalone else "model_path"] = str(model.path)
+    args.update(
+        n_threads=settings.n_threads,  # the wrapper's default is half the cores
+        vae_decode_only=False,  # img2img needs the encoder
+        # verbose=False makes the wrapper point fds 1 and 2 at /dev/null during every call,
+        # which would swallow the whole server's logs; the engine routes native logs instead.
+        verbose=True,
+    )
+    return args
+
+
+def _diffusion(model: ResolvedModel, settings: Settings) -> EngineCall:
+    return EngineCall(
+        "nexa.engines.diffusion:DiffusionEngine",
+        dict(path=model.path, name=model.name, load_args=diffusion_arguments(model, settings)),
+    )
+
+
+def _onnx(model: ResolvedModel, settings: Settings) -> EngineCall:
+    """`nexa server onnx`: the folder's layout picks the onnxruntime engine (engines/onnx)."""
+    from nexa.engines.onnx import GENAI, fitting_layout
+
+    layout = fitting_layout(model)
+    common = dict(name=model.name, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+    if layout.kind == GENAI:
+        return EngineCall("nexa.engines.onnx.text:OnnxTextEngine", dict(folder=model.path, **common))
+    return EngineCall(
+        "nexa.engines.onnx.embeddings:OnnxEmbeddingEngine",
+        dict(folder=layout.root, model_file=layout.model_file, **common),
+    )
+
+
+ENGINES: dict[ModelType, Callable[[ResolvedModel, Settings], EngineCall]] = {
+    ModelType.NLP: _llama,
+    ModelType.MULTIMODAL: _vision,
+    ModelType.TEXT_EMBEDDING: _embedding,
+    ModelType.AUDIO: _whisper,
+    ModelType.COMPUTER_VISION: _diffusion,
+}
+
+
+def engine_call(model: ResolvedModel, settings: Settings) -> EngineCall:
+    """The engine class and its arguments for a model, from the settings; loads nothing."""
+    return _onnx(model, settings) if settings.onnx else ENGINES[model.model_type](model, settings)
+
+
+def load_engine(model: ResolvedModel, settings: Settings) -> Engine:
+    call = engine_call(model, settings)
+    module_name, class_name = call.target.split(":")
+    try:
+        engine_class = getattr(importlib.import_module(module_name), class_name)
+        engine: Engine = engine_class(**call.kwargs)
+    except ModuleNotFoundError as exc:
+        raise StartupError(
+            f"Model type {model.model_type.value} needs {exc.name}, which is not installed: "
+            f"reinstall nexa with its dependencies (pip install -e .)."
+        ) from exc
+    return engine

@@ -1,0 +1,257 @@
+"""The one settings model: every field reaches what it configures, through one path.
+
+Engine settings are checked on the arguments the loader computes (no model loaded), plus one
+real load of the vision engine, the engine that once lost --parallel; the command line is
+checked flag by flag against the model, with llama-server's short names and NEXA_* variables.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import nexa
+from nexa.cli import build_parser, main, settings_from_args
+from nexa.config import SETTINGS_ENV, Settings, cli_flag, default, env_name
+from nexa.engines.loader import EngineCall, engine_call, load_engine
+from nexa.errors import StartupError
+from nexa.models.types import ModelType, ResolvedModel
+
+sys.path.insert(0, str(Path(__file__).parent))  # helpers sit beside this file, whatever the import mode
+from projector import ensure_projector  # noqa: E402
+
+SRC = Path(nexa.__file__).parent
+
+LLAMA = ("LlamaEngine", "VisionEngine")
+GGUF = (*LLAMA, "EmbeddingEngine")
+ONNX = ("OnnxTextEngine", "OnnxEmbeddingEngine")
+
+# Setting -> {engine class: the constructor argument it becomes}.
+ENGINE_FIELDS: dict[str, dict[str, str]] = {
+    "n_ctx": {e: "n_ctx" for e in (*GGUF, *ONNX)},
+    "n_threads": {**{e: "n_threads" for e in (*GGUF, *ONNX, "DiffusionEngine")}, "WhisperEngine": "cpu_threads"},
+    "parallel": {e: "parallel" for e in LLAMA},
+    "max_queue": {e: "max_queue" for e in LLAMA},
+    "n_gpu_layers": {e: "n_gpu_layers" for e in GGUF},
+    "repack": {e: "repack" for e in GGUF},
+    "whisper_compute_type": {"WhisperEngine": "compute_type"},
+    "whisper_batch_size": {"WhisperEngine": "batch_size"},
+    "projector": {"VisionEngine": "projector"},
+}
+# Which model, from where, in which variant: the store and the loader's choice of engine.
+MODEL_FIELDS = {"model", "source", "model_type", "onnx"}
+# Read by the HTTP server (app, routers, image input) or by the CLI's start-up.
+SERVER_FIELDS = {
+    "host", "port", "reload", "cors_origins", "shutdown_grace_s", "log_level",
+    "image_output_dir", "allowed_image_dirs", "max_image_size", "max_image_steps", "max_images_n",
+    "max_upload_mb", "remote_images", "allowed_image_hosts", "max_image_bytes", "image_fetch_timeout_s",
+    "max_image_redirects", "max_chat_images",
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def no_nexa_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's own NEXA_* settings must not leak into these checks."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(env_name(name), raising=False)
+
+
+def parse(*argv: str) -> Settings:
+    return settings_from_args(build_parser().parse_args(["server", *argv]))
+
+
+# -- every field reaches what it configures ---------------------------------------------------
+
+
+def test_every_field_is_an_engine_argument_a_model_choice_or_a_server_setting() -> None:
+    groups = [set(ENGINE_FIELDS), MODEL_FIELDS, SERVER_FIELDS]
+    assert set().union(*groups) == set(Settings.model_fields), "a new field: say above what it configures"
+    assert sum(len(g) for g in groups) == len(Settings.model_fields)  # and only one thing
+
+
+@pytest.mark.parametrize("field", sorted(SERVER_FIELDS | MODEL_FIELDS))
+def test_every_server_setting_is_read_somewhere(field: str) -> None:
+    readers = [p for p in SRC.rglob("*.py") if p.name != "config.py" and re.search(rf"\.{field}\b", p.read_text())]
+    assert readers, f"nothing reads settings.{field}"
+
+
+def engine_calls(tmp_path: Path, settings: Settings) -> dict[str, EngineCall]:
+    """The loader's answer for every engine, on stand-in files (nothing is loaded)."""
+
+    def model(name: str, model_type: ModelType) -> ResolvedModel:
+        return ResolvedModel(name, tmp_path / name, model_type)
+
+    (tmp_path / "whisper").mkdir()
+    (tmp_path / "own-mmproj.gguf").write_bytes(b"GGUF")
+    genai, encoder = tmp_path / "genai", tmp_path / "encoder"
+    genai.mkdir()
+    (genai / "genai_config.json").write_text(json.dumps({"model": {"type": "llama"}}))
+    encoder.mkdir()
+    (encoder / "tokenizer.json").write_text("{}")
+    (encoder / "model.onnx").write_bytes(b"")
+    calls = [
+        engine_call(model("m.gguf", t), settings)
+        for t in (ModelType.NLP, ModelType.TEXT_EMBEDDING, ModelType.COMPUTER_VISION)
+    ]
+    vision = ResolvedModel("m.gguf", tmp_path / "m.gguf", ModelType.MULTIMODAL, projector=tmp_path / "own-mmproj.gguf")
+    calls.append(engine_call(vision, settings))
+    calls.append(engine_call(model("whisper", ModelType.AUDIO), settings))
+    onnx = settings.model_copy(update={"onnx": True})
+    calls.append(engine_call(ResolvedModel("genai", genai, ModelType.NLP), onnx))
+    calls.append(engine_call(ResolvedModel("encoder", encoder, ModelType.TEXT_EMBEDDING), onnx))
+    return {call.target.split(":")[1]: call for call in calls}
+
+
+def engine_arguments(call: EngineCall) -> dict[str, Any]:
+    return {**call.kwargs, **call.kwargs.get("load_args", {})}  # StableDiffusion's own arguments too
+
+
+def test_every_engine_setting_reaches_its_engines(tmp_path: Path) -> None:
+    projector = tmp_path / "mmproj.gguf"
+    projector.write_bytes(b"GGUF")
+    custom = dict(
+        n_ctx=333, n_threads=7, parallel=3, max_queue=5, n_gpu_layers=0, repack=False,
+        whisper_compute_type="float32", whisper_batch_size=2, projector=str(projector),
+    )  # fmt: skip
+    assert set(custom) == set(ENGINE_FIELDS)
+    assert all(value != default(field) for field, value in custom.items())  # each one off its default
+    calls = engine_calls(tmp_path, Settings(**custom))
+    assert set(calls) == {e for engines in ENGINE_FIELDS.values() for e in engines}
+    for field, engines in ENGINE_FIELDS.items():
+        expected = Path(custom[field]) if field == "projector" else custom[field]
+        for engine, argument in engines.items():
+            assert engine_arguments(calls[engine])[argument] == expected, (field, engine)
+
+
+def test_the_loader_fills_every_constructor_argument(tmp_path: Path) -> None:
+    """An engine argument with a default the loader forgets is how --parallel once missed vision."""
+    import importlib
+
+    from nexa.engines.llama import LlamaEngine
+
+    for call in engine_calls(tmp_path, Settings()).values():
+        module, name = call.target.split(":")
+        engine_class = getattr(importlib.import_module(module), name)
+        parameters = dict(inspect.signature(engine_class).parameters)
+        if parameters.pop("kwargs", None) is not None:  # VisionEngine passes the rest to LlamaEngine
+            parameters.update(inspect.signature(LlamaEngine).parameters)
+        assert set(parameters) == set(call.kwargs), name
+
+
+def test_vision_engine_loads_with_parallel_and_queue(smollm2: ResolvedModel) -> None:
+    model = ResolvedModel("smollm2-vision", smollm2.path, ModelType.MULTIMODAL, projector=ensure_projector())
+    engine: Any = load_engine(model, Settings(n_ctx=256, n_threads=2, parallel=3, max_queue=5))
+    try:
+        assert type(engine).__name__ == "VisionEngine"
+        assert (engine.parallel, engine.scheduler.max_waiting, engine.n_ctx) == (3, 5, 256)
+    finally:
+        engine.close()
+
+
+# -- the command line and NEXA_* variables ----------------------------------------------------
+
+
+def test_a_fields_default_is_the_command_lines_default(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse().model_dump() == Settings().model_dump()
+    with pytest.raises(SystemExit):
+        main(["server", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for name, info in Settings.model_fields.items():
+        flag = cli_flag(name)
+        value = info.get_default(call_default_factory=True)
+        if flag is None or isinstance(value, bool):
+            continue
+        if flag.shown_default:
+            assert f"default: {flag.shown_default}; {env_name(name)})" in shown
+        elif isinstance(value, (int, float)):
+            assert f"default: {value / flag.scale:g}; {env_name(name)})" in shown, name
+
+
+def sample(name: str, tmp_path: Path) -> tuple[list[str], Any]:
+    """A non-default value for a field: what to type after its flag, and what the field becomes."""
+    info = Settings.model_fields[name]
+    value = info.get_default(call_default_factory=True)
+    special: dict[str, tuple[list[str], Any]] = {
+        "projector": ([str(tmp_path / "mmproj.gguf")], str(tmp_path / "mmproj.gguf")),
+        "allowed_image_dirs": ([str(tmp_path)], [str(tmp_path)]),
+        "allowed_image_hosts": (["10.0.0.0/8"], ["10.0.0.0/8"]),
+        "cors_origins": (["http://localhost:3000"], ["http://localhost:3000"]),
+        "log_level": (["debug"], "debug"),
+        "parallel": (["3"], 3),
+        "max_image_bytes": (["2.5"], int(2.5 * 2**20)),
+    }
+    if name in special:
+        return special[name]
+    if isinstance(value, bool):
+        return [], not value
+    if value is None or isinstance(value, str):
+        return ["x1"], "x1"
+    new = value + 1 if value != 0 else 2
+    return [f"{new:g}"], new
+
+
+def test_every_flag_and_short_name_sets_its_field(tmp_path: Path) -> None:
+    (tmp_path / "mmproj.gguf").write_bytes(b"GGUF")
+    for name in Settings.model_fields:
+        flag = cli_flag(name)
+        if flag is None:
+            assert name in MODEL_FIELDS  # set by `[onnx] MODEL`, -lp/-hf/-ms and -mt
+            continue
+        typed, expected = sample(name, tmp_path)
+        for spelling in flag.names:
+            assert getattr(parse(spelling, *typed), name) == expected, spelling
+
+
+def test_llama_server_short_names() -> None:
+    short = parse("-c", "512", "-t", "3", "-np", "2", "-ngl", "0")
+    assert (short.n_ctx, short.n_threads, short.parallel, short.n_gpu_layers) == (512, 3, 2, 0)
+    long = parse("--nctx", "512", "--threads", "3", "--parallel", "2", "--n-gpu-layers", "0")
+    assert short == long
+
+
+def test_nexa_variables_set_what_flags_leave(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEXA_N_CTX", "4096")
+    monkeypatch.setenv("NEXA_PORT", "9001")
+    monkeypatch.setenv("NEXA_REPACK", "false")
+    monkeypatch.setenv("NEXA_CORS_ORIGINS", '["http://localhost:3000"]')
+    monkeypatch.setenv("NEXA_MODEL", "qwen2.5")
+    s = parse()
+    assert (s.n_ctx, s.port, s.repack, s.model) == (4096, 9001, False, "qwen2.5")
+    assert s.cors_origins == ["http://localhost:3000"]
+    assert Settings().n_ctx == 4096  # the same model in code
+    flagged = parse("gemma", "-c", "512")
+    assert (flagged.n_ctx, flagged.model, flagged.port) == (512, "gemma", 9001)  # flags win
+
+
+def test_a_bad_value_names_its_flag_or_variable(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    with pytest.raises(StartupError, match=r"^--nctx must be at least 16 \(got 8\)"):
+        parse("-c", "8")
+    with pytest.raises(StartupError, match="--port must be between 1 and 65535"):
+        parse("--port", "70000")
+    with pytest.raises(StartupError, match=r"--max-image-mb must be above 0 \(got 0\)"):
+        parse("--max-image-mb", "0")
+    monkeypatch.setenv("NEXA_MAX_QUEUE", "-1")
+    with pytest.raises(StartupError, match="NEXA_MAX_QUEUE must be at least 0"):
+        parse()
+    assert main(["server"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["nexa: error: NEXA_MAX_QUEUE must be at least 0 (got -1)."]
+
+
+def test_settings_travel_to_a_reload_child_whole(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    s = Settings(model="m", model_type=ModelType.AUDIO, n_ctx=512, parallel=2, allowed_image_dirs=[str(tmp_path)])
+    monkeypatch.setenv(SETTINGS_ENV, s.to_env())
+    monkeypatch.setenv("NEXA_N_CTX", "4096")  # the child takes the parent's settings, not its environment
+    assert Settings.from_env() == s
+
+
+def test_code_builds_settings_by_keyword_and_refuses_unknown_names() -> None:
+    assert Settings(n_ctx=1024, max_queue=1).max_queue == 1
+    with pytest.raises(ValueError, match="n_ctxx"):
+        Settings(n_ctxx=1024)  # type: ignore[call-arg]
