@@ -126,7 +126,8 @@ class Settings(BaseSettings):
         25.0, gt=0, description="largest audio upload in MiB"
     )
     whisper_compute_type: Annotated[
-        str | None, flag("--compute-type", shown_default="float32 on CPU for tiny/base, int8 for larger; float16 on CUDA")
+        str | None,
+        flag("--compute-type", shown_default="float32 on CPU for tiny/base, int8 for larger; float16 on CUDA"),
     ] = Field(None, description="Whisper compute type: int8, float16, float32...")
     whisper_batch_size: Annotated[int, flag("--whisper-batch-size")] = Field(
         8, ge=0, description="30-second windows decoded at once for audio of 30 s or more; 0: never batch"
