@@ -14,7 +14,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from openai import OpenAI
-from tests.conftest import LiveServer
 
 from nexa.config import Settings
 from nexa.engines.base import Finish, SamplingParams, TextDelta
@@ -22,6 +21,7 @@ from nexa.engines.grammar import schema_grammar
 from nexa.engines.llama import LlamaEngine
 from nexa.models.manager import ModelManager
 from nexa.server.app import create_app
+from support.servers import LiveServer
 
 PROMPTS = [
     "The capital of France is",
