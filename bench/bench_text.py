@@ -107,15 +107,22 @@ def stop(server: Server) -> None:
     server.stop(timeout_s=15)
 
 
+def nexa_command() -> list[str]:
+    """The `nexa` command of the repo's venv (or of this interpreter's)."""
+    bin_dir = venv_bin()
+    return [str(bin_dir / "nexa")] if (bin_dir / "nexa").exists() else [str(bin_dir / "python"), "-m", "nexa"]
+
+
+def chat_body(messages: list[dict], max_tokens: int, stream: bool) -> dict:
+    """A chat request every server decodes the same way: greedy, and no repeat penalty
+    (llama_cpp.server would otherwise apply 1.1)."""
+    return {"model": "bench", "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+            "repeat_penalty": 1.0, "stream": stream}
+
+
 def body(i: int, max_tokens: int, stream: bool) -> dict:
-    return {
-        "model": "bench",
-        "messages": [{"role": "system", "content": SYSTEM.format(i=i)}, {"role": "user", "content": USER}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "repeat_penalty": 1.0,
-        "stream": stream,
-    }
+    messages = [{"role": "system", "content": SYSTEM.format(i=i)}, {"role": "user", "content": USER}]
+    return chat_body(messages, max_tokens, stream)
 
 
 def stream_once(client: httpx.Client, server: Server, i: int, max_tokens: int) -> Sample:
@@ -297,9 +304,8 @@ def main() -> int:
     cores = len(os.sched_getaffinity(0))
     cpu_count = os.cpu_count() or 1
 
-    nexa = [str(bin_dir / "nexa")] if (bin_dir / "nexa").exists() else [str(bin_dir / "python"), "-m", "nexa"]
     port = free_port()
-    ours_cmd = [*nexa, "server", "-lp", str(model), "--host", HOST, "--port", str(port)]
+    ours_cmd = [*nexa_command(), "server", "-lp", str(model), "--host", HOST, "--port", str(port)]
     if args.our_threads:
         ours_cmd += ["--threads", str(args.our_threads)]
     ours_cmd += shlex.split(args.our_args)

@@ -43,7 +43,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # tests/support and the projector builder
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_text import HOST, Server, default_model, free_port, start, stop, venv_bin  # noqa: E402
+from bench_text import (  # noqa: E402
+    HOST,
+    Server,
+    chat_body,
+    default_model,
+    free_port,
+    nexa_command,
+    start,
+    stop,
+    venv_bin,
+)
 
 from support.sse import delta_text, iter_chunks  # noqa: E402
 
@@ -150,14 +160,8 @@ def body(i: int, image: bool, max_tokens: int, stream: bool) -> dict:
     content: list[dict] = [{"type": "text", "text": QUESTION}]
     if image:
         content.append({"type": "image_url", "image_url": {"url": data_uri(photo(i))}})
-    return {
-        "model": "bench",
-        "messages": [{"role": "system", "content": SYSTEM.format(i=i)}, {"role": "user", "content": content}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "repeat_penalty": 1.0,
-        "stream": stream,
-    }
+    messages = [{"role": "system", "content": SYSTEM.format(i=i)}, {"role": "user", "content": content}]
+    return chat_body(messages, max_tokens, stream)
 
 
 def ttft(client: httpx.Client, server: Server, payload: dict) -> float:
@@ -236,9 +240,9 @@ def main() -> int:
     enc_theirs = encode_theirs(model, projector, their_threads, args.reps)
 
     bin_dir = venv_bin()
-    nexa = [str(bin_dir / "nexa")] if (bin_dir / "nexa").exists() else [str(bin_dir / "python"), "-m", "nexa"]
     port = free_port()
-    ours_cmd = [*nexa, "server", "-lp", str(model), "--projector", str(projector), "--host", HOST, "--port", str(port)]
+    ours_cmd = [*nexa_command(), "server", "-lp", str(model), "--projector", str(projector), "--host", HOST,
+                "--port", str(port)]
     if args.our_threads:
         ours_cmd += ["--threads", str(args.our_threads)]
     ours = Server("nexa server", ours_cmd, "/health", f"{our_threads} threads", port)
