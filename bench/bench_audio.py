@@ -21,11 +21,8 @@ import argparse
 import io
 import json
 import os
-import re
-import socket
 import statistics
 import sys
-import threading
 import time
 import wave
 from collections.abc import Callable
@@ -33,30 +30,20 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import uvicorn
 
-from nexa.config import Settings
-from nexa.engines.whisper import FALLBACK_TEMPERATURES, WhisperEngine
-from nexa.models.manager import ModelManager
-from nexa.models.store import ModelStore
-from nexa.server.app import create_app
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # tests/support: the in-process server and the word error rate
 
-AUDIO = Path(__file__).resolve().parent.parent / "tests" / "audio"
+from nexa.config import Settings  # noqa: E402
+from nexa.engines.whisper import FALLBACK_TEMPERATURES, WhisperEngine  # noqa: E402
+from nexa.models.manager import ModelManager  # noqa: E402
+from nexa.models.store import ModelStore  # noqa: E402
+from nexa.server.app import create_app  # noqa: E402
+from support.audio import wer  # noqa: E402
+from support.servers import LiveServer  # noqa: E402
+
+AUDIO = REPO / "tests" / "audio"
 RATE = 16000
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower().replace("-", " ")).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    ref, hyp = words(reference), words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, start=1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(1, len(ref))
 
 
 def clip(seconds: float) -> tuple[bytes, str, float]:
@@ -80,19 +67,6 @@ def clip(seconds: float) -> tuple[bytes, str, float]:
         w.setframerate(RATE)
         w.writeframes(np.concatenate(parts).tobytes())
     return buf.getvalue(), " ".join(texts), total / RATE
-
-
-class Server:
-    def __init__(self, app: object):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, lifespan="off")  # type: ignore[arg-type]
-        self.server = uvicorn.Server(config)
-        threading.Thread(target=self.server.run, daemon=True).start()
-        while not self.server.started:
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
 
 
 def timed(fn: Callable[[], str]) -> tuple[float, float, str]:
@@ -141,7 +115,6 @@ def main() -> None:
     model = ModelStore().resolve(args.model)
     manager = ModelManager.load(model, settings)
     engine: WhisperEngine = manager.engine  # type: ignore[assignment]
-    server = Server(create_app(settings, manager))
     # faster-whisper directly, configured as the engine is (device, compute type, threads).
     direct = WhisperModel(str(model.path), device=engine.device, compute_type=engine.compute_type,
                           cpu_threads=settings.n_threads)
@@ -149,10 +122,6 @@ def main() -> None:
     batch_size = settings.whisper_batch_size
     print(f"model {model.name} on {engine.device} ({engine.compute_type}), {settings.n_threads} threads, "
           f"load average {os.getloadavg()[0]:.1f} at start")
-    http = httpx.Client(base_url=server.url, timeout=3600)
-
-    def endpoint(content: bytes) -> Callable[[], str]:
-        return lambda: http.post("/v1/audio/transcriptions", files={"file": ("a.wav", content)}).json()["text"]
 
     def sequential(content: bytes) -> Callable[[], str]:
         def run() -> str:
@@ -167,28 +136,32 @@ def main() -> None:
             return "".join(s.text for s in segments)
         return run
 
-    short, short_ref, short_s = clip(25)
-    endpoint(short)()  # warm-up: first-call allocations on both sides
-    sequential(short)()
-    rtf = compare("short clip (one window, sequential path)", short_s, short_ref,
-                  {"endpoint": endpoint(short), "faster-whisper direct": sequential(short)}, args.repeats)
-    ratio("endpoint / direct", rtf["endpoint"], rtf["faster-whisper direct"], "target <= 1.1x")
+    with LiveServer(create_app(settings, manager)) as server, httpx.Client(base_url=server.url, timeout=3600) as http:
 
-    long, long_ref, long_s = clip(args.long_minutes * 60)
-    fb = f"faster-whisper batched (bs={batch_size})"
-    rtf = compare(f"long clip ({long_s / 60:.1f} min)", long_s, long_ref, {
-        "endpoint (batched)": endpoint(long),
-        fb: in_batches(long),
-        "faster-whisper sequential": sequential(long),
-    }, args.long_repeats)
-    ratio("endpoint / direct batched", rtf["endpoint (batched)"], rtf[fb], "target <= 1.1x")
-    ratio("batched speed-up, direct (sequential / batched)", rtf["faster-whisper sequential"], rtf[fb],
-          "target >= 2x")
-    ratio("batched speed-up, endpoint (sequential / endpoint)", rtf["faster-whisper sequential"],
-          rtf["endpoint (batched)"], "target >= 2x")
-    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
-    server.server.should_exit = True
-    sys.stdout.flush()
+        def endpoint(content: bytes) -> Callable[[], str]:
+            return lambda: http.post("/v1/audio/transcriptions", files={"file": ("a.wav", content)}).json()["text"]
+
+        short, short_ref, short_s = clip(25)
+        endpoint(short)()  # warm-up: first-call allocations on both sides
+        sequential(short)()
+        rtf = compare("short clip (one window, sequential path)", short_s, short_ref,
+                      {"endpoint": endpoint(short), "faster-whisper direct": sequential(short)}, args.repeats)
+        ratio("endpoint / direct", rtf["endpoint"], rtf["faster-whisper direct"], "target <= 1.1x")
+
+        long, long_ref, long_s = clip(args.long_minutes * 60)
+        fb = f"faster-whisper batched (bs={batch_size})"
+        rtf = compare(f"long clip ({long_s / 60:.1f} min)", long_s, long_ref, {
+            "endpoint (batched)": endpoint(long),
+            fb: in_batches(long),
+            "faster-whisper sequential": sequential(long),
+        }, args.long_repeats)
+        ratio("endpoint / direct batched", rtf["endpoint (batched)"], rtf[fb], "target <= 1.1x")
+        ratio("batched speed-up, direct (sequential / batched)", rtf["faster-whisper sequential"], rtf[fb],
+              "target >= 2x")
+        ratio("batched speed-up, endpoint (sequential / endpoint)", rtf["faster-whisper sequential"],
+              rtf["endpoint (batched)"], "target >= 2x")
+        print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

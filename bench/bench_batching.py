@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,10 +34,15 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # tests/support: the server runner and the SSE parser
+sys.path.insert(0, str(REPO / "bench"))
+
 import peers  # noqa: E402
 
-HOST = "127.0.0.1"
+from support.servers import HOST, ServerProcess, free_port  # noqa: E402
+from support.sse import delta_text, iter_chunks  # noqa: E402
+
 MAX_TOKENS = 128
 TOPICS = [
     "a lighthouse keeper", "a lost robot", "a desert caravan", "a deep-sea diver", "a mountain village",
@@ -53,76 +56,32 @@ PREFIX_PARAGRAPH = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    name: str
-    cmd: list[str]
-    port: int
-    env: dict[str, str] | None = None
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def start(self, log_dir: Path, timeout_s: float = 180) -> None:
-        log = open(log_dir / f"{self.name}.log", "wb")
-        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.time() + timeout_s
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited; see {log_dir / (self.name + '.log')}")
-            try:
-                if httpx.get(self.url + "/v1/models", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"{self.name} did not start in {timeout_s:.0f}s")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-def servers(model: Path, parallel: int, n_ctx: int, threads: int) -> list[Server]:
+def servers(model: Path, parallel: int, n_ctx: int, threads: int) -> list[ServerProcess]:
+    """Every server on its own port, each ready when /v1/models answers."""
     py = sys.executable
-    out = [
-        Server("nexa", [py, "-m", "nexa", "server", str(model), "-lp", "--port", "{port}", "--parallel",
-                        str(parallel), "--nctx", str(n_ctx), "--threads", str(threads), "--log-level", "warning"], 0),
-        Server("llama-server", [str(peers.llama_server()), "-m", str(model), "--host", HOST, "--port", "{port}",
-                                "-np", str(parallel), "-c", str(n_ctx * parallel), "-t", str(threads), "-tb",
-                                str(threads), "--no-webui"], 0,
-               env={**os.environ, "LD_LIBRARY_PATH": str(peers.llama_server().parent)}),
+    port = {name: free_port() for name in ("nexa", "llama-server", "llama_cpp.server", "example-server")}
+    config = {
+        "server": {"host": HOST, "port": port["example-server"]},
+        "model": {"path": str(model), "n_ctx": n_ctx * parallel, "n_seq_max": parallel,
+                  "threads": threads, "threads_batch": threads, "max_output_tokens": MAX_TOKENS * 2},
+    }
+    config_path = Path(tempfile.mkstemp(suffix=".json")[1])
+    config_path.write_text(json.dumps(config))
+    commands = {
+        "nexa": [py, "-m", "nexa", "server", str(model), "-lp", "--port", str(port["nexa"]), "--parallel",
+                 str(parallel), "--nctx", str(n_ctx), "--threads", str(threads), "--log-level", "warning"],
+        "llama-server": [str(peers.llama_server()), "-m", str(model), "--host", HOST, "--port",
+                         str(port["llama-server"]), "-np", str(parallel), "-c", str(n_ctx * parallel), "-t",
+                         str(threads), "-tb", str(threads), "--no-webui"],
         # llama_cpp.server has one context and no batching: it serves one request at a time.
-        Server("llama_cpp.server", [py, "-m", "llama_cpp.server", "--model", str(model), "--host", HOST, "--port",
-                                    "{port}", "--n_ctx", str(n_ctx), "--n_threads", str(threads),
-                                    "--n_threads_batch", str(threads)], 0),
-        Server("example-server", [py, str(peers.example_server()), "-C", "{config}"], 0),
-    ]
-    for s in out:
-        s.port = free_port()
-        s.cmd = [c.replace("{port}", str(s.port)) for c in s.cmd]
-        if "{config}" in s.cmd:
-            config = {
-                "server": {"host": HOST, "port": s.port},
-                "model": {"path": str(model), "n_ctx": n_ctx * parallel, "n_seq_max": parallel,
-                          "threads": threads, "threads_batch": threads, "max_output_tokens": MAX_TOKENS * 2},
-            }
-            path = Path(tempfile.mkstemp(suffix=".json")[1])
-            path.write_text(json.dumps(config))
-            s.cmd = [c.replace("{config}", str(path)) for c in s.cmd]
-    return out
+        "llama_cpp.server": [py, "-m", "llama_cpp.server", "--model", str(model), "--host", HOST, "--port",
+                             str(port["llama_cpp.server"]), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
+                             "--n_threads_batch", str(threads)],
+        "example-server": [py, str(peers.example_server()), "-C", str(config_path)],
+    }
+    env = {"llama-server": {**os.environ, "LD_LIBRARY_PATH": str(peers.llama_server().parent)}}
+    return [ServerProcess(cmd, port[name], name=name, ready_path="/v1/models", env=env.get(name))
+            for name, cmd in commands.items()]
 
 
 @dataclass
@@ -141,17 +100,13 @@ def stream_chat(url: str, messages: list[dict], max_tokens: int = MAX_TOKENS) ->
     ttft, chunks, usage = None, 0, None
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
         r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            data = json.loads(line[6:])
-            if data.get("usage"):
-                usage = data["usage"]
-            for choice in data.get("choices") or []:
-                if (choice.get("delta") or {}).get("content"):
-                    chunks += 1
-                    if ttft is None:
-                        ttft = time.perf_counter() - started
+        for chunk in iter_chunks(r.iter_lines()):
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            if delta_text(chunk):
+                chunks += 1
+                if ttft is None:
+                    ttft = time.perf_counter() - started
     end = time.perf_counter()
     tokens = usage["completion_tokens"] if usage and usage.get("completion_tokens") else chunks
     return Sample(ttft if ttft is not None else end - started, tokens, end)
@@ -231,10 +186,10 @@ def main() -> None:
           f"logs in {log_dir}")
     # All servers start first and wait idle; then the passes alternate between them, so that a
     # spell of noise from elsewhere on the machine falls on every server alike. Medians per cell.
-    running: list[Server] = []
+    running: list[ServerProcess] = []
     for server in chosen:
         try:
-            server.start(log_dir)
+            server.start(log_dir=log_dir)
             stream_chat(server.url, [{"role": "user", "content": "Hello"}], max_tokens=8)  # warm-up
             running.append(server)
         except Exception as exc:  # one peer failing must not cost the others' figures

@@ -17,22 +17,21 @@ import logging
 import random
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-import uvicorn
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # tests/support and the MiniLM GGUF builder
 
 from minilm_gguf import minilm_gguf  # noqa: E402
 from nexa.config import Settings  # noqa: E402
 from nexa.models.manager import ModelManager  # noqa: E402
 from nexa.models.types import ModelType, ResolvedModel  # noqa: E402
 from nexa.server.app import create_app  # noqa: E402
+from support.servers import LiveServer  # noqa: E402
 
 SUBJECTS = ["The cat", "A young engineer", "Our new server", "The stock market", "My grandmother", "This recipe",
             "The orchestra", "A small robot", "The city council", "Every tiny seed"]
@@ -48,24 +47,6 @@ TAILS = ["", " before lunch.", " with surprising accuracy and very little fuss."
 def texts(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}{rng.choice(TAILS)}" for _ in range(n)]
-
-
-class Server:
-    def __init__(self, app) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                                    lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def main() -> None:
@@ -93,7 +74,7 @@ def main() -> None:
     llm = llama_cpp.Llama(model_path=str(path), embedding=True, n_ctx=embedder.max_tokens, n_threads=args.threads,
                           n_threads_batch=args.threads, verbose=False)
 
-    with Server(create_app(Settings(), manager)) as url, httpx.Client(base_url=url, timeout=600) as http:
+    with LiveServer(create_app(Settings(), manager)) as live, httpx.Client(base_url=live.url, timeout=600) as http:
 
         def one_request() -> np.ndarray:
             r = http.post("/v1/embeddings", json={"input": items})

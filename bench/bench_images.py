@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import statistics
 import sys
 import tempfile
@@ -28,36 +27,18 @@ import time
 from pathlib import Path
 
 import httpx
-import uvicorn
-
-from nexa.config import Settings
-from nexa.models.manager import ModelManager
-from nexa.models.types import ModelType, ResolvedModel
-from nexa.server.app import create_app
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # tests/support and the SDXS checkpoint builder
+
+from nexa.config import Settings  # noqa: E402
+from nexa.models.manager import ModelManager  # noqa: E402
+from nexa.models.types import ModelType, ResolvedModel  # noqa: E402
+from nexa.server.app import create_app  # noqa: E402
+from support.servers import LiveServer  # noqa: E402
+
 TARGET = 0.05  # the endpoint may add at most 5% to the direct time
 PROMPT = "a lighthouse on a cliff at sunset, oil painting"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(app: object) -> tuple[uvicorn.Server, str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    threading.Thread(target=server.run, daemon=True).start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not start")
 
 
 def main() -> int:
@@ -72,7 +53,6 @@ def main() -> int:
 
     path = args.model
     if path is None:
-        sys.path.insert(0, str(REPO / "tests"))
         from sdxs_checkpoint import ensure_checkpoint
 
         path = ensure_checkpoint(Path.home() / ".cache" / "nexa" / "test-models")
@@ -99,8 +79,6 @@ def main() -> int:
             inner.append(time.perf_counter() - t)
 
     engine.generate = timed_generate  # type: ignore[attr-defined]
-    server, url = serve(create_app(settings, manager))
-
     body = {"prompt": PROMPT, "width": args.size, "height": args.size, "sample_steps": args.steps, "seed": 1}
 
     def direct() -> float:
@@ -129,14 +107,13 @@ def main() -> int:
         return time.perf_counter() - t
 
     times: dict[str, list[float]] = {"direct": [], "endpoint": [], "own": []}
-    with httpx.Client(base_url=url, timeout=3600) as client:
+    with LiveServer(create_app(settings, manager)) as live, httpx.Client(base_url=live.url, timeout=3600) as client:
         direct(), endpoint(client)  # warm-up: the first call allocates compute buffers
         for i in range(args.reps):  # alternate, so drift in machine load hits both sides alike
             times["direct"].append(direct())
             times["endpoint"].append(endpoint(client))
             times["own"].append(times["endpoint"][-1] - inner[-1])
             print(f"  run {i + 1}: direct {times['direct'][-1]:.2f}s  endpoint {times['endpoint'][-1]:.2f}s")
-    server.should_exit = True
     manager.close()
 
     d, e = statistics.median(times["direct"]), statistics.median(times["endpoint"])

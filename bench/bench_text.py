@@ -17,15 +17,11 @@ This is a script, not a test: it prints figures and asserts nothing about them.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import json
 import logging
 import os
 import shlex
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,10 +30,13 @@ from pathlib import Path
 
 import httpx
 
-log = logging.getLogger("bench_text")
-
 REPO = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"  # loopback only
+sys.path.insert(0, str(REPO / "tests"))  # tests/support: the server runner and the SSE parser
+
+from support.servers import HOST, ServerProcess, free_port  # noqa: E402
+from support.sse import iter_chunks  # noqa: E402
+
+log = logging.getLogger("bench_text")
 RSS_TARGET_EXTRA = 300 * 1024 * 1024  # the target: RSS <= model file + 300 MiB
 TOKENS_TARGET = 1.3  # the target: ours >= 1.3x llama_cpp.server's tokens/s
 
@@ -52,15 +51,12 @@ USER = (
 )
 
 
-@dataclass
-class Server:
-    name: str
-    cmd: list[str]
-    ready_path: str  # polled until it answers 200
-    threads_note: str
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
+class Server(ServerProcess):
+    """A server under test and, for the report, the threads it runs with."""
+
+    def __init__(self, name: str, cmd: list[str], ready_path: str, threads_note: str, port: int) -> None:
+        super().__init__(cmd, port, name=name, ready_path=ready_path)
+        self.threads_note = threads_note
 
 
 @dataclass
@@ -84,12 +80,6 @@ class Result:
     loaded_line: str = ""  # the server's own log line about the loaded model (threads, context...)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def venv_bin() -> Path:
     """The repo's venv if there is one, else the interpreter running this script."""
     candidate = REPO / ".venv" / "bin"
@@ -102,68 +92,37 @@ def default_model() -> Path:
     return Path(ModelStore().resolve(None).path)
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if this script dies, even by SIGKILL, so no server is left behind."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except OSError:  # not glibc Linux: the try/finally still stops the servers
-        pass
-
-
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the servers
 
 
 def start(server: Server, workdir: Path, timeout_s: float) -> float:
-    """Start the server and wait until it answers; returns the seconds it took."""
-    server.log_path = workdir / f"{server.name.replace(' ', '_')}.log"
+    """Start the server, its log in `workdir`, and wait until it answers; the seconds it took.
+    (bench_tools.py and bench_vision.py start theirs through this too.)"""
     log.info("starting %s: %s", server.name, " ".join(server.cmd))
-    started = time.perf_counter()
-    with open(server.log_path, "wb") as out:
-        server.proc = subprocess.Popen(
-            server.cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
-        )
-    url = f"http://{HOST}:{server.port}{server.ready_path}"
-    deadline = started + timeout_s
-    while time.perf_counter() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"{server.name} exited with status {server.proc.returncode}:\n{tail(server)}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return time.perf_counter() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{server.name} did not answer {url} within {timeout_s:.0f}s:\n{tail(server)}")
+    return server.start(timeout_s, log_dir=workdir)
 
 
 def stop(server: Server) -> None:
-    proc = server.proc
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=15)
+    server.stop(timeout_s=15)
 
 
-def tail(server: Server, lines: int = 20) -> str:
-    if server.log_path is None or not server.log_path.exists():
-        return ""
-    return "\n".join(server.log_path.read_text(errors="replace").splitlines()[-lines:])
+def nexa_command() -> list[str]:
+    """The `nexa` command of the repo's venv (or of this interpreter's)."""
+    bin_dir = venv_bin()
+    return [str(bin_dir / "nexa")] if (bin_dir / "nexa").exists() else [str(bin_dir / "python"), "-m", "nexa"]
+
+
+def chat_body(messages: list[dict], max_tokens: int, stream: bool) -> dict:
+    """A chat request every server decodes the same way: greedy, and no repeat penalty
+    (llama_cpp.server would otherwise apply 1.1)."""
+    return {"model": "bench", "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+            "repeat_penalty": 1.0, "stream": stream}
 
 
 def body(i: int, max_tokens: int, stream: bool) -> dict:
-    return {
-        "model": "bench",
-        "messages": [{"role": "system", "content": SYSTEM.format(i=i)}, {"role": "user", "content": USER}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "repeat_penalty": 1.0,
-        "stream": stream,
-    }
+    messages = [{"role": "system", "content": SYSTEM.format(i=i)}, {"role": "user", "content": USER}]
+    return chat_body(messages, max_tokens, stream)
 
 
 def stream_once(client: httpx.Client, server: Server, i: int, max_tokens: int) -> Sample:
@@ -177,13 +136,7 @@ def stream_once(client: httpx.Client, server: Server, i: int, max_tokens: int) -
         if resp.status_code != 200:
             resp.read()
             raise RuntimeError(f"{server.name} answered {resp.status_code}: {resp.text[:500]}")
-        for line in resp.iter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                break
-            chunk = json.loads(data)
+        for chunk in iter_chunks(resp.iter_lines()):
             if "error" in chunk:
                 raise RuntimeError(f"{server.name} streamed an error: {chunk['error']}")
             if chunk.get("usage"):
@@ -255,7 +208,7 @@ def run_server(server: Server, workdir: Path, args: argparse.Namespace) -> Resul
                 )
                 result.samples.append(s)
         result.rss = read_rss(server.proc.pid)  # model loaded, after requests
-        result.loaded_line = next((ln for ln in tail(server, 200).splitlines() if " loaded " in ln), "")
+        result.loaded_line = next((ln for ln in server.tail(200).splitlines() if " loaded " in ln), "")
     finally:
         stop(server)
     return result
@@ -351,9 +304,8 @@ def main() -> int:
     cores = len(os.sched_getaffinity(0))
     cpu_count = os.cpu_count() or 1
 
-    nexa = [str(bin_dir / "nexa")] if (bin_dir / "nexa").exists() else [str(bin_dir / "python"), "-m", "nexa"]
     port = free_port()
-    ours_cmd = [*nexa, "server", "-lp", str(model), "--host", HOST, "--port", str(port)]
+    ours_cmd = [*nexa_command(), "server", "-lp", str(model), "--host", HOST, "--port", str(port)]
     if args.our_threads:
         ours_cmd += ["--threads", str(args.our_threads)]
     ours_cmd += shlex.split(args.our_args)

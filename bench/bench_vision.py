@@ -28,26 +28,36 @@ import argparse
 import base64
 import ctypes
 import io
-import json
 import logging
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))  # the projector builder
+sys.path.insert(0, str(REPO / "tests"))  # tests/support and the projector builder
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_text import (  # noqa: E402
+    HOST,
+    Server,
+    chat_body,
+    default_model,
+    free_port,
+    nexa_command,
+    start,
+    stop,
+    venv_bin,
+)
+
+from support.sse import delta_text, iter_chunks  # noqa: E402
 
 log = logging.getLogger("bench_vision")
-HOST = "127.0.0.1"  # loopback only
 
 SYSTEM = "You are a helpful assistant that describes pictures. This is session {i}."
 QUESTION = "Describe this picture in detail."
@@ -65,68 +75,6 @@ def photo(i: int, size: tuple[int, int] = (640, 480)) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
-
-
-@dataclass
-class Server:
-    name: str
-    cmd: list[str]
-    ready_path: str  # polled until it answers 200
-    threads_note: str
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def venv_bin() -> Path:
-    """The repo's venv if there is one, else the interpreter running this script."""
-    candidate = REPO / ".venv" / "bin"
-    return candidate if (candidate / "python").exists() else Path(sys.executable).parent
-
-
-def default_model() -> Path:
-    from nexa.models.store import ModelStore
-
-    return Path(ModelStore().resolve(None).path)
-
-
-def start(server: Server, workdir: Path, timeout_s: float) -> float:
-    """Start the server and wait until it answers; returns the seconds it took."""
-    server.log_path = workdir / f"{server.name.replace(' ', '_')}.log"
-    log.info("starting %s: %s", server.name, " ".join(server.cmd))
-    started = time.perf_counter()
-    with open(server.log_path, "wb") as out:
-        server.proc = subprocess.Popen(server.cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    url = f"http://{HOST}:{server.port}{server.ready_path}"
-    while time.perf_counter() < started + timeout_s:
-        if server.proc.poll() is not None:
-            log_text = server.log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{server.name} exited with status {server.proc.returncode}:\n{log_text}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return time.perf_counter() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{server.name} did not answer {url} within {timeout_s:.0f}s (log: {server.log_path})")
-
-
-def stop(server: Server) -> None:
-    proc = server.proc
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=15)
 
 
 def data_uri(data: bytes) -> str:
@@ -212,14 +160,8 @@ def body(i: int, image: bool, max_tokens: int, stream: bool) -> dict:
     content: list[dict] = [{"type": "text", "text": QUESTION}]
     if image:
         content.append({"type": "image_url", "image_url": {"url": data_uri(photo(i))}})
-    return {
-        "model": "bench",
-        "messages": [{"role": "system", "content": SYSTEM.format(i=i)}, {"role": "user", "content": content}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "repeat_penalty": 1.0,
-        "stream": stream,
-    }
+    messages = [{"role": "system", "content": SYSTEM.format(i=i)}, {"role": "user", "content": content}]
+    return chat_body(messages, max_tokens, stream)
 
 
 def ttft(client: httpx.Client, server: Server, payload: dict) -> float:
@@ -229,12 +171,9 @@ def ttft(client: httpx.Client, server: Server, payload: dict) -> float:
         if resp.status_code != 200:
             resp.read()
             raise RuntimeError(f"{server.name} answered {resp.status_code}: {resp.text[:500]}")
-        for line in resp.iter_lines():
-            if not line.startswith("data:") or line[5:].strip() == "[DONE]":
-                continue
-            for choice in json.loads(line[5:]).get("choices", []):
-                if (choice.get("delta") or {}).get("content"):
-                    return time.perf_counter() - sent
+        for chunk in iter_chunks(resp.iter_lines()):
+            if delta_text(chunk):
+                return time.perf_counter() - sent
     raise RuntimeError(f"{server.name} streamed no text")
 
 
@@ -301,9 +240,9 @@ def main() -> int:
     enc_theirs = encode_theirs(model, projector, their_threads, args.reps)
 
     bin_dir = venv_bin()
-    nexa = [str(bin_dir / "nexa")] if (bin_dir / "nexa").exists() else [str(bin_dir / "python"), "-m", "nexa"]
     port = free_port()
-    ours_cmd = [*nexa, "server", "-lp", str(model), "--projector", str(projector), "--host", HOST, "--port", str(port)]
+    ours_cmd = [*nexa_command(), "server", "-lp", str(model), "--projector", str(projector), "--host", HOST,
+                "--port", str(port)]
     if args.our_threads:
         ours_cmd += ["--threads", str(args.our_threads)]
     ours = Server("nexa server", ours_cmd, "/health", f"{our_threads} threads", port)

@@ -4,21 +4,24 @@ that need real sockets (the openai package, concurrency, disconnects)."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
-from nexa.config import Settings
-from nexa.models.manager import ModelManager
-from nexa.models.store import ModelStore
-from nexa.models.types import ResolvedModel
+# tests/ on the path whatever pytest's import mode, so that every test module can import the
+# helpers that sit here: support/, fakehub, projector, the model builders (bench/ does the same).
+TESTS = str(Path(__file__).resolve().parent)
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+
+from nexa.config import Settings  # noqa: E402
+from nexa.models.manager import ModelManager  # noqa: E402
+from nexa.models.store import ModelStore  # noqa: E402
+from nexa.models.types import ResolvedModel  # noqa: E402
+from support.servers import LiveServer, free_port  # noqa: E402, F401  (free_port: test modules import it from here)
 
 
 @pytest.fixture(scope="session")
@@ -51,36 +54,6 @@ def app(manager: ModelManager):
 def client(app) -> Iterator[TestClient]:
     # No `with`: the lifespan would close the shared session model at exit.
     yield TestClient(app)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    def __init__(self, app) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise RuntimeError("live server did not start")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from openai import OpenAI
-from tests.conftest import LiveServer
 
 from nexa.config import Settings
 from nexa.engines.base import Finish, SamplingParams, TextDelta
@@ -22,6 +21,7 @@ from nexa.engines.grammar import schema_grammar
 from nexa.engines.llama import LlamaEngine
 from nexa.models.manager import ModelManager
 from nexa.server.app import create_app
+from support.servers import LiveServer
 
 PROMPTS = [
     "The capital of France is",
@@ -63,6 +63,7 @@ def test_default_parallel_comes_from_cores_and_memory(engine):
     assert engine.parallel >= 2 and len(engine.scheduler.slots) == engine.parallel
 
 
+@pytest.mark.slow  # a minute or more on two shared cores
 def test_concurrent_greedy_requests_give_exactly_their_tokens_alone(four):
     params = SamplingParams(max_tokens=48, temperature=0)
     alone = [run(four, p, params)[0] for p in PROMPTS]
@@ -74,6 +75,7 @@ def test_concurrent_greedy_requests_give_exactly_their_tokens_alone(four):
     assert all(f.reason == "length" and f.completion_tokens == 48 for _, _, f in got)
 
 
+@pytest.mark.slow  # a minute or more on two shared cores
 def test_seeds_logprobs_stops_and_grammars_hold_in_company(four):
     schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}
     as_json = SamplingParams(max_tokens=60, temperature=0, grammar=schema_grammar(schema, "s"))
@@ -93,6 +95,7 @@ def test_seeds_logprobs_stops_and_grammars_hold_in_company(four):
     assert len(got[1][1]) == 12
 
 
+@pytest.mark.slow  # a minute or more on two shared cores
 def test_a_repeated_long_request_reuses_its_cache_and_answers_the_same(four):
     prompt = four.tokenize(PROMPTS[-1] + "\nIn short, the committee")
     assert len(prompt) > 300

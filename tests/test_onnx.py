@@ -22,24 +22,22 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-sys.path.insert(0, str(Path(__file__).parent))  # helpers beside this file, whatever the import mode
-
-import fakehub  # noqa: E402
-from conftest import LiveServer, free_port  # noqa: E402
-from fakehub import FakeHub  # noqa: E402
-from minilm_gguf import minilm_gguf  # noqa: E402
-from nexa.config import Settings  # noqa: E402
-from nexa.engines.base import Finish, SamplingParams, Task, TextDelta  # noqa: E402
-from nexa.engines.embeddings import EmbeddingEngine  # noqa: E402
-from nexa.engines.onnx.embeddings import OnnxEmbeddingEngine  # noqa: E402
-from nexa.engines.onnx.layout import choose_repo_files  # noqa: E402
-from nexa.engines.onnx.text import OnnxTextEngine  # noqa: E402
-from nexa.errors import StartupError  # noqa: E402
-from nexa.models.manager import ModelManager  # noqa: E402
-from nexa.models.store import ModelStore  # noqa: E402
-from nexa.models.types import ModelType, ResolvedModel  # noqa: E402
-from nexa.server.app import create_app  # noqa: E402
-from onnx_models import minilm_onnx, smollm2_onnx  # noqa: E402
+import fakehub
+from fakehub import FakeHub
+from minilm_gguf import minilm_gguf
+from nexa.config import Settings
+from nexa.engines.base import Finish, SamplingParams, Task, TextDelta
+from nexa.engines.embeddings import EmbeddingEngine
+from nexa.engines.onnx.embeddings import OnnxEmbeddingEngine
+from nexa.engines.onnx.layout import choose_repo_files
+from nexa.engines.onnx.text import OnnxTextEngine
+from nexa.errors import StartupError
+from nexa.models.manager import ModelManager
+from nexa.models.store import ModelStore
+from nexa.models.types import ModelType, ResolvedModel
+from nexa.server.app import create_app
+from onnx_models import minilm_onnx, smollm2_onnx
+from support.servers import LiveServer, free_port
 
 fake_hub = fakehub.fake_hub  # the fixture: a local stand-in for the Hugging Face hub
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import ipaddress
-import json
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -36,10 +34,9 @@ from nexa.models.store import ModelStore
 from nexa.models.types import ModelType, ResolvedModel
 from nexa.server.app import create_app
 from nexa.server.image_input import ImagePolicy, _looks_like_base64, address_allowed, parse_allowed_hosts
-
-sys.path.insert(0, str(Path(__file__).parent))  # helpers sit beside this file, whatever the import mode
-from conftest import LiveServer  # noqa: E402
-from projector import ensure_projector  # noqa: E402
+from projector import ensure_projector
+from support.servers import LiveServer
+from support.sse import delta_text, iter_chunks
 
 TIMEOUT = 600  # other test runs share the two cores: generous, and never asserted on
 MAX_TOKENS = 8
@@ -343,11 +340,9 @@ def test_streaming(vision: TestClient, red_answer: str) -> None:
     text, finish = [], None
     with vision.stream("POST", "/v1/chat/completions", json=chat(data_uri(RED), stream=True)) as r:
         assert r.status_code == 200
-        for line in r.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                choice = json.loads(line[6:])["choices"][0]
-                text.append(choice["delta"].get("content") or "")
-                finish = choice["finish_reason"] or finish
+        for chunk in iter_chunks(r.iter_lines()):
+            text.append(delta_text(chunk))
+            finish = chunk["choices"][0]["finish_reason"] or finish
     assert "".join(text) == red_answer and finish in ("stop", "length")
 
 
