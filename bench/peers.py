@@ -8,6 +8,7 @@ llama-cpp-python source archive vendors, and that archive's own `examples/server
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import tarfile
@@ -37,10 +38,19 @@ def llama_cpp_python_source() -> Path:
     return root
 
 
+# nexa never lets llama.cpp put weights in AMX buffers (their kernels crash; see
+# src/nexa/engines/cpu_buffers.py) but keeps CPU_REPACK. llama-server has no switch for exactly
+# that (--no-repack drops both), so the peer is built with AMX compiled out: on a CPU with AMX it
+# then follows the same rule, and elsewhere the flags change nothing. GCC honours an explicit
+# -mno-* over what -march=native turns on, whatever their order.
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
+
 def llama_server() -> Path:
     """Path of a llama-server binary built from the vendored llama.cpp (built if missing)."""
     src = llama_cpp_python_source() / "vendor" / "llama.cpp"
-    build = CACHE / f"llama-server-build-{version('llama-cpp-python')}"
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    build = CACHE / f"llama-server-build-{version('llama-cpp-python')}{'-noamx' if x86 else ''}"
     binary = build / "bin" / "llama-server"
     if binary.is_file():
         return binary
@@ -48,7 +58,7 @@ def llama_server() -> Path:
     subprocess.run(
         ["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
          "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON",
-         "-DGGML_NATIVE=ON"],
+         "-DGGML_NATIVE=ON", *([f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}"] if x86 else [])],
         check=True, stdout=subprocess.DEVNULL,
     )
     subprocess.run(
