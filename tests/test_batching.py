@@ -17,10 +17,10 @@ from openai import OpenAI
 
 from nexa.config import Settings
 from nexa.engines.base import Finish, SamplingParams, TextDelta
-from nexa.engines.grammar import schema_grammar
 from nexa.engines.llama import LlamaEngine
 from nexa.models.manager import ModelManager
 from nexa.server.app import create_app
+from nexa.structured.schema import schema_grammar
 from support.servers import LiveServer
 
 PROMPTS = [

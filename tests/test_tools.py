@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import http.server
 import json
-import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,7 @@ from jsonschema import Draft202012Validator
 
 from nexa.engines.base import SamplingParams
 from nexa.engines.constrained import ConstrainedSampler
-from nexa.engines.gbnf import decimal_alternatives, integer_alternatives
-from nexa.engines.grammar import schema_grammar
+from nexa.structured.schema import schema_grammar
 
 SCHEMAS = sorted((Path(__file__).parent / "schemas").glob("*.json"))
 GREEDY = {"temperature": 0, "seed": 1}
@@ -203,7 +201,8 @@ def test_parallel_tool_calls_false_gives_exactly_one_call(client):
 
 def test_tool_results_feed_the_next_turn(client, engine):
     from nexa.schemas.text import ChatRequest
-    from nexa.server import tools
+    from nexa.structured.plan import plan_chat
+    from nexa.structured.prompting import render
 
     messages = [
         {"role": "user", "content": "What's the weather in Paris?"},
@@ -221,9 +220,9 @@ def test_tool_results_feed_the_next_turn(client, engine):
         {"role": "tool", "tool_call_id": "call_abc", "content": '{"temperature": 21, "sky": "sunny"}'},
     ]
     body = ChatRequest(messages=messages, tools=TOOLS, tool_choice="auto")
-    plan = tools.plan_chat(body)
+    plan = plan_chat(body)
     assert plan is not None and plan.call_names == {"call_abc": "get_weather"}
-    prompt, _, _ = tools.render(engine, body.messages, plan)
+    prompt, _, _ = render(engine, body.messages, plan)
     # SmolLM2's template knows nothing of tools: the call and its result are written out.
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}' in prompt
     assert '<tool_response>\n{"name": "get_weather", "content": "{\\"temperature\\": 21' in prompt
@@ -260,16 +259,17 @@ class TemplateEngine:
 
 def test_templates_that_know_tools_present_them_their_own_way():
     from nexa.schemas.text import ChatRequest
-    from nexa.server import tools
+    from nexa.structured.plan import plan_chat
+    from nexa.structured.prompting import render
 
     body = ChatRequest(messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=TOOLS)
-    plan = tools.plan_chat(body)
+    plan = plan_chat(body)
     assert plan is not None
-    prompt, _, _ = tools.render(TemplateEngine(TOOL_TEMPLATE), body.messages, plan)
+    prompt, _, _ = render(TemplateEngine(TOOL_TEMPLATE), body.messages, plan)
     assert "TOOLS: UserDetail get_weather" in prompt and "<tools>" not in prompt
     # Where rendering with tools changes nothing, the generic note is used instead.
     plain = TemplateEngine("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}")
-    prompt, _, _ = tools.render(plain, body.messages, plan)
+    prompt, _, _ = render(plain, body.messages, plan)
     assert "<tools>" in prompt and '"name": "get_weather"' in prompt
     # History in a tool-aware template keeps the template's own shape (arguments as an object).
     history = ChatRequest(
@@ -289,9 +289,9 @@ def test_templates_that_know_tools_present_them_their_own_way():
         ],
         tools=TOOLS,
     )
-    plan = tools.plan_chat(history)
+    plan = plan_chat(history)
     assert plan is not None
-    prompt, _, _ = tools.render(TemplateEngine(TOOL_TEMPLATE), history.messages, plan)
+    prompt, _, _ = render(TemplateEngine(TOOL_TEMPLATE), history.messages, plan)
     assert '<tool_call>{"city": "Oslo"}</tool_call>' in prompt and "<|im_start|>tool\ncold" in prompt
 
 
@@ -527,22 +527,6 @@ def test_grammar_accepts_exactly_the_valid_strings(engine):
     assert not accepts(engine, obj, '{"city": "Oslo"}')
 
 
-def test_number_ranges_are_exact():
-    def regex(alts: list[list[str]]) -> re.Pattern[str]:
-        return re.compile("|".join("".join(p if p.startswith("[") else re.escape(p) for p in a) for a in alts))
-
-    for lo, hi in ((-130, 7), (0, 0), (5, 5), (-1000, -999), (9, 1001), (-3, 250)):
-        r = regex(integer_alternatives(lo, hi))
-        assert all(bool(r.fullmatch(str(v))) == (lo <= v <= hi) for v in range(lo - 200, hi + 200))
-        assert not r.fullmatch("-0") and not r.fullmatch("01")
-    from fractions import Fraction
-
-    r = regex(decimal_alternatives(Fraction(-3, 2), Fraction(9, 4), 2))
-    for m in range(-300, 300):
-        s = f"{'-' if m < 0 else ''}{abs(m) // 100}.{abs(m) % 100:02d}"
-        assert bool(r.fullmatch(s)) == (-150 <= m <= 225 and s != "-0.00"), s
-
-
 # -- the official openai client ------------------------------------------------------------
 
 
@@ -742,10 +726,10 @@ def test_json_object_with_a_schema_and_bare_json_schema():
     # llama.cpp's extension ({"type": "json_object", "schema": ...}) and a json_schema sent
     # without the {"name", "schema"} wrapper both constrain to the schema.
     from nexa.schemas.text import ResponseFormat
-    from nexa.server import tools
+    from nexa.structured.grammars import response_format_grammar
 
     schema = SCHEMA_OF["get_weather"]
     for fmt in ({"type": "json_object", "schema": schema}, {"type": "json_schema", "json_schema": schema}):
-        grammar = tools.response_format_grammar(ResponseFormat.model_validate(fmt))
+        grammar = response_format_grammar(ResponseFormat.model_validate(fmt))
         assert grammar is not None and '"\\"unit\\""' in grammar and '"\\"fahrenheit\\""' in grammar
-    assert tools.response_format_grammar(ResponseFormat(type="text")) is None
+    assert response_format_grammar(ResponseFormat(type="text")) is None

@@ -85,7 +85,7 @@ def _range(name: str, value: float, low: float, high: float) -> None:
 
 
 class ResponseFormat(BaseModel):
-    """OpenAI's response_format; output is constrained to JSON (see nexa.server.tools)."""
+    """OpenAI's response_format; output is constrained to JSON (see nexa.structured.grammars)."""
 
     type: Literal["text", "json_object", "json_schema"] = "text"
     json_schema: dict[str, Any] | None = None  # {"name": ..., "schema": {...}, "strict": ...}
@@ -179,7 +179,7 @@ class ChatRequest(SamplingFields):
     temperature: float = 0.1
     logprobs: bool = False
     top_logprobs: int | None = None
-    # Tools stay loose here: nexa.server.tools checks them and answers 400 naming the field.
+    # Tools stay loose here: nexa.structured.plan checks them and answers 400 naming the field.
     tools: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool = True

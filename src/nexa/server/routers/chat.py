@@ -16,6 +16,8 @@ from nexa.server import tools
 from nexa.server.generation import chat_chunk, chat_logprobs, finish_usage, generate, generate_all, off_loop
 from nexa.server.image_input import ImagePolicy, load_images
 from nexa.server.sse import sse_response
+from nexa.structured import prompting
+from nexa.structured.plan import Plan, plan_chat
 
 router = APIRouter(tags=["text"])
 
@@ -26,7 +28,7 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
     task = Task.VISION if any(m.has_images() for m in body.messages) else Task.CHAT
     engine: TextEngine = manager.get(task, "image input" if task == Task.VISION else "/v1/chat/completions")
     params = body.sampling(body.logprob_count())
-    plan = tools.plan_chat(body)  # tools / response_format: None for a plain chat
+    plan = plan_chat(body)  # tools / response_format: None for a plain chat
     if plan is not None:
         if plan.calls:
             engine.require(Task.TOOLS, "tools")
@@ -70,7 +72,7 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
 
 
 async def _vision_prompt(
-    request: Request, engine: TextEngine, body: ChatRequest, plan: tools.Plan | None
+    request: Request, engine: TextEngine, body: ChatRequest, plan: Plan | None
 ) -> tuple[Any, list[str]]:
     """Fetch and decode the images (off the loop), then let the engine build its prompt of text and images."""
     if plan is not None and plan.custom_prompt:
@@ -97,9 +99,9 @@ async def _vision_prompt(
     return await off_loop(engine.vision_prompt, messages, images)  # type: ignore[attr-defined]
 
 
-def _prompt(engine: TextEngine, body: ChatRequest, plan: tools.Plan | None = None) -> tuple[list[int], list[str]]:
+def _prompt(engine: TextEngine, body: ChatRequest, plan: Plan | None = None) -> tuple[list[int], list[str]]:
     if plan is not None and plan.custom_prompt:  # tools shown, or calls and results in the history
-        text, stops, special = tools.render(engine, body.messages, plan)
+        text, stops, special = prompting.render(engine, body.messages, plan)
     else:
         text, stops, special = engine.render_chat([m.as_template_dict() for m in body.messages])
     tokens = engine.tokenize_chat(text, special)

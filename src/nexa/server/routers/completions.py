@@ -10,9 +10,9 @@ from fastapi import APIRouter, Request
 from nexa.engines.base import Finish, Task, TextDelta, TextEngine
 from nexa.schemas.common import new_id, now
 from nexa.schemas.text import CompletionRequest
-from nexa.server import tools
 from nexa.server.generation import completion_logprobs, finish_usage, generate, generate_all, off_loop
 from nexa.server.sse import sse_response
+from nexa.structured.grammars import response_format_grammar
 
 router = APIRouter(tags=["text"])
 
@@ -21,7 +21,7 @@ router = APIRouter(tags=["text"])
 async def completions(body: CompletionRequest, request: Request) -> Any:
     engine: TextEngine = request.app.state.manager.get(Task.COMPLETION, "/v1/completions")  # type: ignore[assignment]
     params = body.sampling(body.logprobs)
-    params.grammar = tools.response_format_grammar(body.response_format, body.stop)  # JSON that always parses
+    params.grammar = response_format_grammar(body.response_format, body.stop)  # JSON that always parses
     prompt = body.prompt_text()
     tokens = prompt if isinstance(prompt, list) else await off_loop(engine.tokenize, prompt)
     engine.check_prompt(tokens, "prompt")

@@ -1,6 +1,6 @@
 """POST /v1/function-calling: the seed's endpoint, "call the most appropriate function".
 
-The same machinery as chat with tools (nexa.server.tools), with the seed's answer shape: a
+The same machinery as chat with tools (nexa.structured), with the seed's answer shape: a
 chat.completion whose message has `content: null`, `tool_calls`, and the legacy
 `function_call` (which the original sent with an empty name; ours carries the real one).
 Its purpose is a call, so tool_choice "auto" lets the model pick which function, never
@@ -19,6 +19,8 @@ from nexa.schemas.tools import FunctionCallingRequest
 from nexa.server import tools
 from nexa.server.generation import generate, generate_all, off_loop
 from nexa.server.sse import sse_response
+from nexa.structured import prompting
+from nexa.structured.plan import Plan, plan_chat
 
 router = APIRouter(tags=["tools"])
 
@@ -27,7 +29,7 @@ router = APIRouter(tags=["tools"])
 async def function_calling(body: FunctionCallingRequest, request: Request) -> Any:
     engine: TextEngine = request.app.state.manager.get(Task.TOOLS, "/v1/function-calling")
     params = body.sampling(body.logprob_count())
-    plan = tools.plan_chat(body, always_call=True)
+    plan = plan_chat(body, always_call=True)
     assert plan is not None  # always_call refuses a request without tools
     params.grammar = plan.grammar
     tokens, template_stops = await off_loop(_prompt, engine, body, plan)
@@ -41,8 +43,8 @@ async def function_calling(body: FunctionCallingRequest, request: Request) -> An
     return tools.chat_response(plan, out, cid, created, model, want_logprobs)
 
 
-def _prompt(engine: TextEngine, body: FunctionCallingRequest, plan: tools.Plan) -> tuple[list[int], list[str]]:
-    text, stops, special = tools.render(engine, body.messages, plan)
+def _prompt(engine: TextEngine, body: FunctionCallingRequest, plan: Plan) -> tuple[list[int], list[str]]:
+    text, stops, special = prompting.render(engine, body.messages, plan)
     tokens = engine.tokenize_chat(text, special)
     engine.check_prompt(tokens, "messages")
     return tokens, stops

@@ -1,6 +1,6 @@
 """GBNF text: literals, character classes, exact number ranges and regular expressions.
 
-The pieces nexa.engines.grammar assembles into a grammar for a JSON schema. Everything here
+The pieces nexa.structured.schema assembles into a grammar for a JSON schema. Everything here
 describes the *JSON text* a model writes: a character that JSON must escape inside a string
 (a quote, a backslash, a control character) appears as its escape.
 """

@@ -1,0 +1,79 @@
+"""Unit tests of nexa.structured without a model: number ranges, the call grammar's forced
+opening, and the call parser on streamed pieces. (What the grammars let a real model write,
+through llama.cpp's grammar engine, is tested in test_tools.py.)"""
+
+from __future__ import annotations
+
+import json
+import re
+from fractions import Fraction
+
+from nexa.schemas.text import ChatRequest
+from nexa.structured.gbnf import decimal_alternatives, integer_alternatives
+from nexa.structured.parser import CallParser, new_parser
+from nexa.structured.plan import plan_chat
+
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+    },
+}
+MESSAGES = [{"role": "user", "content": "Add 2"}]
+
+
+def test_number_ranges_are_exact():
+    def regex(alts: list[list[str]]) -> re.Pattern[str]:
+        return re.compile("|".join("".join(p if p.startswith("[") else re.escape(p) for p in a) for a in alts))
+
+    for lo, hi in ((-130, 7), (0, 0), (5, 5), (-1000, -999), (9, 1001), (-3, 250)):
+        r = regex(integer_alternatives(lo, hi))
+        assert all(bool(r.fullmatch(str(v))) == (lo <= v <= hi) for v in range(lo - 200, hi + 200))
+        assert not r.fullmatch("-0") and not r.fullmatch("01")
+
+    r = regex(decimal_alternatives(Fraction(-3, 2), Fraction(9, 4), 2))
+    for m in range(-300, 300):
+        s = f"{'-' if m < 0 else ''}{abs(m) // 100}.{abs(m) % 100:02d}"
+        assert bool(r.fullmatch(s)) == (-150 <= m <= 225 and s != "-0.00"), s
+
+
+def test_a_single_forced_call_is_prefilled_and_its_parse_completes_it():
+    plan = plan_chat(ChatRequest(messages=MESSAGES, tools=[ADD], tool_choice="required", parallel_tool_calls=False))
+    assert plan is not None and plan.grammar is not None
+    assert plan.prefill == '<tool_call>\n{"name": "add", "arguments": '
+    assert plan.suffix == "}\n</tool_call>"
+    assert "<tool_call>" not in plan.grammar  # the grammar covers the arguments alone
+    parser, first = new_parser(plan)
+    assert [(i, c.name if c else None, piece) for i, c, piece in first.calls] == [(0, "add", "")]
+    parser.feed('{"a": 2}')
+    parser.feed(plan.suffix)
+    assert [(c.name, json.loads(c.arguments)) for c in parser.complete_calls] == [("add", {"a": 2})]
+
+
+def test_calls_the_model_chooses_are_not_prefilled():
+    for choice in ("auto", "required"):
+        plan = plan_chat(ChatRequest(messages=MESSAGES, tools=[ADD], tool_choice=choice))
+        assert plan is not None and plan.grammar is not None
+        assert plan.prefill == plan.suffix == "" and "<tool_call>" in plan.grammar
+
+
+def test_streamed_pieces_join_into_the_whole_calls():
+    text = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "s": "}\\""}}\n</tool_call>\n' * 2
+    whole = CallParser(calls_only=False)
+    whole.feed(text)
+    streamed = CallParser(calls_only=False)
+    pieces: dict[int, str] = {}
+    for ch in text:
+        for index, _call, piece in streamed.feed(ch).calls:
+            pieces[index] = pieces.get(index, "") + piece
+    assert len(whole.complete_calls) == 2
+    assert [c.arguments for c in streamed.complete_calls] == [c.arguments for c in whole.complete_calls]
+    assert [pieces[0], pieces[1]] == [c.arguments for c in whole.complete_calls]
+    assert json.loads(whole.complete_calls[0].arguments) == {"a": 1, "s": '}"'}
+
+
+def test_text_that_does_not_open_a_call_passes_through():
+    parser = CallParser(calls_only=False)
+    assert parser.feed("Hello").text == "Hello" and parser.feed(" <tool_call>").text == " <tool_call>"
+    assert parser.calls == []
