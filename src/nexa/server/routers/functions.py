@@ -17,8 +17,9 @@ from nexa.engines.base import Task, TextEngine
 from nexa.schemas.common import new_id, now
 from nexa.schemas.tools import FunctionCallingRequest
 from nexa.server import tools
-from nexa.server.generation import generate, generate_all, off_loop
+from nexa.server.generation import generate, generate_all
 from nexa.server.sse import sse_response
+from nexa.server.threads import in_thread
 
 router = APIRouter(tags=["tools"])
 
@@ -30,7 +31,7 @@ async def function_calling(body: FunctionCallingRequest, request: Request) -> An
     plan = tools.plan_chat(body, always_call=True)
     assert plan is not None  # always_call refuses a request without tools
     params.grammar = plan.grammar
-    tokens, template_stops = await off_loop(_prompt, engine, body, plan)
+    tokens, template_stops = await in_thread(_prompt, engine, body, plan)
     params.stop = params.stop + [s for s in template_stops if s not in params.stop]
     cid, created, model = new_id("chatcmpl"), now(), engine.name
     want_logprobs = params.logprobs is not None
