@@ -26,8 +26,9 @@ def test_every_endpoint_documents_a_response_schema(spec):
     for path, methods in spec["paths"].items():
         for method, op in methods.items():
             ok = [r for code, r in op["responses"].items() if code.startswith("2")]
-            schemas = [m.get("schema") for r in ok for m in r.get("content", {}).values()]
-            if not schemas or not all(schemas):
+            schemas = [m.get("schema", {}) for r in ok for m in r.get("content", {}).values()]
+            # FastAPI writes a bare {"title": ...} for an unannotated answer: that documents nothing.
+            if not schemas or not all(set(s) & {"$ref", "type", "anyOf", "oneOf"} for s in schemas):
                 undocumented.append(f"{method.upper()} {path}")
     assert not undocumented, f"no response schema: {undocumented}"
     assert len(spec["paths"]) >= 14
@@ -131,3 +132,19 @@ def test_streamed_chunks_fit_their_models(client):
 def test_service_responses_fit_their_models(client):
     same_json(ModelList, client.get("/v1/models").json())
     same_json(Health, client.get("/health").json())
+
+
+def test_tool_call_answers_fit_the_chat_models(client):
+    tool = {"type": "function", "function": {"name": "get_city", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}}}
+    body = {"messages": [{"role": "user", "content": "Which city is the Eiffel Tower in?"}], "tools": [tool],
+            "max_tokens": 40, **GREEDY}
+    seed = client.post("/v1/function-calling", json=body).json()
+    same_json(ChatCompletion, seed)
+    message = seed["choices"][0]["message"]
+    assert message["content"] is None and message["tool_calls"] and message["function_call"]["name"] == "get_city"
+    stream = {**body, "tool_choice": "required", "stream": True}
+    with client.stream("POST", "/v1/chat/completions", json=stream) as r:
+        payloads = [e.removeprefix("data: ") for e in r.read().decode().split("\n\n") if e]
+    for p in payloads[:-1]:
+        same_json(ChatCompletionChunk, json.loads(p))

@@ -21,5 +21,6 @@ async def embeddings(request: Request) -> JSONResponse:
     result = await embed(request, engine, body)
     request.state.generation = (result.prompt_tokens, result.seconds)  # the access log's tokens/s
     out = render(result.vectors, result.prompt_tokens, engine.name, body.encoding_format)
-    # A JSONResponse of the dumped model: FastAPI would validate every float of every vector again.
-    return JSONResponse(out.model_dump(mode="json"))
+    # The dumped model straight to a JSONResponse: FastAPI would validate every float of every
+    # vector again, and pydantic's own JSON writes floats differently from Python's (1e-05).
+    return JSONResponse(out.model_dump())

@@ -15,16 +15,18 @@ from fastapi import APIRouter, Request
 
 from nexa.engines.base import Task, TextEngine
 from nexa.schemas.common import new_id, now
+from nexa.schemas.text import ChatCompletion, ChatCompletionChunk
 from nexa.schemas.tools import FunctionCallingRequest
 from nexa.server import tools
 from nexa.server.generation import generate, generate_all
+from nexa.server.openapi import ERRORS, streamed
 from nexa.server.sse import sse_response
 from nexa.server.threads import in_thread
 
-router = APIRouter(tags=["tools"])
+router = APIRouter(tags=["tools"], responses=ERRORS)
 
 
-@router.post("/v1/function-calling")
+@router.post("/v1/function-calling", response_model=ChatCompletion, responses=streamed(ChatCompletionChunk))
 async def function_calling(body: FunctionCallingRequest, request: Request) -> Any:
     engine: TextEngine = request.app.state.manager.get(Task.TOOLS, "/v1/function-calling")
     params = body.sampling(body.logprob_count())
