@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -16,13 +18,13 @@ async def embed(client: Client, engine: Any, body: EmbeddingRequest) -> Embeddin
     """`engine`: an embedding engine (llama.cpp or onnxruntime; both take these options)."""
     inputs = body.inputs()
 
-    def run(cancel: Any) -> Any:  # one result; as an iterator, so that `collect` can stop it
+    def run(cancel: threading.Event) -> Iterator[EmbeddingResult]:  # one result, stoppable by `collect`
         yield engine.embed(
             inputs, truncate=body.truncate, normalize=body.normalize, dimensions=body.dimensions, cancel=cancel
         )
 
     (result,) = await collect(client, iterate_in_thread(run))
-    return result  # type: ignore[no-any-return]
+    return result
 
 
 def render(vectors: np.ndarray, prompt_tokens: int, model: str, encoding_format: str) -> EmbeddingList:
