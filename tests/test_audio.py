@@ -36,6 +36,7 @@ from nexa.engines.whisper import SpeechOptions, TranscriptInfo, WhisperEngine, c
 from nexa.errors import StartupError
 from nexa.models.manager import ModelManager
 from nexa.models.types import ModelType, ResolvedModel
+from nexa.schemas.audio import Transcription, VerboseTranscription
 from nexa.server.app import create_app
 
 log = logging.getLogger(__name__)
@@ -383,6 +384,7 @@ def test_text_and_json(speech: TestClient) -> None:
     assert body["text"] == text.text == text.text.strip()
     assert wer(TRANSCRIPTS["s6.wav"], body["text"]) <= 0.2
     assert body["usage"] == {"type": "duration", "seconds": math.ceil(len(samples("s6.wav")) / RATE)}
+    assert Transcription.model_validate(body).model_dump(mode="json") == body  # the documented shape, exactly
 
 
 def test_verbose_json_with_word_timestamps(speech: TestClient, three_sentences: tuple[bytes, str, float]) -> None:
@@ -391,6 +393,7 @@ def test_verbose_json_with_word_timestamps(speech: TestClient, three_sentences: 
                                     "timestamp_granularities[]": ["segment", "word"]})
     assert r.status_code == 200, r.text
     body = r.json()
+    assert VerboseTranscription.model_validate(body).model_dump(mode="json") == body
     assert body["task"] == "transcribe" and body["language"] == "english"
     assert body["duration"] == pytest.approx(seconds, abs=0.01)
     assert wer(reference, body["text"]) <= 0.15
@@ -412,6 +415,7 @@ def test_verbose_json_words_only(speech: TestClient) -> None:
              data={"response_format": "verbose_json", "timestamp_granularities[]": "word"})
     body = r.json()
     assert r.status_code == 200 and "segments" not in body
+    assert VerboseTranscription.model_validate(body).model_dump(mode="json") == body
     assert wer(TRANSCRIPTS["s3.wav"], " ".join(w["word"] for w in body["words"])) <= 0.2
 
 

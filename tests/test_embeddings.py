@@ -26,6 +26,7 @@ from nexa.errors import StartupError
 from nexa.models.manager import ModelManager
 from nexa.models.store import ModelStore
 from nexa.models.types import ModelType, ResolvedModel
+from nexa.schemas.embeddings import EmbeddingList
 from nexa.server.app import create_app
 
 CAT, KITTEN, STOCKS = "The cat sits on the mat.", "A kitten is sitting on a rug.", "Stock markets fell sharply today."
@@ -73,6 +74,7 @@ def vectors(client: TestClient, inputs, **extra) -> tuple[np.ndarray, dict]:
     assert body["object"] == "list"
     assert [d["index"] for d in body["data"]] == list(range(len(body["data"])))
     assert all(d["object"] == "embedding" for d in body["data"])
+    assert EmbeddingList.model_validate(body).model_dump(mode="json") == body  # the documented shape, exactly
     return np.array([d["embedding"] for d in body["data"]], dtype=np.float64), body
 
 
@@ -181,6 +183,7 @@ def test_base64_decodes_to_the_same_floats(emb: TestClient) -> None:
     floats, _ = vectors(emb, [CAT, KITTEN])
     r = emb.post("/v1/embeddings", json={"input": [CAT, KITTEN], "encoding_format": "base64"})
     assert r.status_code == 200, r.text
+    assert EmbeddingList.model_validate(r.json()).model_dump(mode="json") == r.json()
     decoded = np.array([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in r.json()["data"]])
     assert decoded.shape == (2, 384)
     assert np.array_equal(decoded, floats.astype(np.float32))

@@ -32,6 +32,7 @@ from nexa.engines.diffusion import DiffusionEngine
 from nexa.engines.loader import diffusion_arguments as load_arguments
 from nexa.models.manager import ModelManager
 from nexa.models.types import ModelType, ResolvedModel
+from nexa.schemas.images import NexaImages, OpenAIImages
 from nexa.server.app import create_app
 
 sys.path.insert(0, str(Path(__file__).parent))  # helpers sit beside this file, whatever the import mode
@@ -113,10 +114,16 @@ def pixels(item_b64: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(item_b64))))
 
 
+SHAPES = {"/v1/txt2img": NexaImages, "/v1/img2img": NexaImages,
+          "/v1/images/generations": OpenAIImages, "/v1/images/edits": OpenAIImages}
+
+
 def post_ok(http: httpx.Client, path: str, **kwargs: Any) -> dict[str, Any]:
     r = http.post(path, **kwargs)
     assert r.status_code == 200, r.text
-    return r.json()
+    out = r.json()
+    assert SHAPES[path].model_validate(out).model_dump(mode="json") == out  # the documented shape, exactly
+    return out
 
 
 def refused(r: httpx.Response, status: int = 400, param: str | None = None) -> str:

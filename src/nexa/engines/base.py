@@ -53,8 +53,31 @@ class Engine:
         """Extra facts for /v1/models (context size, type...)."""
         return {}
 
+    def stats(self) -> EngineStats | None:
+        """Live figures for /metrics; None: the engine keeps none (only the scheduler does)."""
+        return None
+
     def close(self) -> None:
         """Free the model's memory."""
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A scheduler's state now and its totals since start (what /metrics reports)."""
+
+    running: int  # requests decoding now
+    waiting: int  # requests waiting for a slot
+    slots: int
+    requests: int  # finished requests
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens reused from the KV cache
+    generated_tokens: int
+    prompt_seconds: float
+    generation_seconds: float
+    generation_tokens_per_second: float  # over the last 10 s
+    prompt_tokens_per_second: float
+    kv_cache_tokens: int  # KV cells in use, cached prompts included
+    kv_cache_capacity_tokens: int
 
 
 @dataclass

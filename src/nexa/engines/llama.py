@@ -22,6 +22,7 @@ import numpy as np
 
 from nexa.config import default, usable_cores
 from nexa.engines.base import (
+    EngineStats,
     Finish,
     SamplingParams,
     Task,
@@ -274,6 +275,9 @@ class LlamaEngine(TextEngine):
                     self.path, n_ctx=self.n_ctx, n_threads=self._llm.n_threads, pooling="mean", model=self._llm._model
                 )
         return self._embedder.embed(inputs, **options)
+
+    def stats(self) -> EngineStats:
+        return self.scheduler.snapshot()
 
     def close(self) -> None:
         self.scheduler.close()

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from nexa.engines.base import Finish, SamplingParams, TextDelta, TokenLogprob
+from nexa.engines.base import EngineStats, Finish, SamplingParams, TextDelta, TokenLogprob
 from nexa.engines.batch import TokenBatch
 from nexa.engines.stops import StopMatcher
 from nexa.errors import Overloaded
@@ -190,6 +190,25 @@ class Scheduler:
 
     def kv_used(self) -> int:
         return sum(len(s.cache) for s in self.slots)
+
+    def snapshot(self) -> EngineStats:
+        s = self.stats
+        gen_rate, prompt_rate = self.throughput()
+        return EngineStats(
+            running=self.running,
+            waiting=self.waiting,
+            slots=len(self.slots),
+            requests=s.requests,
+            prompt_tokens=s.prompt_tokens,
+            cached_tokens=s.cached_tokens,
+            generated_tokens=s.generated_tokens,
+            prompt_seconds=s.prompt_seconds,
+            generation_seconds=s.generation_seconds,
+            generation_tokens_per_second=gen_rate,
+            prompt_tokens_per_second=prompt_rate,
+            kv_cache_tokens=self.kv_used(),
+            kv_cache_capacity_tokens=len(self.slots) * self.engine.n_ctx,
+        )
 
     def close(self) -> None:
         with self._cond:

@@ -1,5 +1,5 @@
-"""/v1/audio/transcriptions and /v1/audio/translations: the request fields and the five
-response formats (json, text, srt, vtt, verbose_json).
+"""/v1/audio/transcriptions and /v1/audio/translations: the request fields and the JSON
+responses (json, verbose_json); text, srt and vtt are plain text (see nexa.server.services.audio).
 
 The seed sent `beam_size`, `language` and `temperature` as query parameters; OpenAI clients
 send everything as multipart form fields. The router merges both into one request model.
@@ -7,13 +7,12 @@ send everything as multipart form fields. The router merges both into one reques
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from nexa.engines.whisper import Segment, SpeechOptions, TranscriptInfo
-from nexa.schemas.common import RequestModel
+from nexa.engines.whisper import SpeechOptions
+from nexa.schemas.common import RequestModel, ResponseModel
 
 # Whisper's language codes and the names OpenAI's verbose_json reports ("english").
 _LANGUAGES = (
@@ -84,60 +83,44 @@ class TranscriptionRequest(RequestModel):
         )
 
 
-def transcript_text(segments: list[Segment]) -> str:
-    # Segment texts carry their own leading spaces; OpenAI's `text` has none at either end.
-    return "".join(s.text for s in segments).strip()
+class TranscriptionUsage(ResponseModel):
+    type: Literal["duration"] = "duration"
+    seconds: int  # the audio's length, rounded up
 
 
-def _usage(info: TranscriptInfo) -> dict[str, Any]:
-    return {"type": "duration", "seconds": math.ceil(info.duration)}
+class Transcription(ResponseModel):
+    """response_format=json."""
+
+    text: str
+    usage: TranscriptionUsage
 
 
-def json_response(info: TranscriptInfo, segments: list[Segment]) -> dict[str, Any]:
-    return {"text": transcript_text(segments), "usage": _usage(info)}
+class TranscriptionSegment(ResponseModel):
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
 
 
-def verbose_json(info: TranscriptInfo, segments: list[Segment], body: TranscriptionRequest) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "task": info.task,
-        "language": LANGUAGES.get(info.language, info.language),
-        "duration": round(info.duration, 3),
-        "text": transcript_text(segments),
-    }
-    if "segment" in body.timestamp_granularities:
-        out["segments"] = [
-            {
-                "id": s.id, "seek": s.seek, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text,
-                "tokens": s.tokens, "temperature": s.temperature, "avg_logprob": s.avg_logprob,
-                "compression_ratio": s.compression_ratio, "no_speech_prob": s.no_speech_prob,
-            }
-            for s in segments
-        ]
-    if body.words:
-        out["words"] = [
-            {"word": w.word.strip(), "start": round(w.start, 3), "end": round(w.end, 3)}
-            for s in segments for w in s.words
-        ]
-    out["usage"] = _usage(info)
-    return out
+class TranscriptionWord(ResponseModel):
+    word: str
+    start: float
+    end: float
 
 
-def _clock(seconds: float, sep: str) -> str:
-    ms = max(0, round(seconds * 1000))
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+class VerboseTranscription(ResponseModel):
+    """response_format=verbose_json: `segments` unless only words were asked, `words` when asked."""
 
-
-def srt(segments: list[Segment]) -> str:
-    cues = [
-        f"{i}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{s.text.strip()}\n"
-        for i, s in enumerate(segments, start=1)
-    ]
-    return "\n".join(cues)
-
-
-def vtt(segments: list[Segment]) -> str:
-    cues = [f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{s.text.strip()}\n" for s in segments]
-    return "WEBVTT\n\n" + "\n".join(cues)
+    task: str
+    language: str  # the English name ("english"), as OpenAI reports it
+    duration: float
+    text: str
+    segments: list[TranscriptionSegment] | None = None
+    words: list[TranscriptionWord] | None = None
+    usage: TranscriptionUsage

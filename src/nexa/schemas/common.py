@@ -1,4 +1,4 @@
-"""Pieces shared by every endpoint's schemas."""
+"""Pieces shared by every endpoint's schemas: the request and response bases, usage, errors."""
 
 from __future__ import annotations
 
@@ -6,13 +6,70 @@ import time
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 
 class RequestModel(BaseModel):
     """Requests ignore fields they do not know (clients of both APIs send extras)."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class ResponseModel(BaseModel):
+    """What the server sends. A field declared `X | None` without a default is always on the
+    wire (null included: `logprobs: null`); one with the default None appears only when it was
+    given, even as null (a delta's `content: null` beside `tool_calls`), so a key absent from a
+    response never turns into a new null. Unknown fields are refused: a response whose shape
+    drifts from its model fails in the tests instead of reaching clients undocumented."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        # No return annotation on purpose: the JSON schema stays the model's own.
+        data = handler(self)
+        for name, field in type(self).model_fields.items():
+            if field.default is None and not field.is_required() and name not in self.model_fields_set:
+                data.pop(name, None)
+        return data
+
+
+class ErrorBody(ResponseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(ResponseModel):
+    """OpenAI's error envelope, plus the original's `detail` (the message, or FastAPI's list on a 422)."""
+
+    error: ErrorBody
+    detail: Any
+
+
+class PromptTokensDetails(ResponseModel):
+    cached_tokens: int
+
+
+class Timings(ResponseModel):
+    """llama-server's names, so its dashboards and clients read them; OpenAI clients ignore them."""
+
+    prompt_n: int
+    prompt_ms: float
+    prompt_per_second: float | None
+    predicted_n: int
+    predicted_ms: float
+    predicted_per_second: float | None
+    cache_n: int
+
+
+class Usage(ResponseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+    timings: Timings | None = None
 
 
 def new_id(prefix: str) -> str:
@@ -22,12 +79,3 @@ def new_id(prefix: str) -> str:
 def now() -> int:
     # OpenAI's `created` is whole seconds; the original sent a float, which strict clients reject.
     return int(time.time())
-
-
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens},
-    }

@@ -1,20 +1,19 @@
-"""POST /v1/embeddings: the seed's fields (`input`, `normalize`, `truncate`) beside OpenAI's
+"""POST /v1/embeddings: the request with the seed's fields (`input`, `normalize`, `truncate`) beside OpenAI's
 (`model`, `encoding_format`, `dimensions`, `user`, token-id arrays as input).
 
-Every mistake in the body is a 400 that names the field, as OpenAI answers, not a 422.
+The response is OpenAI's list shape, which is also the seed's. Every mistake in the body is a
+400 that names the field, as OpenAI answers, not a 422.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field, ValidationError
 
 from nexa.errors import InvalidRequest
-from nexa.schemas.common import RequestModel
+from nexa.schemas.common import RequestModel, ResponseModel
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 
@@ -95,15 +94,19 @@ def _is_int(t: Any) -> bool:
     return isinstance(t, int) and not isinstance(t, bool)
 
 
-def render(vectors: np.ndarray, prompt_tokens: int, model: str, encoding_format: str) -> dict[str, Any]:
-    """OpenAI's list shape (which is also the seed's); base64 is little-endian float32, as OpenAI sends it."""
-    if encoding_format == "base64":
-        rows: list[Any] = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
-    else:
-        rows = vectors.astype(np.float64).tolist()
-    return {
-        "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)],
-        "model": model,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-    }
+class Embedding(ResponseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="floats, or with encoding_format=base64 little-endian float32")
+
+
+class EmbeddingUsage(ResponseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(ResponseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage

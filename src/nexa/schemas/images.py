@@ -1,4 +1,4 @@
-"""Requests of the image endpoints: the seed's /v1/txt2img and /v1/img2img, and OpenAI's
+"""Requests and responses of the image endpoints: the seed's /v1/txt2img and /v1/img2img, and OpenAI's
 /v1/images/generations and /v1/images/edits, with both APIs' field names.
 
 The seed's names (`sample_steps`, `width`/`height`, `base64`) and OpenAI's (`size` "WxH",
@@ -15,7 +15,7 @@ from pydantic import AliasChoices, Field
 
 from nexa.config import Settings
 from nexa.errors import InvalidRequest
-from nexa.schemas.common import RequestModel
+from nexa.schemas.common import RequestModel, ResponseModel
 
 SIZE_STEP = 64  # the latent is 1/8 of the image and the UNet halves it twice more
 
@@ -108,3 +108,35 @@ class GenerationParams:
 
     def engine_kwargs(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+class NexaImage(ResponseModel):
+    """The seed's `base64` and OpenAI's `b64_json` (the same PNG), and/or a link, as asked."""
+
+    base64: str | None
+    b64_json: str | None
+    url: str | None
+
+
+class NexaImages(ResponseModel):
+    """The seed's `{created, data: [{base64, url}]}`, with the seed used and the size."""
+
+    created: int
+    data: list[NexaImage]
+    seed: int
+    size: str
+
+
+class OpenAIImage(ResponseModel):
+    """A link (`response_format: url`) or the PNG inline, never both."""
+
+    url: str | None = None
+    b64_json: str | None = None
+
+
+class OpenAIImages(ResponseModel):
+    created: int
+    data: list[OpenAIImage]
+    output_format: Literal["png"] = "png"
+    size: str
+    seed: int

@@ -1,4 +1,4 @@
-"""Requests of /v1/completions and /v1/chat/completions, with both APIs' field names.
+"""Requests and responses of /v1/completions and /v1/chat/completions, with both APIs' field names.
 
 Nexa's names (`max_new_tokens`, `stop_words`) and OpenAI's (`max_tokens`, `stop`) are
 accepted side by side. Out-of-range values become a 400 naming the field; a body of the
@@ -13,7 +13,7 @@ from pydantic import AliasChoices, BaseModel, Field
 
 from nexa.engines.base import SamplingParams
 from nexa.errors import InvalidRequest
-from nexa.schemas.common import RequestModel
+from nexa.schemas.common import RequestModel, ResponseModel, Usage
 
 MAX_STOPS = 16
 
@@ -191,3 +191,130 @@ class ChatRequest(SamplingFields):
         if not self.logprobs:
             return None  # top_logprobs alone is ignored, as OpenAI and the original did
         return self.top_logprobs or 0
+
+
+# ----------------------------------------------------------------------------- responses
+
+
+class TopLogprob(ResponseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(ResponseModel):
+    content: list[TokenLogprob]
+    refusal: str | None
+
+
+class CompletionLogprobs(ResponseModel):
+    """OpenAI's legacy completions layout: parallel lists plus text offsets."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class CompletionChoice(ResponseModel):
+    text: str
+    index: int
+    logprobs: CompletionLogprobs | None
+    finish_reason: str | None
+
+
+class CompletionChunk(ResponseModel):
+    """One event of a streamed completion; the last carries `usage` (and no choices) when asked."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class Completion(CompletionChunk):
+    """OpenAI's text_completion, plus the original's `result` (the same text)."""
+
+    usage: Usage
+    result: str
+
+
+class FunctionCall(ResponseModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(ResponseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class AssistantMessage(ResponseModel):
+    """`content` is null when the answer is calls; `function_call` is the legacy form of the first."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None
+
+
+class ChatChoice(ResponseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None
+    finish_reason: str
+
+
+class ChatCompletion(ResponseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class FunctionDelta(ResponseModel):
+    name: str | None = None
+    arguments: str
+
+
+class ToolCallDelta(ResponseModel):
+    """A call's first piece names it (id, type, name); later pieces add argument text."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionDelta
+
+
+class Delta(ResponseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+    function_call: FunctionDelta | None = None
+
+
+class ChunkChoice(ResponseModel):
+    index: int
+    delta: Delta
+    logprobs: ChatLogprobs | None
+    finish_reason: str | None
+
+
+class ChatCompletionChunk(ResponseModel):
+    """One event of a streamed chat answer; the last carries `usage` (and no choices) when asked."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None

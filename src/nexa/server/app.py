@@ -14,6 +14,7 @@ from nexa.config import Settings
 from nexa.models.manager import ModelManager, resolve_model
 from nexa.server.errors import install_error_handlers
 from nexa.server.logs import AccessLog
+from nexa.server.openapi import install as install_openapi
 from nexa.server.routers import audio, chat, completions, embeddings, functions, health, images, metrics, models
 
 log = logging.getLogger("nexa.server")
@@ -45,6 +46,7 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
         images.router,
     ):
         app.include_router(router)
+    install_openapi(app)
     return app
 
 

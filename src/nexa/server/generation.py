@@ -3,7 +3,6 @@ turn its plain results into OpenAI pieces (logprobs, usage, the access-log figur
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -12,7 +11,16 @@ from typing import Any
 from fastapi import Request
 
 from nexa.engines.base import Finish, SamplingParams, TextDelta, TextEngine, TokenLogprob
-from nexa.schemas.common import usage
+from nexa.schemas.common import PromptTokensDetails, Timings, Usage
+from nexa.schemas.text import (
+    ChatCompletionChunk,
+    ChatLogprobs,
+    ChunkChoice,
+    CompletionLogprobs,
+    Delta,
+    TopLogprob,
+)
+from nexa.schemas.text import TokenLogprob as TokenLogprobOut
 from nexa.server.threads import collect, iterate_in_thread
 
 
@@ -56,66 +64,67 @@ async def generate_all(request: Request, engine: TextEngine, prompt: list[int], 
     return out
 
 
-async def off_loop(fn: Any, *args: Any) -> Any:
-    """Tokenising and template rendering are quick but still CPU work: keep them off the loop."""
-    return await asyncio.to_thread(fn, *args)
-
-
-def finish_usage(finish: Finish) -> dict[str, Any]:
-    out = usage(finish.prompt_tokens, finish.completion_tokens, finish.cached_tokens)
+def finish_usage(finish: Finish) -> Usage:
     computed = finish.prompt_tokens - finish.cached_tokens
-    # llama-server's names, so its dashboards and clients read them; OpenAI clients ignore them.
-    out["timings"] = {
-        "prompt_n": computed,
-        "prompt_ms": round(finish.prompt_seconds * 1000, 3),
-        "prompt_per_second": round(computed / finish.prompt_seconds, 2) if finish.prompt_seconds > 0 else None,
-        "predicted_n": finish.completion_tokens,
-        "predicted_ms": round(finish.generation_seconds * 1000, 3),
-        "predicted_per_second": (
-            round(finish.completion_tokens / finish.generation_seconds, 2) if finish.generation_seconds > 0 else None
+    return Usage(
+        prompt_tokens=finish.prompt_tokens,
+        completion_tokens=finish.completion_tokens,
+        total_tokens=finish.prompt_tokens + finish.completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=finish.cached_tokens),
+        timings=Timings(
+            prompt_n=computed,
+            prompt_ms=round(finish.prompt_seconds * 1000, 3),
+            prompt_per_second=round(computed / finish.prompt_seconds, 2) if finish.prompt_seconds > 0 else None,
+            predicted_n=finish.completion_tokens,
+            predicted_ms=round(finish.generation_seconds * 1000, 3),
+            predicted_per_second=(
+                round(finish.completion_tokens / finish.generation_seconds, 2)
+                if finish.generation_seconds > 0
+                else None
+            ),
+            cache_n=finish.cached_tokens,
         ),
-        "cache_n": finish.cached_tokens,
-    }
-    return out
+    )
 
 
 def chat_chunk(
-    cid: str, created: int, model: str, delta: dict[str, Any], logprobs: Any = None, finish: str | None = None
+    cid: str,
+    created: int,
+    model: str,
+    delta: dict[str, Any],
+    logprobs: ChatLogprobs | None = None,
+    finish: str | None = None,
 ) -> dict[str, Any]:
-    """One `chat.completion.chunk` event of a streamed chat answer."""
-    return {
-        "id": cid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
-    }
+    """One `chat.completion.chunk` event of a streamed chat answer, checked against its model.
+    A dict, as the tools stream extends it (`{**chunk, "usage": ...}`)."""
+    choice = ChunkChoice(index=0, delta=Delta.model_validate(delta), logprobs=logprobs, finish_reason=finish)
+    return ChatCompletionChunk(id=cid, created=created, model=model, choices=[choice]).model_dump(mode="json")
 
 
-def chat_logprobs(items: list[TokenLogprob]) -> dict[str, Any]:
-    return {
-        "content": [
-            {
-                "token": t.token,
-                "logprob": t.logprob,
-                "bytes": t.bytes,
-                "top_logprobs": [{"token": a.token, "logprob": a.logprob, "bytes": a.bytes} for a in t.top],
-            }
+def chat_logprobs(items: list[TokenLogprob]) -> ChatLogprobs:
+    return ChatLogprobs(
+        content=[
+            TokenLogprobOut(
+                token=t.token,
+                logprob=t.logprob,
+                bytes=t.bytes,
+                top_logprobs=[TopLogprob(token=a.token, logprob=a.logprob, bytes=a.bytes) for a in t.top],
+            )
             for t in items
         ],
-        "refusal": None,
-    }
+        refusal=None,
+    )
 
 
-def completion_logprobs(items: list[TokenLogprob], offset: int = 0) -> dict[str, Any]:
+def completion_logprobs(items: list[TokenLogprob], offset: int = 0) -> CompletionLogprobs:
     """OpenAI's legacy completions layout: parallel lists plus text offsets."""
     offsets = []
     for t in items:
         offsets.append(offset)
         offset += len(t.token)
-    return {
-        "tokens": [t.token for t in items],
-        "token_logprobs": [t.logprob for t in items],
-        "top_logprobs": [{a.token: a.logprob for a in t.top} for t in items],
-        "text_offset": offsets,
-    }
+    return CompletionLogprobs(
+        tokens=[t.token for t in items],
+        token_logprobs=[t.logprob for t in items],
+        top_logprobs=[{a.token: a.logprob for a in t.top} for t in items],
+        text_offset=offsets,
+    )

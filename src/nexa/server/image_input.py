@@ -34,6 +34,7 @@ import httpx
 from nexa.config import Settings, default
 from nexa.errors import InvalidRequest
 from nexa.server.files import image_too_large, read_allowed_file
+from nexa.server.threads import in_thread
 
 log = logging.getLogger("nexa.images.input")
 
@@ -109,15 +110,15 @@ async def load_image(url: str, policy: ImagePolicy, param: str) -> InputImage:
     text = url.strip()
     lower = text[:16].lower()
     if lower.startswith("data:"):
-        return await asyncio.to_thread(_decode_data_uri, text, policy.max_bytes, param)
+        return await in_thread(_decode_data_uri, text, policy.max_bytes, param)
     if lower.startswith(("http://", "https://")):
         data = await fetch_remote(text, policy, param)
-        return await asyncio.to_thread(decode_image, data, param)
+        return await in_thread(decode_image, data, param)
     if lower.startswith("file://"):
         parts = urlsplit(text)
         if parts.netloc not in ("", "localhost"):
             raise InvalidRequest("A file:// URL must name a file on this server (file:///path).", param=param)
-        return await asyncio.to_thread(_read_and_decode, unquote(parts.path), policy, param)
+        return await in_thread(_read_and_decode, unquote(parts.path), policy, param)
     if "://" in text[:24]:
         scheme = text.split("://", 1)[0]
         raise InvalidRequest(
@@ -126,8 +127,8 @@ async def load_image(url: str, policy: ImagePolicy, param: str) -> InputImage:
             param=param,
         )
     if _looks_like_base64(text):
-        return await asyncio.to_thread(_decode_base64, text, policy.max_bytes, param)
-    return await asyncio.to_thread(_read_and_decode, text, policy, param)
+        return await in_thread(_decode_base64, text, policy.max_bytes, param)
+    return await in_thread(_read_and_decode, text, policy, param)
 
 
 # -- inline images ------------------------------------------------------------------------------

@@ -7,38 +7,38 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 
 from nexa.errors import NexaError
+from nexa.schemas.common import ErrorBody
 
 log = logging.getLogger("nexa.server")
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def _frame(data: Any) -> bytes:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+    return f"data: {json.dumps(data, ensure_ascii=False, default=_plain)}\n\n".encode()
 
 
-def sse_response(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
-    """`data: {json}` per chunk, then `data: [DONE]`; an error mid-stream becomes an error event."""
+def sse_response(chunks: AsyncIterator[BaseModel | dict[str, Any]]) -> StreamingResponse:
+    """`data: {json}` per chunk, then `data: [DONE]`; an error mid-stream becomes an error event
+    (OpenAI's envelope, without the `detail` that only the original's plain responses carry)."""
 
     async def body() -> AsyncIterator[bytes]:
         try:
             async for chunk in chunks:
                 yield _frame(chunk)
         except NexaError as exc:
-            yield _frame({"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}})
+            yield _frame(_error(exc.message, exc.type, exc.param, exc.code))
         except Exception:
             log.exception("stream failed")
-            yield _frame(
-                {
-                    "error": {
-                        "message": "The server failed while streaming.",
-                        "type": "server_error",
-                        "param": None,
-                        "code": None,
-                    }
-                }
-            )
+            yield _frame(_error("The server failed while streaming.", "server_error"))
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(
@@ -46,3 +46,7 @@ def sse_response(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _error(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": ErrorBody(message=message, type=type_, param=param, code=code)}

@@ -1,23 +1,33 @@
-"""Run blocking engine generators in a thread and consume them from the event loop.
+"""The one bridge between the event loop and blocking work: engine calls, decoding, tokenising.
 
-The event loop never waits on an engine: items cross over through an asyncio queue.
-When the consumer goes away (client disconnected, task cancelled), the engine sees
-`cancel` set and stops at its next token.
+Everything runs in a thread of its own (never the loop's shared executor, which long image or
+audio jobs waiting on an engine's lock would otherwise fill), and crosses back through an
+asyncio queue, so the event loop never waits on an engine. Three entry points:
+
+- `in_thread(fn, *args)`: one blocking call, awaited.
+- `iterate_in_thread(make)`: a blocking iterator, consumed as an async iterator. When the
+  consumer goes away (client disconnected, task cancelled), the engine sees `cancel` set and
+  stops at its next item.
+- `collect(client, items)`: a whole async iterator, stopped early if the client disconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TypeVar
-
-from starlette.requests import Request
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Protocol, TypeVar
 
 from nexa.errors import ClientGone
 
 T = TypeVar("T")
 _DONE = object()
+
+
+class Client(Protocol):
+    """What `collect` needs of a request: Starlette's Request has it."""
+
+    async def is_disconnected(self) -> bool: ...
 
 
 class _Failed:
@@ -28,7 +38,8 @@ class _Failed:
 async def iterate_in_thread(
     make: Callable[[threading.Event], Iterator[T]], cancel: threading.Event | None = None
 ) -> AsyncIterator[T]:
-    """`cancel`: an event the caller already handed to the engine (one is made otherwise)."""
+    """`make(cancel)` runs in the worker thread. `cancel`: an event the caller already handed
+    to the engine (one is made otherwise)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue()
     cancel = cancel or threading.Event()
@@ -55,7 +66,7 @@ async def iterate_in_thread(
                 close()
             put(_DONE)
 
-    threading.Thread(target=work, name="nexa-engine", daemon=True).start()
+    threading.Thread(target=work, name="nexa-worker", daemon=True).start()
     try:
         while True:
             item = await queue.get()
@@ -68,40 +79,28 @@ async def iterate_in_thread(
         cancel.set()
 
 
-async def collect(request: Request, items: AsyncIterator[T], poll_s: float = 0.25) -> list[T]:
-    """Gather a whole generation, cancelling it if the client disconnects meanwhile."""
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a worker thread: a call is an iterator of one result."""
+    (result,) = [r async for r in iterate_in_thread(lambda _: iter((fn(*args),)))]
+    return result
+
+
+async def collect(client: Client, items: AsyncIterator[T], poll_s: float = 0.25) -> list[T]:
+    """Gather a whole iterator, stopping it (and so its engine) if the client disconnects meanwhile."""
 
     async def gather() -> list[T]:
         return [item async for item in items]
 
-    async def stop() -> None:
-        await items.aclose()  # type: ignore[attr-defined]
-
-    return await _unless_disconnected(request, asyncio.ensure_future(gather()), stop, poll_s)
-
-
-async def call_in_thread(request: Request, fn: Callable[[threading.Event], T], poll_s: float = 0.25) -> T:
-    """fn(cancel) in a worker thread; `cancel` is set if the client disconnects meanwhile."""
-    cancel = threading.Event()
-
-    async def stop() -> None:
-        cancel.set()
-
-    return await _unless_disconnected(request, asyncio.ensure_future(asyncio.to_thread(fn, cancel)), stop, poll_s)
-
-
-async def _unless_disconnected(
-    request: Request, task: asyncio.Future[T], stop: Callable[[], Awaitable[None]], poll_s: float
-) -> T:
+    task = asyncio.ensure_future(gather())
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=poll_s)
             if done:
                 return task.result()
-            if await request.is_disconnected():
-                task.cancel()  # a thread runs on until `stop` reaches it; nobody awaits its result
+            if await client.is_disconnected():
+                task.cancel()  # the worker runs on until its next item sees `cancel`; nobody awaits it
                 await asyncio.gather(task, return_exceptions=True)
-                await stop()
+                await items.aclose()  # type: ignore[attr-defined]
                 raise ClientGone("The client disconnected; the work was stopped.")
     finally:
         if not task.done():

@@ -11,18 +11,20 @@ from fastapi import APIRouter, Request
 from nexa.engines.base import Finish, SamplingParams, Task, TextDelta, TextEngine
 from nexa.errors import InvalidRequest
 from nexa.schemas.common import new_id, now
-from nexa.schemas.text import ChatRequest
+from nexa.schemas.text import AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatRequest
 from nexa.server import tools
-from nexa.server.generation import chat_chunk, chat_logprobs, finish_usage, generate, generate_all, off_loop
+from nexa.server.generation import chat_chunk, chat_logprobs, finish_usage, generate, generate_all
 from nexa.server.image_input import ImagePolicy, load_images
+from nexa.server.openapi import ERRORS, streamed
 from nexa.server.sse import sse_response
+from nexa.server.threads import in_thread
 from nexa.structured import prompting
 from nexa.structured.plan import Plan, plan_chat
 
-router = APIRouter(tags=["text"])
+router = APIRouter(tags=["text"], responses=ERRORS)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=streamed(ChatCompletionChunk))
 async def chat_completions(body: ChatRequest, request: Request) -> Any:
     manager = request.app.state.manager
     task = Task.VISION if any(m.has_images() for m in body.messages) else Task.CHAT
@@ -36,7 +38,7 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
     if task == Task.VISION:
         tokens, template_stops = await _vision_prompt(request, engine, body, plan)
     else:
-        tokens, template_stops = await off_loop(_prompt, engine, body, plan)
+        tokens, template_stops = await in_thread(_prompt, engine, body, plan)
     params.stop = params.stop + [s for s in template_stops if s not in params.stop]
     cid, created, model = new_id("chatcmpl"), now(), engine.name
 
@@ -54,21 +56,10 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
 
     out = await generate_all(request, engine, tokens, params)
     assert out.finish is not None
-    return {
-        "id": cid,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": out.text},
-                "logprobs": chat_logprobs(out.logprobs) if params.logprobs is not None else None,
-                "finish_reason": out.finish.reason,
-            }
-        ],
-        "usage": finish_usage(out.finish),
-    }
+    message = AssistantMessage(content=out.text)
+    logprobs = chat_logprobs(out.logprobs) if params.logprobs is not None else None
+    choice = ChatChoice(index=0, message=message, logprobs=logprobs, finish_reason=out.finish.reason)
+    return ChatCompletion(id=cid, created=created, model=model, choices=[choice], usage=finish_usage(out.finish))
 
 
 async def _vision_prompt(
@@ -96,7 +87,7 @@ async def _vision_prompt(
         )
     images = await load_images(urls, ImagePolicy.from_settings(settings))
     messages = [m.as_parts_dict() for m in body.messages]
-    return await off_loop(engine.vision_prompt, messages, images)  # type: ignore[attr-defined]
+    return await in_thread(engine.vision_prompt, messages, images)  # type: ignore[attr-defined]
 
 
 def _prompt(engine: TextEngine, body: ChatRequest, plan: Plan | None = None) -> tuple[list[int], list[str]]:
@@ -116,14 +107,14 @@ async def _stream(
     cid: str,
     created: int,
     model: str,
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncIterator[dict[str, Any] | ChatCompletionChunk]:
     chunk = functools.partial(chat_chunk, cid, created, model)
     yield chunk({"role": "assistant", "content": ""})
     async for item in items:
         if isinstance(item, Finish):
             yield chunk({}, None, item.reason)
             if body.include_usage:
-                yield {**chunk({}), "choices": [], "usage": finish_usage(item)}
+                yield ChatCompletionChunk(id=cid, created=created, model=model, choices=[], usage=finish_usage(item))
         else:
             lp = chat_logprobs(item.logprobs) if params.logprobs is not None else None
             yield chunk({"content": item.text}, lp)

@@ -7,23 +7,25 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from nexa.engines.base import Finish, Task, TextDelta, TextEngine
+from nexa.engines.base import Finish, SamplingParams, Task, TextDelta, TextEngine
 from nexa.schemas.common import new_id, now
-from nexa.schemas.text import CompletionRequest
-from nexa.server.generation import completion_logprobs, finish_usage, generate, generate_all, off_loop
+from nexa.schemas.text import Completion, CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionRequest
+from nexa.server.generation import completion_logprobs, finish_usage, generate, generate_all
+from nexa.server.openapi import ERRORS, streamed
 from nexa.server.sse import sse_response
+from nexa.server.threads import in_thread
 from nexa.structured.grammars import response_format_grammar
 
-router = APIRouter(tags=["text"])
+router = APIRouter(tags=["text"], responses=ERRORS)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", response_model=Completion, responses=streamed(CompletionChunk))
 async def completions(body: CompletionRequest, request: Request) -> Any:
     engine: TextEngine = request.app.state.manager.get(Task.COMPLETION, "/v1/completions")  # type: ignore[assignment]
     params = body.sampling(body.logprobs)
     params.grammar = response_format_grammar(body.response_format, body.stop)  # JSON that always parses
     prompt = body.prompt_text()
-    tokens = prompt if isinstance(prompt, list) else await off_loop(engine.tokenize, prompt)
+    tokens = prompt if isinstance(prompt, list) else await in_thread(engine.tokenize, prompt)
     engine.check_prompt(tokens, "prompt")
     echo = prompt if body.echo and isinstance(prompt, str) else ""
     cid, created, model = new_id("cmpl"), now(), engine.name
@@ -35,41 +37,25 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     out = await generate_all(request, engine, tokens, params)
     assert out.finish is not None
     text = echo + out.text
-    return {
-        "id": cid,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "text": text,
-                "index": 0,
-                "logprobs": completion_logprobs(out.logprobs) if params.logprobs is not None else None,
-                "finish_reason": out.finish.reason,
-            }
-        ],
-        "usage": finish_usage(out.finish),
-        "result": text,  # what the original's clients read
-    }
+    logprobs = completion_logprobs(out.logprobs) if params.logprobs is not None else None
+    choice = CompletionChoice(text=text, index=0, logprobs=logprobs, finish_reason=out.finish.reason)
+    # `result`: what the original's clients read.
+    return Completion(id=cid, created=created, model=model, choices=[choice], usage=finish_usage(out.finish),
+                      result=text)
 
 
 async def _stream(
     items: AsyncIterator[TextDelta | Finish],
-    params: Any,
+    params: SamplingParams,
     body: CompletionRequest,
     cid: str,
     created: int,
     model: str,
     echo: str,
-) -> AsyncIterator[dict[str, Any]]:
-    def chunk(text: str, logprobs: Any = None, finish: str | None = None) -> dict[str, Any]:
-        return {
-            "id": cid,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "choices": [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish}],
-        }
+) -> AsyncIterator[CompletionChunk]:
+    def chunk(text: str, logprobs: CompletionLogprobs | None = None, finish: str | None = None) -> CompletionChunk:
+        choice = CompletionChoice(text=text, index=0, logprobs=logprobs, finish_reason=finish)
+        return CompletionChunk(id=cid, created=created, model=model, choices=[choice])
 
     if echo:
         yield chunk(echo)
@@ -78,7 +64,7 @@ async def _stream(
         if isinstance(item, Finish):
             yield chunk("", None, item.reason)
             if body.include_usage:
-                yield {**chunk(""), "choices": [], "usage": finish_usage(item)}
+                yield CompletionChunk(id=cid, created=created, model=model, choices=[], usage=finish_usage(item))
         else:
             lp = completion_logprobs(item.logprobs, offset) if params.logprobs is not None else None
             offset += len(item.text)

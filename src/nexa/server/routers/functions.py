@@ -15,24 +15,27 @@ from fastapi import APIRouter, Request
 
 from nexa.engines.base import Task, TextEngine
 from nexa.schemas.common import new_id, now
+from nexa.schemas.text import ChatCompletion, ChatCompletionChunk
 from nexa.schemas.tools import FunctionCallingRequest
 from nexa.server import tools
-from nexa.server.generation import generate, generate_all, off_loop
+from nexa.server.generation import generate, generate_all
+from nexa.server.openapi import ERRORS, streamed
 from nexa.server.sse import sse_response
+from nexa.server.threads import in_thread
 from nexa.structured import prompting
 from nexa.structured.plan import Plan, plan_chat
 
-router = APIRouter(tags=["tools"])
+router = APIRouter(tags=["tools"], responses=ERRORS)
 
 
-@router.post("/v1/function-calling")
+@router.post("/v1/function-calling", response_model=ChatCompletion, responses=streamed(ChatCompletionChunk))
 async def function_calling(body: FunctionCallingRequest, request: Request) -> Any:
     engine: TextEngine = request.app.state.manager.get(Task.TOOLS, "/v1/function-calling")
     params = body.sampling(body.logprob_count())
     plan = plan_chat(body, always_call=True)
     assert plan is not None  # always_call refuses a request without tools
     params.grammar = plan.grammar
-    tokens, template_stops = await off_loop(_prompt, engine, body, plan)
+    tokens, template_stops = await in_thread(_prompt, engine, body, plan)
     params.stop = params.stop + [s for s in template_stops if s not in params.stop]
     cid, created, model = new_id("chatcmpl"), now(), engine.name
     want_logprobs = params.logprobs is not None

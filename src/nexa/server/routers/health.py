@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import html
 import socket
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from nexa.schemas.models import Health
+
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
-async def health(request: Request) -> dict[str, Any]:
-    return {"status": "ok", "model": request.app.state.manager.model_id}
+@router.get("/health", response_model=Health)
+async def health(request: Request) -> Health:
+    return Health(model=request.app.state.manager.model_id)
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
