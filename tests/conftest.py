@@ -21,7 +21,7 @@ from nexa.config import Settings  # noqa: E402
 from nexa.models.manager import ModelManager  # noqa: E402
 from nexa.models.store import ModelStore  # noqa: E402
 from nexa.models.types import ResolvedModel  # noqa: E402
-from support.servers import LiveServer, free_port  # noqa: E402, F401  (free_port: test modules import it from here)
+from support.servers import LiveServer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,6 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import LiveServer, free_port
 from nexa.config import Settings
 from nexa.engines.loader import load_engine
 from nexa.engines.whisper import SpeechOptions, TranscriptInfo, WhisperEngine, choose_compute_type
@@ -38,6 +37,8 @@ from nexa.models.manager import ModelManager
 from nexa.models.types import ModelType, ResolvedModel
 from nexa.schemas.audio import Transcription, VerboseTranscription
 from nexa.server.app import create_app
+from support.audio import wer, words
+from support.servers import LiveServer, ServerProcess
 
 log = logging.getLogger(__name__)
 AUDIO = Path(__file__).resolve().parent / "audio"
@@ -49,29 +50,6 @@ TIMEOUT = 600  # seconds: the CPU is shared, never assert on speed
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower().replace("-", " ")).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate: word-level edit distance over the reference length."""
-    ref, hyp = words(reference), words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, start=1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(1, len(ref))
-
-
-def test_wer_function() -> None:
-    assert wer("the cat sat", "the cat sat") == 0
-    assert wer("the cat sat", "The cat, sat!") == 0
-    assert wer("the cat sat", "the bat sat") == pytest.approx(1 / 3)
-    assert wer("the cat sat", "the cat") == pytest.approx(1 / 3)
-    assert wer("the cat sat", "the cat sat down") == pytest.approx(1 / 3)
-
 
 def samples(name: str) -> np.ndarray:
     with wave.open(str(AUDIO / name)) as w:
@@ -557,30 +535,13 @@ def test_cli_speech_flags() -> None:
 
 def test_cli_serves_a_whisper_folder(whisper_model: ResolvedModel) -> None:
     """`nexa server DIR -lp -mt AUDIO` with the speech flags, as a user starts it."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nexa", "server", str(whisper_model.path), "-lp", "-mt", "AUDIO",
-         "--host", "127.0.0.1", "--port", str(port), "--max-upload-mb", "1", "--compute-type", "int8"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        assert proc.poll() is None, proc.communicate()[0]
-        with httpx.Client(base_url=url, timeout=TIMEOUT) as c:
-            r = post(c, (AUDIO / "s2.mp3").read_bytes(), name="s2.mp3")
-            assert r.status_code == 200, r.text
-            assert wer(TRANSCRIPTS["s2.mp3"], r.json()["text"]) <= 0.2
-            entry = c.get("/v1/models").json()["data"][0]
-            assert entry["tasks"] == ["transcribe"] and entry["compute_type"] == "int8"
-            pcm = np.zeros(40 * RATE, dtype=np.int16)  # 1.2 MiB of silence: over the 1 MiB flag
-            _error(post(c, wav_bytes(pcm)), 413, "1 MiB")
-    finally:
-        proc.terminate()
-        proc.wait(60)
+    with ServerProcess.nexa(
+        str(whisper_model.path), "-lp", "-mt", "AUDIO", "--max-upload-mb", "1", "--compute-type", "int8",
+    ) as server, httpx.Client(base_url=server.url, timeout=TIMEOUT) as c:  # fmt: skip
+        r = post(c, (AUDIO / "s2.mp3").read_bytes(), name="s2.mp3")
+        assert r.status_code == 200, r.text
+        assert wer(TRANSCRIPTS["s2.mp3"], r.json()["text"]) <= 0.2
+        entry = c.get("/v1/models").json()["data"][0]
+        assert entry["tasks"] == ["transcribe"] and entry["compute_type"] == "int8"
+        pcm = np.zeros(40 * RATE, dtype=np.int16)  # 1.2 MiB of silence: over the 1 MiB flag
+        _error(post(c, wav_bytes(pcm)), 413, "1 MiB")

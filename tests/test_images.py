@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -34,10 +33,8 @@ from nexa.models.manager import ModelManager
 from nexa.models.types import ModelType, ResolvedModel
 from nexa.schemas.images import NexaImages, OpenAIImages
 from nexa.server.app import create_app
-
-sys.path.insert(0, str(Path(__file__).parent))  # helpers sit beside this file, whatever the import mode
-from conftest import LiveServer  # noqa: E402
-from sdxs_checkpoint import ensure_checkpoint  # noqa: E402
+from sdxs_checkpoint import ensure_checkpoint
+from support.servers import LiveServer
 
 SMALL = {"width": 128, "height": 128, "sample_steps": 1, "cfg_scale": 1.0}  # cfg 1: one UNet pass per step
 TIMEOUT = 300.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,7 @@ from nexa.config import SETTINGS_ENV, Settings, cli_flag, default, env_name
 from nexa.engines.loader import EngineCall, engine_call, load_engine
 from nexa.errors import StartupError
 from nexa.models.types import ModelType, ResolvedModel
-
-sys.path.insert(0, str(Path(__file__).parent))  # helpers sit beside this file, whatever the import mode
-from projector import ensure_projector  # noqa: E402
+from projector import ensure_projector
 
 SRC = Path(nexa.__file__).parent
 

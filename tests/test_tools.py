@@ -10,7 +10,6 @@ import ctypes
 import http.server
 import json
 import threading
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,42 +20,11 @@ from jsonschema import Draft202012Validator
 from nexa.engines.base import SamplingParams
 from nexa.engines.constrained import ConstrainedSampler
 from nexa.structured.schema import schema_grammar
+from support.sse import sse_chunks
+from support.tools import SCHEMA_DIR, SCHEMA_OF, SCHEMAS, TOOLS, USER_DETAIL
 
-SCHEMAS = sorted((Path(__file__).parent / "schemas").glob("*.json"))
 GREEDY = {"temperature": 0, "seed": 1}
 
-USER_DETAIL = {
-    "type": "function",
-    "function": {
-        "name": "UserDetail",
-        "parameters": {
-            "properties": {
-                "name": {"description": "The user's name", "type": "string"},
-                "age": {"description": "The user's age", "type": "integer"},
-            },
-            "required": ["name", "age"],
-            "type": "object",
-        },
-    },
-}
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "maxLength": 40},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
-TOOLS = [USER_DETAIL, WEATHER]
-SCHEMA_OF = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 
 
 def validate(instance: Any, schema: Any) -> None:
@@ -82,12 +50,6 @@ def chat(client, **body: Any) -> dict[str, Any]:
     r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
     return r.json()
-
-
-def sse(raw: str) -> list[dict[str, Any]]:
-    payloads = [e[len("data: ") :] for e in raw.split("\n\n") if e]
-    assert payloads[-1] == "[DONE]"
-    return [json.loads(p) for p in payloads[:-1]]
 
 
 # -- the seed's endpoint ---------------------------------------------------------------------
@@ -328,7 +290,7 @@ def test_streamed_tool_calls_reassemble_into_the_same_calls(client, tool_choice)
     whole = chat(client, **body)["choices"][0]
     r = client.post("/v1/chat/completions", json={**body, "stream": True})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-    chunks = sse(r.text)
+    chunks = sse_chunks(r.text)
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     calls: dict[int, dict[str, Any]] = {}
     for c in chunks:
@@ -353,7 +315,7 @@ def test_streamed_tool_calls_reassemble_into_the_same_calls(client, tool_choice)
 def test_streamed_text_answer_with_tools_none(client):
     body = {"messages": [{"role": "user", "content": "Say hello."}], "tools": TOOLS, "tool_choice": "none"}
     r = client.post("/v1/chat/completions", json={**body, "stream": True, "max_tokens": 16, **GREEDY})
-    chunks = sse(r.text)
+    chunks = sse_chunks(r.text)
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
     assert text and not any("tool_calls" in c["choices"][0]["delta"] for c in chunks)
 
@@ -386,7 +348,7 @@ def test_json_schema_on_completions_and_streamed_chat(client):
     validate(json.loads(r.json()["choices"][0]["text"]), schema)
     body = {"messages": [{"role": "user", "content": "Jason is 25."}], "response_format": rf, **GREEDY}
     r = client.post("/v1/chat/completions", json={**body, "stream": True})
-    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in sse(r.text) if c["choices"])
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in sse_chunks(r.text) if c["choices"])
     validate(json.loads(text), schema)
     assert text == chat(client, **body)["choices"][0]["message"]["content"]
 
@@ -426,7 +388,7 @@ def test_corpus_covers_the_schema_features():
 def test_sampled_outputs_validate_too(client):
     # Hot sampling makes the model wander: the grammar must still hold it to the schema.
     for name in ("nested_address", "one_of_discriminated", "refs_defs", "format_datetime", "number_exclusive"):
-        spec = json.loads((Path(__file__).parent / "schemas" / f"{name}.json").read_text())
+        spec = json.loads((SCHEMA_DIR / f"{name}.json").read_text())
         data = chat(
             client,
             messages=[{"role": "user", "content": spec["prompt"]}],
@@ -464,7 +426,7 @@ def test_engine_enforces_the_grammar_without_the_http_layer(smollm2):
 
     eng = LlamaEngine(smollm2.path, name="solo", n_ctx=512)
     try:
-        spec = json.loads((Path(__file__).parent / "schemas" / "refs_defs.json").read_text())
+        spec = json.loads((SCHEMA_DIR / "refs_defs.json").read_text())
         text, stops, _ = eng.render_chat([{"role": "user", "content": spec["prompt"]}])
         params = SamplingParams(max_tokens=300, temperature=0, grammar=schema_grammar(spec["schema"], "s"), stop=stops)
         out = "".join(
