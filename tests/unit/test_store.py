@@ -9,7 +9,6 @@ import hashlib
 import json
 import logging
 import struct
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,23 +16,21 @@ from typing import Any
 import pytest
 from gguf import GGUFReader
 
-sys.path.insert(0, str(Path(__file__).parent))  # fakehub sits beside this file, whatever the import mode
-
-import fakehub  # noqa: E402
-from fakehub import FakeHub, gguf_bytes, wheel_bytes  # noqa: E402
-from nexa.errors import StartupError  # noqa: E402
-from nexa.models import download as dl  # noqa: E402
-from nexa.models.catalogue import (  # noqa: E402
+import fakehub
+from fakehub import FakeHub, gguf_bytes, wheel_bytes
+from nexa.errors import StartupError
+from nexa.models import download as dl
+from nexa.models.catalogue import (
     Catalogue,
     PypiSource,
     choose_model_file,
     choose_projector,
     load_catalogue,
 )
-from nexa.models.gguf_header import gguf_architecture  # noqa: E402
-from nexa.models.hubs import ms_file_url  # noqa: E402
-from nexa.models.store import ModelStore, cache_root  # noqa: E402
-from nexa.models.types import ModelType  # noqa: E402
+from nexa.models.gguf_header import gguf_architecture
+from nexa.models.hubs import ms_file_url
+from nexa.models.store import ModelStore, cache_root
+from nexa.models.types import ModelType
 
 fake_hub = fakehub.fake_hub  # the fixture: a running fake hub, endpoints and cache pointed at it
 

@@ -1,20 +1,15 @@
-"""The `nexa` command: flag parsing, one-line start-up errors, a real start and stop."""
+"""The `nexa` command without a model loaded: flag parsing and one-line start-up errors."""
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 
-import httpx
 import pytest
 
-from conftest import free_port
-from nexa.cli import build_parser, settings_from_args
+from nexa.cli import build_parser, main, settings_from_args
 from nexa.errors import StartupError
 from nexa.models.types import ModelType
 
@@ -120,73 +115,8 @@ def test_list_on_an_empty_cache(tmp_path):
     assert r.returncode == 0 and "No models cached" in r.stdout
 
 
-def start(*args: str) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nexa", "server", *args, "--host", "127.0.0.1", "--port", str(port)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(proc.stdout.read() if proc.stdout else "server exited")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError("server did not come up")
-
-
-def test_real_start_serves_logs_and_stops_cleanly_on_sigterm(smollm2):
-    proc, url = start(str(smollm2.path), "-lp")
-    try:
-        body = {
-            "messages": [{"role": "user", "content": "Count to one hundred."}],
-            "max_tokens": 60,
-            "temperature": 0,
-            "stream": True,
-        }
-        done: list[str] = []
-        streaming = threading.Event()
-
-        def stream() -> None:
-            with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as r:
-                for line in r.iter_lines():
-                    streaming.set()
-                    if line:
-                        done.append(line)
-
-        t = threading.Thread(target=stream)
-        t.start()
-        assert streaming.wait(timeout=120), "the stream never started"  # then ask the server to stop
-        proc.send_signal(signal.SIGTERM)
-        t.join(timeout=120)
-        assert done and done[-1] == "data: [DONE]", (proc.kill(), proc.stdout.read())
-        # uvicorn re-raises the signal after its graceful shutdown, so the exit status says SIGTERM.
-        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    log = proc.stdout.read() if proc.stdout else ""
-    assert "loaded" in log and "POST /v1/chat/completions 200" in log and "tok/s" in log
-    assert "Application shutdown complete" in log
-
-
-def test_reload_starts_through_an_import_string(smollm2):
-    proc, url = start(str(smollm2.path), "-lp", "--reload")
-    try:
-        r = httpx.post(url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=60)
-        assert r.status_code == 200
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+def test_cli_validates_parallel_and_queue(capsys):
+    assert main(["server", "--parallel", "0"]) == 2
+    assert "--parallel must be at least 1" in capsys.readouterr().err
+    settings = settings_from_args(build_parser().parse_args(["server", "--parallel", "3", "--max-queue", "5"]))
+    assert (settings.parallel, settings.max_queue) == (3, 5)

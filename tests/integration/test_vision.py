@@ -9,9 +9,6 @@ any format and through any URL form), and that the fetching rules refuse what th
 from __future__ import annotations
 
 import base64
-import io
-import ipaddress
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -23,18 +20,18 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from nexa.cli import build_parser, settings_from_args
 from nexa.config import Settings
+from nexa.engines.loader import load_engine
 from nexa.engines.vision import VisionEngine
 from nexa.errors import StartupError
 from nexa.models.manager import ModelManager, resolve_model
 from nexa.models.store import ModelStore
 from nexa.models.types import ModelType, ResolvedModel
 from nexa.server.app import create_app
-from nexa.server.image_input import ImagePolicy, _looks_like_base64, address_allowed, parse_allowed_hosts
 from projector import ensure_projector
+from support.images import encode, picture
 from support.servers import LiveServer
 from support.sse import delta_text, iter_chunks
 
@@ -43,23 +40,6 @@ MAX_TOKENS = 8
 
 
 # -- images -------------------------------------------------------------------------------------
-
-
-def picture(kind: str) -> Image.Image:
-    """Two clearly different 64x64 pictures with few colours (GIF keeps them exactly)."""
-    image = Image.new("RGB", (64, 64), (230, 30, 30) if kind == "red" else (20, 40, 220))
-    if kind == "blue":
-        for x in range(0, 64, 8):
-            for y in range(64):
-                image.putpixel((x, y), (250, 250, 250))
-    return image
-
-
-def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    options = {"lossless": True} if fmt == "WEBP" else {}
-    image.save(buf, format=fmt, **options)
-    return buf.getvalue()
 
 
 RED, BLUE = encode(picture("red")), encode(picture("blue"))
@@ -455,40 +435,11 @@ def test_local_files_only_inside_allowed_dirs(
 # -- the address rules, unit by unit ------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("address", "allowed"),
-    [
-        ("93.184.215.14", True),
-        ("2606:4700::1111", True),
-        ("127.0.0.1", False),
-        ("10.0.0.5", False),
-        ("172.16.3.4", False),
-        ("192.168.1.1", False),
-        ("169.254.169.254", False),
-        ("100.64.0.1", False),  # carrier-grade NAT
-        ("0.0.0.0", False),
-        ("224.0.0.1", False),
-        ("::1", False),
-        ("fe80::1", False),
-        ("fd00::1", False),
-        ("::ffff:127.0.0.1", False),  # IPv4-mapped loopback
-    ],
-)
-def test_address_rules(address: str, allowed: bool) -> None:
-    assert address_allowed(ipaddress.ip_address(address), ImagePolicy()) is allowed
-
-
-def test_operator_allow_list() -> None:
-    hosts, networks = parse_allowed_hosts(["10.0.0.0/8", "::1", "Images.Internal."])
-    policy = ImagePolicy(allowed_hosts=hosts, allowed_networks=networks)
-    assert address_allowed(ipaddress.ip_address("10.9.8.7"), policy)
-    assert address_allowed(ipaddress.ip_address("::1"), policy)
-    assert not address_allowed(ipaddress.ip_address("192.168.0.1"), policy)
-    assert hosts == {"images.internal"}
-
-
-def test_base64_or_path() -> None:
-    assert _looks_like_base64(base64.b64encode(encode(picture("red"), "JPEG")).decode())  # starts with /9j/
-    assert not _looks_like_base64("/srv/images/cat.png")
-    assert not _looks_like_base64("photos/cat.jpg")
-    assert os.sep == "/"  # the rules above assume POSIX paths
+def test_vision_engine_loads_with_parallel_and_queue(smollm2: ResolvedModel) -> None:
+    model = ResolvedModel("smollm2-vision", smollm2.path, ModelType.MULTIMODAL, projector=ensure_projector())
+    engine: Any = load_engine(model, Settings(n_ctx=256, n_threads=2, parallel=3, max_queue=5))
+    try:
+        assert type(engine).__name__ == "VisionEngine"
+        assert (engine.parallel, engine.scheduler.max_waiting, engine.n_ctx) == (3, 5, 256)
+    finally:
+        engine.close()

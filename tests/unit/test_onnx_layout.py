@@ -1,0 +1,86 @@
+"""ONNX folders without a real model: the layouts no engine serves are refused with the reason,
+the store's ONNX catalogue names, and which files of a repository are downloaded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nexa.config import Settings
+from nexa.engines.onnx.layout import choose_repo_files
+from nexa.errors import StartupError
+from nexa.models.manager import ModelManager
+from nexa.models.store import ModelStore
+from nexa.models.types import ModelType, ResolvedModel
+from support.servers import free_port
+
+ONNX = Settings(onnx=True, n_ctx=2048, n_threads=2)
+
+
+def _load(path: Path, model_type: ModelType = ModelType.NLP) -> None:
+    ModelManager.load(ResolvedModel(name=path.name, path=path, model_type=model_type), ONNX)
+
+
+def test_a_folder_no_engine_fits_is_a_startup_error_naming_its_files(tmp_path: Path) -> None:
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 16)
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(StartupError, match=r"fits no ONNX engine: found notes\.txt, weights\.bin"):
+        _load(tmp_path)
+
+
+def test_a_causal_lm_graph_is_not_taken_for_an_encoder(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, [1, None])
+              for n in ("input_ids", "attention_mask", "past_key_values.0.key")]
+    out = helper.make_tensor_value_info("logits", TensorProto.INT64, [1, None])
+    graph = helper.make_graph([helper.make_node("Identity", ["input_ids"], ["logits"])], "g", inputs, [out])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "model.onnx"))
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(StartupError, match="causal language model"):
+        _load(tmp_path)
+
+
+def test_cli_start_with_a_folder_that_fits_nothing_is_one_line_and_status_2(tmp_path: Path) -> None:
+    (tmp_path / "readme.md").write_text("no model here")
+    env = {**os.environ, "NEXA_CACHE_ROOT": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-m", "nexa", "server", "onnx", str(tmp_path), "-lp", "--port", str(free_port())],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "fits no ONNX engine: found readme.md" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_onnx_catalogue_names_are_their_own() -> None:
+    onnx, gguf = ModelStore(onnx=True).catalogue, ModelStore().catalogue
+    phi3 = onnx.get("phi3")
+    assert phi3 is not None and phi3.sources[0].repo == "microsoft/Phi-3-mini-4k-instruct-onnx"  # type: ignore[union-attr]
+    assert gguf.get("phi3").sources[0].repo != phi3.sources[0].repo  # type: ignore[union-attr]
+    assert onnx.get("all-MiniLM-L6-v2").model_type == ModelType.TEXT_EMBEDDING  # type: ignore[union-attr]
+
+
+def test_choose_repo_files_picks_one_build() -> None:
+    cpu = "cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4"
+    listing = [
+        "README.md", "config.json",
+        f"{cpu}/genai_config.json", f"{cpu}/model.onnx", f"{cpu}/model.onnx.data", f"{cpu}/tokenizer.json",
+        "cuda/cuda-fp16/genai_config.json", "cuda/cuda-fp16/model.onnx", "cuda/cuda-fp16/model.onnx.data",
+    ]
+    assert choose_repo_files(listing) == (cpu, [f for f in listing if f.startswith(cpu)])
+    assert choose_repo_files(listing, "cuda/cuda-fp16")[0] == "cuda/cuda-fp16"
+    with pytest.raises(ValueError, match="no onnxruntime-genai folder"):
+        choose_repo_files(listing, "directml")
+    st = ["config.json", "tokenizer.json", "modules.json", "1_Pooling/config.json", "pytorch_model.bin",
+          "model.safetensors", "onnx/model.onnx", "onnx/model_O4.onnx", "onnx/model_qint8_avx512.onnx",
+          "openvino/openvino_model.xml"]
+    assert choose_repo_files(st) == ("", ["1_Pooling/config.json", "config.json", "modules.json",
+                                          "onnx/model.onnx", "tokenizer.json"])
+    assert "onnx/model_O4.onnx" in choose_repo_files(st, "onnx/model_O4.onnx")[1]
+    with pytest.raises(ValueError, match="no genai_config.json"):
+        choose_repo_files(["model.safetensors", "tokenizer.json"])
