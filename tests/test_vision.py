@@ -27,7 +27,7 @@ from PIL import Image
 
 from nexa.cli import build_parser, settings_from_args
 from nexa.config import Settings
-from nexa.engines.vision import VisionEngine
+from nexa.engines.llama.vision import VisionEngine
 from nexa.errors import StartupError
 from nexa.models.manager import ModelManager, resolve_model
 from nexa.models.store import ModelStore
