@@ -112,8 +112,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("nexa").setLevel(logging.WARNING)
 
-    from nexa.engines.embeddings import EmbeddingEngine
-    from nexa.engines.llama import LlamaEngine
+    from nexa.engines.llama.embedder import EmbeddingEngine
+    from nexa.engines.llama.engine import LlamaEngine
     from nexa.engines.onnx.embeddings import OnnxEmbeddingEngine
     from nexa.engines.onnx.layout import detect
     from nexa.engines.onnx.text import OnnxTextEngine

@@ -19,9 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the model builders live there
 
 from nexa.config import usable_cores  # noqa: E402
-from nexa.engines import cpu_buffers  # noqa: E402
 from nexa.engines.base import Finish, SamplingParams  # noqa: E402
-from nexa.engines.llama import LlamaEngine  # noqa: E402
+from nexa.engines.llama import cpu_buffers  # noqa: E402
+from nexa.engines.llama.engine import LlamaEngine  # noqa: E402
 from quantized import smollm2_q4_0  # noqa: E402
 
 TEXT = (

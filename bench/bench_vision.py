@@ -89,7 +89,7 @@ def med(values: list[float]) -> float:
 
 
 def encode_ours(model: Path, projector: Path, threads: int, reps: int) -> dict[str, float]:
-    from nexa.engines.vision import VisionEngine
+    from nexa.engines.llama.vision import VisionEngine
     from nexa.server.image_input import decode_image
 
     engine = VisionEngine(model, projector=projector, name="bench", n_ctx=2048, n_threads=threads)

@@ -39,7 +39,7 @@ def llama_cpp_python_source() -> Path:
 
 
 # nexa never lets llama.cpp put weights in AMX buffers (their kernels crash; see
-# src/nexa/engines/cpu_buffers.py) but keeps CPU_REPACK. llama-server has no switch for exactly
+# src/nexa/engines/llama/cpu_buffers.py) but keeps CPU_REPACK. llama-server has no switch for exactly
 # that (--no-repack drops both), so the peer is built with AMX compiled out: on a CPU with AMX it
 # then follows the same rule, and elsewhere the flags change nothing. GCC honours an explicit
 # -mno-* over what -march=native turns on, whatever their order.

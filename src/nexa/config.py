@@ -93,7 +93,7 @@ class Settings(BaseSettings):
         -1, ge=-1, description="model layers on the GPU, -1: all; ignored by CPU-only builds of llama.cpp"
     )
     # Weights in llama.cpp's repacked CPU layouts (CPU_REPACK) where the CPU has kernels for them;
-    # False keeps them in plain buffers. AMX is never used (engines/cpu_buffers.py).
+    # False keeps them in plain buffers. AMX is never used (engines/llama/cpu_buffers.py).
     repack: Annotated[
         bool,
         flag(

@@ -1,4 +1,4 @@
-"""Continuous batching (engines/scheduler.py) on the real SmolLM2: requests decoded together give
+"""Continuous batching (engines/llama/scheduler.py) on the real SmolLM2: requests decoded together give
 exactly what each gives alone; cancelling frees a slot; a full queue is a 503; prompt caches
 survive other conversations; /metrics reports it all."""
 
@@ -17,7 +17,7 @@ from openai import OpenAI
 
 from nexa.config import Settings
 from nexa.engines.base import Finish, SamplingParams, TextDelta
-from nexa.engines.llama import LlamaEngine
+from nexa.engines.llama.engine import LlamaEngine
 from nexa.models.manager import ModelManager
 from nexa.server.app import create_app
 from nexa.structured.schema import schema_grammar

@@ -15,8 +15,8 @@ import pytest
 
 from minilm_gguf import minilm_gguf
 from nexa.config import Settings
-from nexa.engines import cpu_buffers
 from nexa.engines.base import SamplingParams, TextDelta
+from nexa.engines.llama import cpu_buffers
 from nexa.models.manager import ModelManager
 from nexa.models.types import ModelType, ResolvedModel
 from projector import ensure_projector

@@ -24,7 +24,7 @@ from fakehub import FakeHub
 from minilm_gguf import minilm_gguf
 from nexa.config import Settings
 from nexa.engines.base import Finish, SamplingParams, Task, TextDelta
-from nexa.engines.embeddings import EmbeddingEngine
+from nexa.engines.llama.embedder import EmbeddingEngine
 from nexa.engines.onnx.embeddings import OnnxEmbeddingEngine
 from nexa.engines.onnx.text import OnnxTextEngine
 from nexa.errors import StartupError

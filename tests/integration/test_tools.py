@@ -18,7 +18,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from nexa.engines.base import SamplingParams
-from nexa.engines.constrained import ConstrainedSampler
+from nexa.engines.llama.sampler import ConstrainedSampler
 from nexa.structured.schema import schema_grammar
 from support.sse import sse_chunks
 from support.tools import SCHEMA_DIR, SCHEMA_OF, SCHEMAS, TOOLS, USER_DETAIL
@@ -343,7 +343,7 @@ def test_engine_enforces_the_grammar_without_the_http_layer(smollm2):
     import threading as th
 
     from nexa.engines.base import TextDelta
-    from nexa.engines.llama import LlamaEngine
+    from nexa.engines.llama.engine import LlamaEngine
 
     eng = LlamaEngine(smollm2.path, name="solo", n_ctx=512)
     try:

@@ -23,8 +23,8 @@ from fastapi.testclient import TestClient
 
 from nexa.cli import build_parser, settings_from_args
 from nexa.config import Settings
+from nexa.engines.llama.vision import VisionEngine
 from nexa.engines.loader import load_engine
-from nexa.engines.vision import VisionEngine
 from nexa.errors import StartupError
 from nexa.models.manager import ModelManager, resolve_model
 from nexa.models.store import ModelStore

@@ -129,7 +129,7 @@ def test_the_loader_fills_every_constructor_argument(tmp_path: Path) -> None:
     """An engine argument with a default the loader forgets is how --parallel once missed vision."""
     import importlib
 
-    from nexa.engines.llama import LlamaEngine
+    from nexa.engines.llama.engine import LlamaEngine
 
     for call in engine_calls(tmp_path, Settings()).values():
         module, name = call.target.split(":")

@@ -28,7 +28,7 @@ class EngineCall:
 
 def _llama(model: ResolvedModel, settings: Settings) -> EngineCall:
     return EngineCall(
-        "nexa.engines.llama:LlamaEngine",
+        "nexa.engines.llama.engine:LlamaEngine",
         dict(
             path=model.path,
             name=model.name,
@@ -54,7 +54,7 @@ def _vision(model: ResolvedModel, settings: Settings) -> EngineCall:
         raise StartupError(f"The vision projector {projector} does not exist: check --projector.")
     # Everything a text model gets, so a llama.cpp setting cannot miss the vision engine.
     text = _llama(model, settings)
-    return EngineCall("nexa.engines.vision:VisionEngine", {**text.kwargs, "projector": projector})
+    return EngineCall("nexa.engines.llama.vision:VisionEngine", {**text.kwargs, "projector": projector})
 
 
 def _embedding(model: ResolvedModel, settings: Settings) -> EngineCall:
@@ -64,7 +64,7 @@ def _embedding(model: ResolvedModel, settings: Settings) -> EngineCall:
             f"Convert it first (llama.cpp's convert_hf_to_gguf.py) and pass the .gguf with -lp -mt TEXT_EMBEDDING."
         )
     return EngineCall(
-        "nexa.engines.embeddings:EmbeddingEngine",
+        "nexa.engines.llama.embedder:EmbeddingEngine",
         dict(
             path=model.path,
             name=model.name,

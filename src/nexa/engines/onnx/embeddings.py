@@ -3,7 +3,7 @@ onnxruntime: the layout sentence-transformers and optimum export (an .onnx graph
 input_ids / attention_mask [/ token_type_ids] and giving per-token states, tokenizer.json,
 and the pooling in 1_Pooling/config.json).
 
-The same `embed(...)` as the GGUF embedding engine (engines/embeddings.py), so
+The same `embed(...)` as the GGUF embedding engine (engines/llama/embedder.py), so
 /v1/embeddings serves either unchanged: the vectors are pooled as the model's own
 configuration says and normalised only when the request asks.
 """
@@ -22,7 +22,7 @@ import numpy as np
 
 from nexa.config import default
 from nexa.engines.base import Cancelled, Engine, Task
-from nexa.engines.embeddings import (
+from nexa.engines.embedding_common import (
     EmbeddingResult,
     Input,
     check_dimensions,

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from nexa.engines.embeddings import EmbeddingResult
+from nexa.engines.embedding_common import EmbeddingResult
 from nexa.schemas.embeddings import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
 from nexa.server.threads import Client, collect, iterate_in_thread
 

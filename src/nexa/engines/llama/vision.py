@@ -27,8 +27,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from nexa.engines.base import Task
-from nexa.engines.llama import LlamaEngine
-from nexa.engines.scheduler import Scheduler, Slot, redecode
+from nexa.engines.llama.engine import LlamaEngine
+from nexa.engines.llama.scheduler import Scheduler, Slot, redecode
 from nexa.errors import ContextLengthExceeded, InvalidRequest
 
 log = logging.getLogger("nexa.engine.vision")

@@ -1,7 +1,7 @@
 """llama.cpp engine (llama-cpp-python) for GGUF text and chat models.
 
 `Llama` loads the weights, tokenizes and renders chat templates; generation runs in our
-scheduler (engines/scheduler.py) over a context of our own with one KV stream per parallel
+scheduler (llama/scheduler.py) over a context of our own with one KV stream per parallel
 slot, sampling through llama.cpp's C sampler chain: sampling stays out of Python, every
 request carries its own seed, stop strings and logprobs, and a cancelled request stops at
 the next token.
@@ -31,8 +31,8 @@ from nexa.engines.base import (
     TokenLogprob,
     TopLogprob,
 )
-from nexa.engines.cpu_buffers import log_weights, report_weights, set_weight_rule
-from nexa.engines.scheduler import Scheduler, Slot, redecode
+from nexa.engines.llama.cpu_buffers import log_weights, report_weights, set_weight_rule
+from nexa.engines.llama.scheduler import Scheduler, Slot, redecode
 from nexa.errors import InvalidRequest
 
 log = logging.getLogger("nexa.engine.llama")
@@ -76,7 +76,7 @@ class LlamaEngine(TextEngine):
         self.name = name
         self.path = path
         started = time.perf_counter()
-        set_weight_rule(repack)  # never the AMX kernels (engines/cpu_buffers.py)
+        set_weight_rule(repack)  # never the AMX kernels (llama/cpu_buffers.py)
         with report_weights() as report:
             self._llm = llama_cpp.Llama(
                 model_path=str(path),
@@ -118,7 +118,7 @@ class LlamaEngine(TextEngine):
         cp.n_ctx = self.n_ctx * self.parallel  # split into one full-context stream per slot
         cp.n_batch = cp.n_ubatch = N_BATCH
         cp.n_seq_max = self.parallel
-        cp.kv_unified = False  # see engines/scheduler.py: same tokens alone or in company
+        cp.kv_unified = False  # see llama/scheduler.py: same tokens alone or in company
         cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
         cp.n_threads = cp.n_threads_batch = n_threads
         cp.no_perf = True
@@ -201,7 +201,7 @@ class LlamaEngine(TextEngine):
                 break
             common += 1
         # Leave some prompt to decode again, so that a repeated greedy request takes the same
-        # kernel paths as its first run and answers the same (see engines/scheduler.py).
+        # kernel paths as its first run and answers the same (see llama/scheduler.py).
         common = max(0, min(common, len(prompt) - redecode(len(prompt))))
         return common, common
 
@@ -215,7 +215,7 @@ class LlamaEngine(TextEngine):
         chain = self._chain(p)
         if not p.grammar:
             return chain
-        from nexa.engines.constrained import ConstrainedSampler
+        from nexa.engines.llama.sampler import ConstrainedSampler
 
         # The grammar is checked against the chain's pick first and applied to the whole
         # vocabulary only when it rejects that pick: far cheaper than a grammar in the chain.
@@ -267,7 +267,7 @@ class LlamaEngine(TextEngine):
 
     def embed(self, inputs: list[Any], **options: Any) -> Any:
         """Mean-pooled embeddings from a second, embedding-mode context on these same weights."""
-        from nexa.engines.embeddings import LlamaEmbedder
+        from nexa.engines.llama.embedder import LlamaEmbedder
 
         with self._embedder_lock:  # the first requests must not build two contexts
             if self._embedder is None:

@@ -1,5 +1,8 @@
 """Continuous batching for one llama.cpp model: every active request decoded in one batch per step.
 
+Over 400 lines because one class owns the context and every step on it: split, the rules
+below that keep answers the same would be spread over several files.
+
 A slot is a llama.cpp sequence id with its own KV stream of the full context. Each step decodes
 one row for every request that is generating in one `llama_decode`, samples each request at its
 own row with its own llama.cpp sampler chain (seed, penalties, grammar), then feeds new prompts
@@ -37,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from nexa.engines.base import EngineStats, Finish, SamplingParams, TextDelta, TokenLogprob
-from nexa.engines.batch import TokenBatch
+from nexa.engines.llama.batch import TokenBatch
 from nexa.engines.stops import StopMatcher
 from nexa.errors import Overloaded
 

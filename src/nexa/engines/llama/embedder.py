@@ -4,7 +4,7 @@ pooling type) and chat models in embedding mode.
 `LlamaEmbedder` owns one embedding-mode llama.cpp context and packs many inputs into each
 `llama_decode`, every input its own sequence id; llama.cpp pools each sequence and we read
 one vector per sequence. `EmbeddingEngine` serves it for TEXT_EMBEDDING models, and the chat
-engine (engines/llama.py) builds one lazily on its own weights with mean pooling.
+engine (llama/engine.py) builds one lazily on its own weights with mean pooling.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,17 @@ import numpy as np
 
 from nexa.config import default
 from nexa.engines.base import Cancelled, Engine, Task
-from nexa.engines.batch import TokenBatch
-from nexa.engines.cpu_buffers import log_weights, report_weights, set_weight_rule
-from nexa.errors import ContextLengthExceeded, InvalidRequest, StartupError
+from nexa.engines.embedding_common import (
+    EmbeddingResult,
+    Input,
+    check_dimensions,
+    check_length,
+    finish_vectors,
+    token_id_input,
+)
+from nexa.engines.llama.batch import TokenBatch
+from nexa.engines.llama.cpu_buffers import log_weights, report_weights, set_weight_rule
+from nexa.errors import InvalidRequest, StartupError
 
 log = logging.getLogger("nexa.engine.embeddings")
 
@@ -36,59 +43,6 @@ _POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
 # as much per token as 16, and 512 more than 256 (bench/bench_embeddings.py). A chat model in
 # embedding mode also writes a row of logits per token, so smaller batches keep memory down.
 BATCH_TOKENS = 256
-
-
-@dataclass
-class EmbeddingResult:
-    vectors: np.ndarray  # (n_inputs, dim) float32, in input order
-    prompt_tokens: int  # tokens actually embedded (after truncation)
-    seconds: float = 0.0
-
-
-Input = str | Sequence[int]
-
-
-# -- shared by every embedding engine (this one and the ONNX one) ------------------------------
-
-
-def check_dimensions(dimensions: int | None, width: int) -> None:
-    if dimensions is not None and not 1 <= dimensions <= width:
-        raise InvalidRequest(
-            f"dimensions must be between 1 and {width}, this model's embedding width.", param="dimensions"
-        )
-
-
-def finish_vectors(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
-    """Apply `dimensions` and `normalize` to pooled vectors; float32 out."""
-    if dimensions is not None and dimensions < vectors.shape[1]:
-        # Matryoshka-style: keep the leading dimensions and make the vector unit length again.
-        vectors = np.ascontiguousarray(vectors[:, :dimensions])
-        normalize = True
-    if normalize:
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    return vectors.astype(np.float32, copy=False)
-
-
-def token_id_input(where: str, item: Sequence[int], n_vocab: int, max_tokens: int, truncate: bool) -> list[int]:
-    """An input sent as token ids: used as given, checked against the vocabulary."""
-    tokens = [int(t) for t in item]
-    if not tokens:
-        raise InvalidRequest(f"{where} is an empty list of tokens.", param="input")
-    bad = [t for t in tokens if not 0 <= t < n_vocab]
-    if bad:
-        raise InvalidRequest(
-            f"{where} holds token id {bad[0]}, outside this model's vocabulary (0..{n_vocab - 1}).", param="input"
-        )
-    return tokens[:max_tokens] if truncate else tokens
-
-
-def check_length(where: str, tokens: list[int], max_tokens: int) -> None:
-    if len(tokens) > max_tokens:
-        raise ContextLengthExceeded(
-            f"{where} is {len(tokens)} tokens, but this model embeds at most {max_tokens} tokens per "
-            f"input. Shorten it, split it, or send \"truncate\": true to embed its first {max_tokens} tokens.",
-            param="input",
-        )
 
 
 class LlamaEmbedder:
@@ -125,7 +79,7 @@ class LlamaEmbedder:
         if model is None:
             params = llama_cpp.llama_model_default_params()
             params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
-            set_weight_rule(repack)  # never the AMX kernels (engines/cpu_buffers.py)
+            set_weight_rule(repack)  # never the AMX kernels (llama/cpu_buffers.py)
             with report_weights() as report:
                 model = _internals.LlamaModel(path_model=str(path), params=params, verbose=False)
             self.weights = report.buffers
