@@ -1,71 +1,20 @@
-"""POST /v1/completions: OpenAI's text_completion plus the original's `result`."""
+"""POST /v1/completions: OpenAI's text_completion plus the original's `result`.
+The work is in nexa.server.services.completions."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
 from fastapi import APIRouter, Request
+from starlette.responses import StreamingResponse
 
-from nexa.engines.base import Finish, SamplingParams, Task, TextDelta, TextEngine
-from nexa.schemas.common import new_id, now
-from nexa.schemas.text import Completion, CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionRequest
-from nexa.server.generation import completion_logprobs, finish_usage, generate, generate_all
+from nexa.schemas.text import Completion, CompletionChunk, CompletionRequest
 from nexa.server.openapi import ERRORS, streamed
+from nexa.server.services.completions import complete
 from nexa.server.sse import sse_response
-from nexa.server.threads import in_thread
-from nexa.structured.grammars import response_format_grammar
 
 router = APIRouter(tags=["text"], responses=ERRORS)
 
 
 @router.post("/v1/completions", response_model=Completion, responses=streamed(CompletionChunk))
-async def completions(body: CompletionRequest, request: Request) -> Any:
-    engine: TextEngine = request.app.state.manager.get(Task.COMPLETION, "/v1/completions")  # type: ignore[assignment]
-    params = body.sampling(body.logprobs)
-    params.grammar = response_format_grammar(body.response_format, body.stop)  # JSON that always parses
-    prompt = body.prompt_text()
-    tokens = prompt if isinstance(prompt, list) else await in_thread(engine.tokenize, prompt)
-    engine.check_prompt(tokens, "prompt")
-    echo = prompt if body.echo and isinstance(prompt, str) else ""
-    cid, created, model = new_id("cmpl"), now(), engine.name
-
-    if body.stream:
-        items = generate(request, engine, tokens, params)  # queued now: a full queue is a 503, not a broken stream
-        return sse_response(_stream(items, params, body, cid, created, model, echo))
-
-    out = await generate_all(request, engine, tokens, params)
-    assert out.finish is not None
-    text = echo + out.text
-    logprobs = completion_logprobs(out.logprobs) if params.logprobs is not None else None
-    choice = CompletionChoice(text=text, index=0, logprobs=logprobs, finish_reason=out.finish.reason)
-    # `result`: what the original's clients read.
-    return Completion(id=cid, created=created, model=model, choices=[choice], usage=finish_usage(out.finish),
-                      result=text)
-
-
-async def _stream(
-    items: AsyncIterator[TextDelta | Finish],
-    params: SamplingParams,
-    body: CompletionRequest,
-    cid: str,
-    created: int,
-    model: str,
-    echo: str,
-) -> AsyncIterator[CompletionChunk]:
-    def chunk(text: str, logprobs: CompletionLogprobs | None = None, finish: str | None = None) -> CompletionChunk:
-        choice = CompletionChoice(text=text, index=0, logprobs=logprobs, finish_reason=finish)
-        return CompletionChunk(id=cid, created=created, model=model, choices=[choice])
-
-    if echo:
-        yield chunk(echo)
-    offset = len(echo)
-    async for item in items:
-        if isinstance(item, Finish):
-            yield chunk("", None, item.reason)
-            if body.include_usage:
-                yield CompletionChunk(id=cid, created=created, model=model, choices=[], usage=finish_usage(item))
-        else:
-            lp = completion_logprobs(item.logprobs, offset) if params.logprobs is not None else None
-            offset += len(item.text)
-            yield chunk(item.text, lp)
+async def completions(body: CompletionRequest, request: Request) -> Completion | StreamingResponse:
+    answer = await complete(request, body)
+    return answer if isinstance(answer, Completion) else sse_response(answer)

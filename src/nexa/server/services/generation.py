@@ -1,18 +1,21 @@
-"""Shared by the completion and chat routers: run a text engine off the loop and
-turn its plain results into OpenAI pieces (logprobs, usage, the access-log figures)."""
+"""Shared by the completion and chat services: run a text engine off the loop and turn its
+plain results into OpenAI pieces (logprobs, usage, the access-log figures, and the one place
+a chat answer's envelope is built, whole or as chunks)."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from fastapi import Request
 
 from nexa.engines.base import Finish, SamplingParams, TextDelta, TextEngine, TokenLogprob
-from nexa.schemas.common import PromptTokensDetails, Timings, Usage
+from nexa.schemas.common import PromptTokensDetails, Timings, Usage, new_id, now
 from nexa.schemas.text import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
     ChatCompletionChunk,
     ChatLogprobs,
     ChunkChoice,
@@ -87,18 +90,44 @@ def finish_usage(finish: Finish) -> Usage:
     )
 
 
-def chat_chunk(
-    cid: str,
-    created: int,
-    model: str,
-    delta: dict[str, Any],
-    logprobs: ChatLogprobs | None = None,
-    finish: str | None = None,
-) -> dict[str, Any]:
-    """One `chat.completion.chunk` event of a streamed chat answer, checked against its model.
-    A dict, as the tools stream extends it (`{**chunk, "usage": ...}`)."""
-    choice = ChunkChoice(index=0, delta=Delta.model_validate(delta), logprobs=logprobs, finish_reason=finish)
-    return ChatCompletionChunk(id=cid, created=created, model=model, choices=[choice]).model_dump(mode="json")
+@dataclass(frozen=True)
+class ChatReply:
+    """What every piece of one chat answer shares (id, time, model): the chat.completion and
+    its chunks are built here, for plain chat, chat with tools and /v1/function-calling alike."""
+
+    id: str
+    created: int
+    model: str
+
+    @classmethod
+    def new(cls, model: str) -> ChatReply:
+        return cls(new_id("chatcmpl"), now(), model)
+
+    def completion(
+        self, message: AssistantMessage, out: Collected, finish_reason: str, logprobs: bool
+    ) -> ChatCompletion:
+        assert out.finish is not None
+        choice = ChatChoice(
+            index=0,
+            message=message,
+            logprobs=chat_logprobs(out.logprobs) if logprobs else None,
+            finish_reason=finish_reason,
+        )
+        return ChatCompletion(
+            id=self.id, created=self.created, model=self.model, choices=[choice], usage=finish_usage(out.finish)
+        )
+
+    def chunk(
+        self, delta: Delta, logprobs: ChatLogprobs | None = None, finish: str | None = None
+    ) -> ChatCompletionChunk:
+        choice = ChunkChoice(index=0, delta=delta, logprobs=logprobs, finish_reason=finish)
+        return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice])
+
+    def usage_chunk(self, finish: Finish) -> ChatCompletionChunk:
+        """The last event when the client asked for `stream_options.include_usage`."""
+        return ChatCompletionChunk(
+            id=self.id, created=self.created, model=self.model, choices=[], usage=finish_usage(finish)
+        )
 
 
 def chat_logprobs(items: list[TokenLogprob]) -> ChatLogprobs:

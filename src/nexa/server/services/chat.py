@@ -1,0 +1,124 @@
+"""Chat answers: /v1/chat/completions (plain, with images, with tools or a JSON
+response_format) and /v1/function-calling, the original Nexa server's "call the most
+appropriate function", which is chat with tools whose answer is always a call.
+
+Each returns a chat.completion, or with `stream: true` its chunks for the router to send as
+server-sent events. The generation is queued before either is returned, so a full queue is a
+503 rather than a broken stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+
+from nexa.engines.base import Finish, SamplingParams, Task, TextDelta, TextEngine
+from nexa.errors import InvalidRequest
+from nexa.schemas.text import AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatRequest, Delta
+from nexa.schemas.tools import FunctionCallingRequest
+from nexa.server.image_input import ImagePolicy, load_images
+from nexa.server.services import tools
+from nexa.server.services.generation import ChatReply, chat_logprobs, generate, generate_all
+from nexa.server.threads import in_thread
+from nexa.structured import prompting
+from nexa.structured.plan import Plan, plan_chat
+
+Answer = ChatCompletion | AsyncIterator[ChatCompletionChunk]
+Prompt = tuple[Any, list[str]]  # (the engine's prompt: token ids, or text and images; the template's stops)
+
+
+async def chat(request: Request, body: ChatRequest) -> Answer:
+    task = Task.VISION if any(m.has_images() for m in body.messages) else Task.CHAT
+    engine: TextEngine = request.app.state.manager.get(
+        task, "image input" if task == Task.VISION else "/v1/chat/completions"
+    )
+    params = body.sampling(body.logprob_count())
+    plan = plan_chat(body)  # tools / response_format: None for a plain chat
+    if plan is not None and plan.calls:
+        engine.require(Task.TOOLS, "tools")
+    if task == Task.VISION:
+        prompt = await _vision_prompt(request, engine, body, plan)
+    else:
+        prompt = await in_thread(_prompt, engine, body, plan)
+    return await _answer(request, engine, body, params, plan, prompt)
+
+
+async def function_calling(request: Request, body: FunctionCallingRequest) -> Answer:
+    engine: TextEngine = request.app.state.manager.get(Task.TOOLS, "/v1/function-calling")
+    params = body.sampling(body.logprob_count())
+    plan = plan_chat(body, always_call=True)
+    assert plan is not None  # always_call refuses a request without tools
+    return await _answer(request, engine, body, params, plan, await in_thread(_prompt, engine, body, plan))
+
+
+async def _answer(
+    request: Request, engine: TextEngine, body: ChatRequest, params: SamplingParams, plan: Plan | None, prompt: Prompt
+) -> Answer:
+    tokens, template_stops = prompt
+    if plan is not None:
+        params.grammar = plan.grammar
+    params.stop = params.stop + [s for s in template_stops if s not in params.stop]
+    reply = ChatReply.new(engine.name)
+    logprobs = params.logprobs is not None
+    calls = plan if plan is not None and plan.calls else None
+    if body.stream:
+        items = generate(request, engine, tokens, params)
+        if calls is not None:
+            return tools.stream(calls, items, reply, body.include_usage, logprobs)
+        return _stream(items, reply, body.include_usage, logprobs)
+    out = await generate_all(request, engine, tokens, params)
+    if calls is not None:
+        return tools.response(calls, out, reply, logprobs)
+    assert out.finish is not None
+    return reply.completion(AssistantMessage(content=out.text), out, out.finish.reason, logprobs)
+
+
+async def _vision_prompt(request: Request, engine: TextEngine, body: ChatRequest, plan: Plan | None) -> Prompt:
+    """Fetch and decode the images (off the loop), then let the engine build its prompt of text and images."""
+    if plan is not None and plan.custom_prompt:
+        # The tools prompt is rendered as plain text; images need the engine's own rendering.
+        raise InvalidRequest(
+            "Tools (or tool calls in the history) together with images are not supported yet: "
+            "send the images without tools, or the tools without images.",
+            param="tools",
+        )
+    settings = request.app.state.settings
+    urls = [
+        (url, f"messages[{i}].content[{j}].image_url")
+        for i, m in enumerate(body.messages)
+        for j, url in m.image_urls()
+    ]
+    if len(urls) > settings.max_chat_images:
+        raise InvalidRequest(
+            f"{len(urls)} images in one request; this server takes at most {settings.max_chat_images} "
+            "(--max-chat-images).",
+            param="messages",
+        )
+    images = await load_images(urls, ImagePolicy.from_settings(settings))
+    messages = [m.as_parts_dict() for m in body.messages]
+    return await in_thread(engine.vision_prompt, messages, images)  # type: ignore[attr-defined]
+
+
+def _prompt(engine: TextEngine, body: ChatRequest, plan: Plan | None) -> tuple[list[int], list[str]]:
+    if plan is not None and plan.custom_prompt:  # tools shown, or calls and results in the history
+        text, stops, special = prompting.render(engine, body.messages, plan)
+    else:
+        text, stops, special = engine.render_chat([m.as_template_dict() for m in body.messages])
+    tokens = engine.tokenize_chat(text, special)
+    engine.check_prompt(tokens, "messages")
+    return tokens, stops
+
+
+async def _stream(
+    items: AsyncIterator[TextDelta | Finish], reply: ChatReply, include_usage: bool, logprobs: bool
+) -> AsyncIterator[ChatCompletionChunk]:
+    yield reply.chunk(Delta(role="assistant", content=""))
+    async for item in items:
+        if isinstance(item, Finish):
+            yield reply.chunk(Delta(), None, item.reason)
+            if include_usage:
+                yield reply.usage_chunk(item)
+        else:
+            yield reply.chunk(Delta(content=item.text), chat_logprobs(item.logprobs) if logprobs else None)
