@@ -7,7 +7,7 @@ fight for the cores):
 - theirs: `Llama(..., chat_format="chatml-function-calling").create_chat_completion(...)` in
   this process (no HTTP, which if anything favours theirs).
 
-The tasks are the seed's example (UserDetail, tool_choice "auto" and forced), a weather tool,
+The tasks are the original Nexa server's example (UserDetail, tool_choice "auto" and forced), a weather tool,
 and every schema of tests/schemas/ offered as the parameters of a forced tool; each once as
 sent and once opened by a system message (their template lists the tools only inside one, so
 without it their model never sees the tools and its prompt is much shorter). For each answer
@@ -279,7 +279,7 @@ def report(model: Path, runs: list[Run], all_cases: list[Case], args: argparse.N
     print()
     auto = {c.name for c in all_cases if c.choice == "auto"}
     scenarios = {
-        "no system message (the seed's request)": [c.name for c in all_cases if not c.name.endswith(" +sys")],
+        "no system message (the original request)": [c.name for c in all_cases if not c.name.endswith(" +sys")],
         "with a system message (both prompts list the tools)": [c.name for c in all_cases if c.name.endswith(" +sys")],
     }
     for title, names in scenarios.items():

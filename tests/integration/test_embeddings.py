@@ -175,7 +175,7 @@ def test_normalize(emb: TestClient) -> None:
     raw, _ = vectors(emb, [CAT, STOCKS])
     unit, _ = vectors(emb, [CAT, STOCKS], normalize=True)
     assert np.allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-5)
-    assert all(abs(n - 1.0) > 0.1 for n in np.linalg.norm(raw, axis=1))  # the seed's default: raw vectors
+    assert all(abs(n - 1.0) > 0.1 for n in np.linalg.norm(raw, axis=1))  # the original's default: raw vectors
     assert np.allclose(unit, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
 
 

@@ -17,7 +17,7 @@ GREEDY = {"temperature": 0, "seed": 1}
 
 
 def test_completion_seed_example_body(client):
-    # SERVER.md's exact example for /v1/completions.
+    # the Nexa server API's exact example for /v1/completions.
     body = {
         "prompt": "Tell me a story",
         "temperature": 1,
@@ -248,7 +248,7 @@ def test_prompt_longer_than_context_is_400_not_truncated(client, engine):
 
 
 def test_image_to_text_only_model_is_400(client):
-    # SERVER.md's VLM example sent to a text model: a clear 400, not a 500.
+    # the Nexa server API's VLM example sent to a text model: a clear 400, not a 500.
     body = {
         "model": "anything",
         "messages": [

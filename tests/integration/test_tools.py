@@ -51,11 +51,11 @@ def chat(client, **body: Any) -> dict[str, Any]:
     return r.json()
 
 
-# -- the seed's endpoint ---------------------------------------------------------------------
+# -- the original Nexa server's endpoint ---------------------------------------------------------------------
 
 
 def test_seed_function_calling_example(client):
-    # SERVER.md's exact request for /v1/function-calling.
+    # the Nexa server API's exact request for /v1/function-calling.
     body = {
         "messages": [{"role": "user", "content": "Extract Jason is 25 years old"}],
         "tools": [
@@ -466,7 +466,7 @@ def test_openai_client_parses_tools_and_response_formats(live):
             arguments += d.function.arguments or ""
     validate(json.loads(arguments), SCHEMA_OF[name])
 
-    # The seed's endpoint answers a chat.completion the client's own type accepts.
+    # The original Nexa server's endpoint answers a chat.completion the client's own type accepts.
     raw = httpx.post(
         live.url + "/v1/function-calling",
         json={"messages": [{"role": "user", "content": "Jason is 25"}], "tools": [USER_DETAIL]},

@@ -7,7 +7,7 @@ numpy views item by item. Measured on a loaded 2-core machine: 6 s for SmolLM2-1
 vocabulary), 16-44 s for a 256k-token vocabulary, against under a millisecond for this reader,
 which stops at `general.architecture` (the `gguf` writer puts it first). `-lp` runs this on each
 GGUF of a folder at every start. GGUFReader also refuses version-1 files, which this reader
-reads. tests/test_store.py checks that both give the same answers.
+reads. tests/unit/test_store.py checks that both give the same answers.
 """
 
 from __future__ import annotations

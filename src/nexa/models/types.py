@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 class ModelType(str, Enum):
-    """The `-mt` choices of SERVER.md (plus TEXT_EMBEDDING, which the original accepted too)."""
+    """The `-mt` choices of the Nexa server API (plus TEXT_EMBEDDING, which the original accepted too)."""
 
     NLP = "NLP"
     COMPUTER_VISION = "COMPUTER_VISION"

@@ -1,7 +1,7 @@
-"""POST /v1/embeddings: the request with the seed's fields (`input`, `normalize`, `truncate`) beside OpenAI's
+"""POST /v1/embeddings: the request with the original's fields (`input`, `normalize`, `truncate`) beside OpenAI's
 (`model`, `encoding_format`, `dimensions`, `user`, token-id arrays as input).
 
-The response is OpenAI's list shape, which is also the seed's. Every mistake in the body is a
+The response is OpenAI's list shape, which is also the original Nexa server's. Every mistake in the body is a
 400 that names the field, as OpenAI answers, not a 422.
 """
 

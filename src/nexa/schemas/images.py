@@ -1,7 +1,7 @@
-"""Requests and responses of the image endpoints: the seed's /v1/txt2img and /v1/img2img, and OpenAI's
+"""Requests and responses of the image endpoints: the original Nexa server's /v1/txt2img and /v1/img2img, and OpenAI's
 /v1/images/generations and /v1/images/edits, with both APIs' field names.
 
-The seed's names (`sample_steps`, `width`/`height`, `base64`) and OpenAI's (`size` "WxH",
+The original Nexa server's names (`sample_steps`, `width`/`height`, `base64`) and OpenAI's (`size` "WxH",
 `b64_json`) are accepted side by side. Limits the operator sets (size, steps, n) are checked
 here and refused with a 400 naming the field.
 """
@@ -21,7 +21,7 @@ SIZE_STEP = 64  # the latent is 1/8 of the image and the UNet halves it twice mo
 
 
 class ImageRequest(RequestModel):
-    """The seed's body (SERVER.md defaults), plus `n`, `sampler`, `strength`, `size` and
+    """The original Nexa server's body (the Nexa server API's defaults), plus `n`, `sampler`, `strength`, `size` and
     `response_format`. `image` carries an img2img input as base64 or a data URI."""
 
     model: str | None = None
@@ -111,7 +111,7 @@ class GenerationParams:
 
 
 class NexaImage(ResponseModel):
-    """The seed's `base64` and OpenAI's `b64_json` (the same PNG), and/or a link, as asked."""
+    """The original Nexa server's `base64` and OpenAI's `b64_json` (the same PNG), and/or a link, as asked."""
 
     base64: str | None
     b64_json: str | None
@@ -119,7 +119,7 @@ class NexaImage(ResponseModel):
 
 
 class NexaImages(ResponseModel):
-    """The seed's `{created, data: [{base64, url}]}`, with the seed used and the size."""
+    """The original Nexa server's `{created, data: [{base64, url}]}`, with the seed used and the size."""
 
     created: int
     data: list[NexaImage]

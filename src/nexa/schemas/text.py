@@ -93,7 +93,7 @@ class ResponseFormat(BaseModel):
 
 
 class CompletionRequest(SamplingFields):
-    # SERVER.md's defaults for /v1/completions.
+    # the Nexa server API's defaults for /v1/completions.
     prompt: str | list[str] | list[int]
     temperature: float = 1.0
     top_k: int = 50
@@ -174,7 +174,7 @@ class ChatMessage(RequestModel):
 
 
 class ChatRequest(SamplingFields):
-    # SERVER.md's defaults for chat: max_tokens 128, temperature 0.1, top_k 40, top_p 0.95.
+    # the Nexa server API's defaults for chat: max_tokens 128, temperature 0.1, top_k 40, top_p 0.95.
     messages: list[ChatMessage] = Field(min_length=1)
     temperature: float = 0.1
     logprobs: bool = False

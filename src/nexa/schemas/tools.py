@@ -1,4 +1,4 @@
-"""Request of the seed's /v1/function-calling.
+"""Request of the original Nexa server's /v1/function-calling.
 
 The body is a chat request (messages, tools, tool_choice, sampling fields of both APIs);
 tools and tool_choice stay loose dicts here and are checked by nexa.structured.plan, so a
@@ -15,8 +15,8 @@ from nexa.schemas.text import ChatRequest
 
 
 class FunctionCallingRequest(ChatRequest):
-    """SERVER.md's body: `messages`, `tools`, `tool_choice` ("auto" by default)."""
+    """the Nexa server API's body: `messages`, `tools`, `tool_choice` ("auto" by default)."""
 
     tools: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = Field("auto")
-    parallel_tool_calls: bool = False  # one call, as the seed answered; true allows several
+    parallel_tool_calls: bool = False  # one call, as the original Nexa server answered; true allows several

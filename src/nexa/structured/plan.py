@@ -49,7 +49,7 @@ class Plan:
     named: str | None = None
     parallel: bool = True
     functions_api: bool = False  # OpenAI's deprecated `functions`: finish_reason "function_call"
-    function_call_field: bool = False  # also answer with the legacy `function_call` (the seed's shape)
+    function_call_field: bool = False  # also answer with the legacy `function_call` (the original Nexa server's shape)
     history: bool = False  # the conversation holds calls or their results
     call_names: dict[str, str] = field(default_factory=dict)  # tool_call_id -> function name
     grammar: str | None = None

@@ -16,7 +16,7 @@ router = APIRouter(tags=["audio"], responses=ERRORS)
 
 
 def _body() -> dict[str, Any]:
-    """The multipart body, and the options the seed's clients send as query parameters."""
+    """The multipart body, and the options the original Nexa server's clients send as query parameters."""
     form = form_schema(
         TranscriptionRequest, {"file": True}, renamed={"timestamp_granularities": "timestamp_granularities[]"}
     )

@@ -1,4 +1,4 @@
-"""Image generation: the seed's /v1/txt2img and /v1/img2img, OpenAI's /v1/images/generations
+"""Image generation: the original Nexa server's /v1/txt2img and /v1/img2img, OpenAI's /v1/images/generations
 and /v1/images/edits, and /v1/files/{name}, which serves the images they wrote. The work is
 in nexa.server.services.images."""
 

@@ -1,7 +1,7 @@
 """Speech to text behind /v1/audio/transcriptions and /v1/audio/translations.
 
 The upload is a multipart `file`; the options come as form fields (OpenAI clients) or query
-parameters (the seed's clients), form fields winning. The size limit is checked from the
+parameters (the original Nexa server's clients), form fields winning. The size limit is checked from the
 Content-Length header before the body is read, and again on the file itself. Starlette
 spools the upload into an anonymous temporary file, which is closed (and so removed) when the
 form is closed at the end of the `async with`, whatever happened. Decoding and transcription

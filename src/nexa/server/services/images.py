@@ -1,5 +1,5 @@
 """Image generation behind the image routers: reading a JSON or multipart request, finding the
-input image and mask, the generation itself and the two response shapes (the seed's and OpenAI's).
+input image and mask, the generation itself and the two response shapes (the original Nexa server's and OpenAI's).
 
 Every image is written under a unique name into the operator's output directory; responses
 carry it as `url` (a link to this server) and/or inline as base64. Decoding the input, the
@@ -139,7 +139,7 @@ async def generate(engine: Any, settings: Settings, body: ImageRequest, task: Ta
 
 
 def nexa_images(made: Generated, fmt: str | None, link: Link) -> NexaImages:
-    """The seed's shape, `{created, data: [{base64, url}]}`, with OpenAI's `b64_json` beside `base64`."""
+    """The original's shape, `{created, data: [{base64, url}]}`, with OpenAI's `b64_json` beside `base64`."""
     data = []
     for name, png in made.saved:
         b64 = base64.b64encode(png).decode() if fmt != "url" else None
