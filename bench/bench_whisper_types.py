@@ -67,7 +67,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         speech = clips(Path(tmp))
         seconds_of_audio = sum(_duration(p) for p, _ in speech)
-        print(f"model {path.name}: {len(speech)} clips, {seconds_of_audio:.0f} s of speech")
+        print(f"model {path}: {len(speech)} clips, {seconds_of_audio:.0f} s of speech")
         rows = []
         for compute_type in args.types.split(","):
             model = WhisperModel(str(path), device="cpu", compute_type=compute_type, cpu_threads=args.threads)

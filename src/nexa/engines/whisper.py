@@ -91,7 +91,7 @@ def _device() -> str:
 # On a CPU, small Whisper models run in float32 and larger ones in int8. int8 kernels differ
 # between CPUs: tiny.en in int8 mis-heard espeak-ng speech with a mean WER of 0.20 on an Intel
 # Xeon with AVX-512/AMX (0.11 in float32) and no better than float32 on an AMD EPYC (0.081 vs
-# 0.074), while float32 took only 1.37x as long (bench/bench_whisper_types.py). For small and
+# 0.074), while float32 took only 1.29x as long (bench/bench_whisper_types.py). For small and
 # larger models int8's speed and memory (a quarter of float32's) weigh more than that.
 FLOAT32_UP_TO_BYTES = 300 * 2**20  # model.bin: tiny 75 MB and base 145 MB in float16; small is 484 MB
 
