@@ -128,21 +128,15 @@ def test_engine_loads_english_only_tiny(whisper_engine: WhisperEngine) -> None:
     assert whisper_engine.device == "cpu" and whisper_engine.compute_type == "float32"  # as asked
 
 
-def test_default_compute_type_on_cpu_is_float32_for_tiny_and_transcribes(whisper_model: ResolvedModel) -> None:
-    engine = load_engine(whisper_model, Settings())
+@pytest.mark.parametrize(
+    ("settings", "compute_type"),
+    [({}, "float32"), ({"whisper_compute_type": "int8"}, "int8")],
+    ids=["default-on-cpu-is-float32-for-tiny", "int8"],
+)
+def test_compute_type_and_transcribes(whisper_model: ResolvedModel, settings: dict, compute_type: str) -> None:
+    engine = load_engine(whisper_model, Settings(**settings))
     try:
-        assert engine.compute_type == "float32"
-        items = engine.transcribe(engine.decode(AUDIO / "s3.wav"), SpeechOptions(beam_size=1), threading.Event())
-        text = " ".join(i.text for i in items if not isinstance(i, TranscriptInfo))
-        assert wer(TRANSCRIPTS["s3.wav"], text) <= 0.2
-    finally:
-        engine.close()
-
-
-def test_int8_transcribes(whisper_model: ResolvedModel) -> None:
-    engine = load_engine(whisper_model, Settings(whisper_compute_type="int8"))
-    try:
-        assert engine.compute_type == "int8"
+        assert engine.compute_type == compute_type
         items = engine.transcribe(engine.decode(AUDIO / "s3.wav"), SpeechOptions(beam_size=1), threading.Event())
         text = " ".join(i.text for i in items if not isinstance(i, TranscriptInfo))
         assert wer(TRANSCRIPTS["s3.wav"], text) <= 0.2

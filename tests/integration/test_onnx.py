@@ -55,11 +55,14 @@ def minilm_dir() -> Path:
     return minilm_onnx()
 
 
+def load_local(folder: Path, model_type: ModelType | None = None) -> ModelManager:
+    """The `nexa server onnx -lp FOLDER [-mt TYPE]` path: the ONNX store, then the manager's ONNX loader."""
+    return ModelManager.load(ModelStore(onnx=True).resolve(str(folder), source="local", model_type=model_type), ONNX)
+
+
 @pytest.fixture(scope="session")
 def text_manager(smol_dir: Path) -> Iterator[ModelManager]:
-    # The `nexa server onnx -lp FOLDER` path: the ONNX store, then the manager's ONNX loader.
-    model = ModelStore(onnx=True).resolve(str(smol_dir), source="local")
-    manager = ModelManager.load(model, ONNX)
+    manager = load_local(smol_dir)
     yield manager
     manager.close()
 
@@ -82,8 +85,7 @@ def onnx_live(text_app) -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="session")
 def emb_manager(minilm_dir: Path) -> Iterator[ModelManager]:
-    model = ModelStore(onnx=True).resolve(str(minilm_dir), source="local", model_type=ModelType.TEXT_EMBEDDING)
-    manager = ModelManager.load(model, ONNX)
+    manager = load_local(minilm_dir, ModelType.TEXT_EMBEDDING)
     yield manager
     manager.close()
 
@@ -282,7 +284,7 @@ def test_embedding_options_and_the_openai_client(emb_app, emb_client, emb_manage
 
 def test_an_encoder_without_type_is_served_for_embeddings(minilm_dir: Path) -> None:
     # -lp with no -mt defaults to NLP; the folder's layout says what it is.
-    manager = ModelManager.load(ModelStore(onnx=True).resolve(str(minilm_dir), source="local"), ONNX)
+    manager = load_local(minilm_dir)
     try:
         assert isinstance(manager.engine, OnnxEmbeddingEngine) and manager.engine.supports(Task.EMBEDDING)
     finally:

@@ -58,22 +58,7 @@ def test_seed_function_calling_example(client):
     # the Nexa server API's exact request for /v1/function-calling.
     body = {
         "messages": [{"role": "user", "content": "Extract Jason is 25 years old"}],
-        "tools": [
-            {
-                "type": "function",
-                "function": {
-                    "name": "UserDetail",
-                    "parameters": {
-                        "properties": {
-                            "name": {"description": "The user's name", "type": "string"},
-                            "age": {"description": "The user's age", "type": "integer"},
-                        },
-                        "required": ["name", "age"],
-                        "type": "object",
-                    },
-                },
-            }
-        ],
+        "tools": [USER_DETAIL],  # the example's own tool
         "tool_choice": "auto",
     }
     r = client.post("/v1/function-calling", json=body)

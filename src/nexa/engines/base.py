@@ -7,10 +7,12 @@ routers (the "spec" layer) wrap them into OpenAI/Nexa responses and SSE frames.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
+
+import numpy as np
 
 from nexa.errors import ContextLengthExceeded, InvalidRequest, UnsupportedTask
 
@@ -109,6 +111,22 @@ class TokenLogprob:
     logprob: float
     bytes: list[int]
     top: list[TopLogprob]
+
+
+def token_logprob(logits: np.ndarray, token: int, top_n: int, piece: Callable[[int], bytes]) -> TokenLogprob:
+    """`token`'s log-probability and the `top_n` likeliest, from a step's raw logits (the model's
+    distribution, before temperature and top-k/top-p); `piece` gives a token's bytes."""
+    logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+    shifted = logits - logits.max()
+    logprobs = shifted - np.log(np.exp(shifted).sum())
+    top: list[TopLogprob] = []
+    if top_n > 0:
+        ids = np.argpartition(-logprobs, top_n)[:top_n]
+        for i in ids[np.argsort(-logprobs[ids])]:
+            text = piece(int(i))
+            top.append(TopLogprob(text.decode("utf-8", "replace"), float(logprobs[i]), list(text)))
+    text = piece(token)
+    return TokenLogprob(text.decode("utf-8", "replace"), float(logprobs[token]), list(text), top)
 
 
 @dataclass

@@ -1,10 +1,12 @@
 """What every embedding engine (llama.cpp's in llama/embedder.py, ONNX's in onnx/embeddings.py)
-shares: the result type and the checks and finishing applied to inputs and vectors alike, so
-/v1/embeddings answers the same whichever engine serves the model.
+shares: the result type and `TokenEmbedder.embed`, which checks, tokenizes and finishes inputs
+and vectors alike, so /v1/embeddings answers the same whichever engine serves the model.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,3 +63,59 @@ def check_length(where: str, tokens: list[int], max_tokens: int) -> None:
             f"input. Shorten it, split it, or send \"truncate\": true to embed its first {max_tokens} tokens.",
             param="input",
         )
+
+
+class TokenEmbedder:
+    """`embed` over an engine's own tokenizer and batching: subclasses set `dim`, `max_tokens`,
+    `n_vocab` and `_lock`, and give `tokenize`, `_truncate_text` and `_embed_tokens`."""
+
+    dim: int
+    max_tokens: int  # per input
+    n_vocab: int
+    _lock: threading.Lock  # calls take turns on the model
+
+    def tokenize(self, text: str) -> list[int]:
+        """The model's own tokens with its special tokens ([CLS] ... [SEP], BOS...)."""
+        raise NotImplementedError
+
+    def _truncate_text(self, text: str, full: list[int]) -> list[int]:
+        """`text` cut to max_tokens (`full`: its tokens uncut), the special tokens kept around the
+        cut as Hugging Face tokenizers truncate."""
+        raise NotImplementedError
+
+    def _embed_tokens(self, seqs: list[list[int]], cancel: threading.Event | None) -> np.ndarray:
+        """Pooled vectors (len(seqs), dim), in order; stops with Cancelled between batches."""
+        raise NotImplementedError
+
+    def embed(
+        self,
+        inputs: Sequence[Input],
+        *,
+        truncate: bool = True,
+        normalize: bool = False,
+        dimensions: int | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EmbeddingResult:
+        """Embed texts or token-id lists (used as given, no special tokens added). A set `cancel`
+        stops the work between batches with Cancelled (the client has gone)."""
+        check_dimensions(dimensions, self.dim)
+        seqs = [self._tokens(i, x, truncate) for i, x in enumerate(inputs)]
+        started = time.perf_counter()
+        with self._lock:
+            vectors = self._embed_tokens(seqs, cancel)
+        took = time.perf_counter() - started
+        vectors = finish_vectors(vectors, dimensions, normalize)
+        return EmbeddingResult(vectors, sum(len(s) for s in seqs), took)
+
+    def _tokens(self, index: int, item: Input, truncate: bool) -> list[int]:
+        where = f"input[{index}]"
+        if isinstance(item, str):
+            tokens = self.tokenize(item)
+            if not tokens:
+                raise InvalidRequest(f"{where} gives no tokens: send some text.", param="input")
+            if len(tokens) > self.max_tokens and truncate:
+                tokens = self._truncate_text(item, tokens)
+        else:
+            tokens = token_id_input(where, item, self.n_vocab, self.max_tokens, truncate)
+        check_length(where, tokens, self.max_tokens)
+        return tokens

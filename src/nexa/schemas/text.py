@@ -22,19 +22,22 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+_ENGINE = SamplingParams()  # the engines' defaults are the requests' (where an endpoint sets none of its own)
+
+
 class SamplingFields(RequestModel):
     model: str | None = None
     max_tokens: int | None = Field(
-        128, validation_alias=AliasChoices("max_tokens", "max_new_tokens", "max_completion_tokens")
+        _ENGINE.max_tokens, validation_alias=AliasChoices("max_tokens", "max_new_tokens", "max_completion_tokens")
     )
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None
+    temperature: float = _ENGINE.temperature
+    top_k: int = _ENGINE.top_k
+    top_p: float = _ENGINE.top_p
+    min_p: float = _ENGINE.min_p
+    repeat_penalty: float = _ENGINE.repeat_penalty
+    presence_penalty: float = _ENGINE.presence_penalty
+    frequency_penalty: float = _ENGINE.frequency_penalty
+    seed: int | None = _ENGINE.seed
     stop: str | list[str] | None = Field(None, validation_alias=AliasChoices("stop", "stop_words"))
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -20,17 +20,10 @@ import numpy as np
 
 from nexa.config import default
 from nexa.engines.base import Cancelled, Engine, Task
-from nexa.engines.embedding_common import (
-    EmbeddingResult,
-    Input,
-    check_dimensions,
-    check_length,
-    finish_vectors,
-    token_id_input,
-)
+from nexa.engines.embedding_common import EmbeddingResult, Input, TokenEmbedder
 from nexa.engines.llama.batch import TokenBatch
 from nexa.engines.llama.cpu_buffers import log_weights, report_weights, set_weight_rule
-from nexa.errors import InvalidRequest, StartupError
+from nexa.errors import StartupError
 
 log = logging.getLogger("nexa.engine.embeddings")
 
@@ -45,7 +38,7 @@ _POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
 BATCH_TOKENS = 256
 
 
-class LlamaEmbedder:
+class LlamaEmbedder(TokenEmbedder):
     """One embedding-mode context over a GGUF; thread-safe (calls take turns on the context).
 
     `model` shares weights already loaded (a llama_cpp LlamaModel, e.g. the chat engine's);
@@ -138,27 +131,7 @@ class LlamaEmbedder:
     # -- public ------------------------------------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
-        """The model's own tokens with its special tokens ([CLS] ... [SEP], BOS...)."""
         return self._model.tokenize(text.encode("utf-8"), add_bos=True, special=False)
-
-    def embed(
-        self,
-        inputs: Sequence[Input],
-        *,
-        truncate: bool = True,
-        normalize: bool = False,
-        dimensions: int | None = None,
-        cancel: threading.Event | None = None,
-    ) -> EmbeddingResult:
-        """Embed texts or token-id lists (used as given, no special tokens added). A set `cancel`
-        stops the work between batches with Cancelled (the client has gone)."""
-        check_dimensions(dimensions, self.dim)
-        seqs = [self._tokens(i, x, truncate) for i, x in enumerate(inputs)]
-        started = time.perf_counter()
-        vectors = self._embed_tokens(seqs, cancel)
-        took = time.perf_counter() - started
-        vectors = finish_vectors(vectors, dimensions, normalize)
-        return EmbeddingResult(vectors, sum(len(s) for s in seqs), took)
 
     def describe(self) -> dict[str, Any]:
         info = {"embedding_dim": self.dim, "pooling": self.pooling, "max_input_tokens": self.max_tokens}
@@ -171,45 +144,30 @@ class LlamaEmbedder:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _tokens(self, index: int, item: Input, truncate: bool) -> list[int]:
-        where = f"input[{index}]"
-        if isinstance(item, str):
-            tokens = self.tokenize(item)
-            if not tokens:
-                raise InvalidRequest(f"{where} gives no tokens: send some text.", param="input")
-            if len(tokens) > self.max_tokens and truncate:
-                tokens = self._truncate_text(item, tokens)
-        else:
-            tokens = token_id_input(where, item, self.n_vocab, self.max_tokens, truncate)
-        check_length(where, tokens, self.max_tokens)
-        return tokens
-
     def _truncate_text(self, text: str, full: list[int]) -> list[int]:
-        # Keep the model's special tokens ([CLS] ... [SEP]) around the cut text, as Hugging Face
-        # tokenizers truncate: find where the plain tokens sit inside the full ones.
+        # Find where the plain tokens sit inside the full ones.
         plain = self._model.tokenize(text.encode("utf-8"), add_bos=False, special=False)
         head = next((h for h in range(len(full) - len(plain) + 1) if full[h : h + len(plain)] == plain), 0)
         tail = full[head + len(plain) :]
         keep = max(0, self.max_tokens - head - len(tail))
         return full[:head] + plain[:keep] + tail
 
-    def _embed_tokens(self, seqs: list[list[int]], cancel: threading.Event | None = None) -> np.ndarray:
+    def _embed_tokens(self, seqs: list[list[int]], cancel: threading.Event | None) -> np.ndarray:
         out = np.empty((len(seqs), self.dim), np.float32)
-        with self._lock:
-            start = 0
-            while start < len(seqs):
-                end, used = start, 0
-                while (
-                    end < len(seqs)
-                    and end - start < self.n_seq_max
-                    and (end == start or used + len(seqs[end]) <= self.batch_tokens)
-                ):
-                    used += len(seqs[end])
-                    end += 1
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled()
-                self._decode(seqs[start:end], out[start:end])
-                start = end
+        start = 0
+        while start < len(seqs):
+            end, used = start, 0
+            while (
+                end < len(seqs)
+                and end - start < self.n_seq_max
+                and (end == start or used + len(seqs[end]) <= self.batch_tokens)
+            ):
+                used += len(seqs[end])
+                end += 1
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            self._decode(seqs[start:end], out[start:end])
+            start = end
         return out
 
     def _decode(self, seqs: list[list[int]], out: np.ndarray) -> None:

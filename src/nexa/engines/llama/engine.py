@@ -29,7 +29,7 @@ from nexa.engines.base import (
     TextDelta,
     TextEngine,
     TokenLogprob,
-    TopLogprob,
+    token_logprob,
 )
 from nexa.engines.llama.cpu_buffers import log_weights, report_weights, set_weight_rule
 from nexa.engines.llama.scheduler import Scheduler, Slot, redecode
@@ -253,17 +253,7 @@ class LlamaEngine(TextEngine):
     def logprob_at(self, ctx: Any, idx: int, token: int, top_n: int) -> TokenLogprob:
         """The model's log-probabilities at batch row `idx` of `ctx` (not the sampler's)."""
         ptr = self._llama_cpp.llama_get_logits_ith(ctx, idx)
-        logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).astype(np.float64)
-        shifted = logits - logits.max()
-        logprobs = shifted - np.log(np.exp(shifted).sum())
-        top: list[TopLogprob] = []
-        if top_n > 0:
-            ids = np.argpartition(-logprobs, top_n)[:top_n]
-            for i in ids[np.argsort(-logprobs[ids])]:
-                piece = self.piece(int(i))
-                top.append(TopLogprob(piece.decode("utf-8", "replace"), float(logprobs[i]), list(piece)))
-        piece = self.piece(token)
-        return TokenLogprob(piece.decode("utf-8", "replace"), float(logprobs[token]), list(piece), top)
+        return token_logprob(np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)), token, top_n, self.piece)
 
     def embed(self, inputs: list[Any], **options: Any) -> Any:
         """Mean-pooled embeddings from a second, embedding-mode context on these same weights."""

@@ -14,7 +14,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,8 @@ import numpy as np
 
 from nexa.config import default
 from nexa.engines.base import Cancelled, Engine, Task
-from nexa.engines.embedding_common import (
-    EmbeddingResult,
-    Input,
-    check_dimensions,
-    check_length,
-    finish_vectors,
-    token_id_input,
-)
-from nexa.errors import InvalidRequest, StartupError
+from nexa.engines.embedding_common import TokenEmbedder
+from nexa.errors import StartupError
 
 log = logging.getLogger("nexa.engine.onnx.embeddings")
 
@@ -87,7 +79,7 @@ def _max_length(folder: Path) -> int | None:
     return None
 
 
-class OnnxEmbeddingEngine(Engine):
+class OnnxEmbeddingEngine(TokenEmbedder, Engine):
     """TEXT_EMBEDDING models as ONNX encoders; thread-safe (calls take turns on the session)."""
 
     tasks = frozenset({Task.EMBEDDING})
@@ -174,28 +166,7 @@ class OnnxEmbeddingEngine(Engine):
     # -- public ------------------------------------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
-        """The model's own tokens with its special tokens ([CLS] ... [SEP])."""
         return list(self._tokenizer.encode(text).ids)
-
-    def embed(
-        self,
-        inputs: Sequence[Input],
-        *,
-        truncate: bool = True,
-        normalize: bool = False,
-        dimensions: int | None = None,
-        cancel: threading.Event | None = None,
-    ) -> EmbeddingResult:
-        """Embed texts or token-id lists (used as given, no special tokens added). A set `cancel`
-        stops the work between batches with Cancelled (the client has gone)."""
-        check_dimensions(dimensions, self.dim)
-        seqs = [self._tokens(i, x, truncate) for i, x in enumerate(inputs)]
-        started = time.perf_counter()
-        with self._lock:
-            vectors = self._embed_tokens(seqs, cancel)
-        took = time.perf_counter() - started
-        vectors = finish_vectors(vectors, dimensions, normalize)
-        return EmbeddingResult(vectors, sum(len(s) for s in seqs), took)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -211,20 +182,10 @@ class OnnxEmbeddingEngine(Engine):
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _tokens(self, index: int, item: Input, truncate: bool) -> list[int]:
-        where = f"input[{index}]"
-        if isinstance(item, str):
-            tokens = list(self._tokenizer.encode(item).ids)
-            if not tokens:
-                raise InvalidRequest(f"{where} gives no tokens: send some text.", param="input")
-            if len(tokens) > self.max_tokens and truncate:
-                tokens = list(self._truncating.encode(item).ids)
-        else:
-            tokens = token_id_input(where, item, self.n_vocab, self.max_tokens, truncate)
-        check_length(where, tokens, self.max_tokens)
-        return tokens
+    def _truncate_text(self, text: str, full: list[int]) -> list[int]:
+        return list(self._truncating.encode(text).ids)
 
-    def _embed_tokens(self, seqs: list[list[int]], cancel: threading.Event | None = None) -> np.ndarray:
+    def _embed_tokens(self, seqs: list[list[int]], cancel: threading.Event | None) -> np.ndarray:
         out = np.empty((len(seqs), self.dim), np.float32)
         # Similar lengths batch together, so little compute goes into padding.
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))

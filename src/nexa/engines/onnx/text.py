@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from nexa.config import default
-from nexa.engines.base import Finish, SamplingParams, Task, TextDelta, TextEngine, TokenLogprob, TopLogprob
+from nexa.engines.base import Finish, SamplingParams, Task, TextDelta, TextEngine, TokenLogprob, token_logprob
 from nexa.engines.stops import StopMatcher
 from nexa.errors import InvalidRequest
 
@@ -212,7 +212,7 @@ class OnnxTextEngine(TextEngine):
                 reason = "stop"
                 break
             if logits is not None:
-                pending.append(self._logprob(logits, token, params.logprobs))  # type: ignore[arg-type]
+                pending.append(token_logprob(logits, token, params.logprobs, self._piece))  # type: ignore[arg-type]
             produced += 1
             text = matcher.feed(stream.decode(token).encode("utf-8"))
             if text or matcher.stopped:
@@ -233,22 +233,8 @@ class OnnxTextEngine(TextEngine):
             generation_seconds=time.perf_counter() - prompt_done,
         )
 
-    def _piece(self, token: int) -> str:
-        return str(self._tokenizer.decode(np.asarray([token], dtype=np.int32)))
-
-    def _logprob(self, raw: Any, token: int, top_n: int) -> TokenLogprob:
-        # From the raw model output, before temperature and top-k/top-p (as the GGUF engine reports them).
-        logits = np.asarray(raw, dtype=np.float64).reshape(-1)
-        shifted = logits - logits.max()
-        logprobs = shifted - np.log(np.exp(shifted).sum())
-        top: list[TopLogprob] = []
-        if top_n > 0:
-            ids = np.argpartition(-logprobs, top_n)[:top_n]
-            for i in ids[np.argsort(-logprobs[ids])]:
-                piece = self._piece(int(i))
-                top.append(TopLogprob(piece, float(logprobs[i]), list(piece.encode("utf-8"))))
-        piece = self._piece(token)
-        return TokenLogprob(piece, float(logprobs[token]), list(piece.encode("utf-8")), top)
+    def _piece(self, token: int) -> bytes:
+        return str(self._tokenizer.decode(np.asarray([token], dtype=np.int32))).encode("utf-8")
 
     def close(self) -> None:
         # onnxruntime-genai frees the model when the last reference goes.

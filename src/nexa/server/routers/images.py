@@ -40,13 +40,9 @@ async def txt2img(body: ImageRequest, request: Request) -> NexaImages:
 
 @router.post("/v1/img2img", response_model=NexaImages, openapi_extra=_edit_body(ImageRequest))
 async def img2img(request: Request) -> NexaImages:
-    settings: Settings = request.app.state.settings
-    body, uploads = await images.read_request(request, ImageRequest)
-    given = images.inputs(body, uploads, settings)
-    if given.image is None:
-        raise InvalidRequest("img2img needs an input image: upload `image`, send it as base64 or a data URI in "
-                             "`image`, or give an `image_path` the server may read.", param="image")
-    made = await images.generate(_engine(request, Task.IMG2IMG, "/v1/img2img"), settings, body, Task.IMG2IMG, given)
+    body, made = await _edit(request, ImageRequest, "/v1/img2img", (
+        "img2img needs an input image: upload `image`, send it as base64 or a data URI in `image`, or give an "
+        "`image_path` the server may read."))
     return images.nexa_images(made, body.response_format, _link(request))
 
 
@@ -59,14 +55,22 @@ async def generations(body: OpenAIImageRequest, request: Request) -> OpenAIImage
 
 @router.post("/v1/images/edits", response_model=OpenAIImages, openapi_extra=_edit_body(OpenAIImageRequest))
 async def edits(request: Request) -> OpenAIImages:
+    body, made = await _edit(request, OpenAIImageRequest, "/v1/images/edits",
+                             "images/edits needs an `image` (a file upload, base64 or a data URI).")
+    return images.openai_images(made, body.response_format, _link(request))
+
+
+async def _edit(
+    request: Request, model: type[ImageRequest], endpoint: str, no_image: str
+) -> tuple[ImageRequest, images.Generated]:
+    """An img2img request in JSON or multipart, refused with `no_image` when it has no input image."""
     settings: Settings = request.app.state.settings
-    body, uploads = await images.read_request(request, OpenAIImageRequest)
+    body, uploads = await images.read_request(request, model)
     given = images.inputs(body, uploads, settings)
     if given.image is None:
-        raise InvalidRequest("images/edits needs an `image` (a file upload, base64 or a data URI).", param="image")
-    made = await images.generate(_engine(request, Task.IMG2IMG, "/v1/images/edits"), settings, body, Task.IMG2IMG,
-                                 given)
-    return images.openai_images(made, body.response_format, _link(request))
+        raise InvalidRequest(no_image, param="image")
+    made = await images.generate(_engine(request, Task.IMG2IMG, endpoint), settings, body, Task.IMG2IMG, given)
+    return body, made
 
 
 @router.get(
