@@ -5,6 +5,7 @@ that need real sockets (the openai package, concurrency, disconnects)."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,11 @@ from fastapi.testclient import TestClient
 TESTS = str(Path(__file__).resolve().parent)
 if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
+
+# Starlette's TestClient sends `Host: testserver`, which a loopback server refuses (DNS rebinding,
+# server/security.py): every app the tests build serves that name too. test_security.py sets
+# allowed_hosts itself.
+os.environ.setdefault("NEXA_ALLOWED_HOSTS", '["testserver"]')
 
 from nexa.config import Settings  # noqa: E402
 from nexa.models.manager import ModelManager  # noqa: E402

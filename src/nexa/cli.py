@@ -175,6 +175,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise StartupError("; ".join(_problem(error, typed) for error in exc.errors()) + ".") from None
     _model_type(args, settings.source)
     _check_paths_and_hosts(settings)
+    _check_access(settings)
     return settings
 
 
@@ -224,6 +225,25 @@ def _check_paths_and_hosts(settings: Settings) -> None:
         parse_allowed_hosts(settings.allowed_image_hosts)
     except ValueError as exc:
         raise StartupError(f"--allow-image-host: {exc}.") from None
+
+
+def _check_access(settings: Settings) -> None:
+    """Keys that can be used, and no server open to the network without one (LocalAI's rule)."""
+    from nexa.server.security import api_keys, is_loopback
+
+    try:
+        keys = api_keys(settings)
+    except OSError as exc:
+        raise StartupError(f"--api-key-file {settings.api_key_file!r}: {exc.strerror}.") from None
+    except ValueError as exc:
+        raise StartupError(f"{exc}.") from None
+    if settings.api_key_file and not keys:
+        raise StartupError(f"--api-key-file {settings.api_key_file!r} holds no key: write one per line.")
+    if not keys and not settings.insecure_public and not is_loopback(settings.host):
+        raise StartupError(
+            f"--host {settings.host} serves other machines, but no API key is set: add --api-key KEY "
+            "(or --api-key-file, NEXA_API_KEY), bind 127.0.0.1, or pass --insecure-public to serve anyone."
+        )
 
 
 def check_port(host: str, port: int) -> None:

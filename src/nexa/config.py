@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nexa.models.types import ModelType
 
@@ -69,7 +69,9 @@ class Settings(BaseSettings):
     port: Annotated[int, flag("--port")] = Field(8000, ge=1, le=65535, description="port to bind")
     reload: Annotated[bool, flag("--reload")] = Field(False, description="restart the server when the code changes")
     cors_origins: Annotated[list[str], flag("--cors-origin", metavar="ORIGIN")] = Field(
-        default_factory=lambda: ["*"], description="let browser pages from ORIGIN call the API (CORS)"
+        default_factory=list,
+        description="let browser pages from ORIGIN call the API (CORS); pages on localhost and the server's own "
+        "origin always may",
     )
     shutdown_grace_s: Annotated[float, flag("--shutdown-grace", metavar="SECONDS")] = Field(
         30.0, ge=0, description="seconds in-flight requests get to finish on Ctrl-C or SIGTERM"
@@ -77,6 +79,28 @@ class Settings(BaseSettings):
     log_level: Annotated[Literal["debug", "info", "warning", "error"], flag("--log-level")] = Field(
         "info", description="what the server logs"
     )
+
+    # -- access: API keys and the Host header (server/security.py) -------------------------------
+    # NoDecode: NEXA_API_KEY is one key as written, not a JSON list.
+    api_key: Annotated[list[str], NoDecode, flag("--api-key", metavar="KEY")] = Field(
+        default_factory=list, repr=False, description="require this key (`Authorization: Bearer KEY` or `x-api-key`)"
+    )
+    api_key_file: Annotated[str | None, flag("--api-key-file", metavar="PATH")] = Field(
+        None, description="require one of the keys in PATH, one per line"
+    )
+    insecure_public: Annotated[
+        bool, flag("--insecure-public", help="serve a non-loopback --host to anyone, without an API key")
+    ] = Field(False, description="allow a non-loopback host without an API key")
+    allowed_hosts: Annotated[list[str], flag("--allowed-host", metavar="NAME")] = Field(
+        default_factory=list,
+        description="on a loopback --host, also serve requests whose Host header is NAME (besides localhost, "
+        "127.0.0.1 and [::1])",
+    )
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _one_key_from_env(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     # -- llama.cpp (text, chat, vision and embedding models) -----------------------------------
     n_ctx: Annotated[int, flag("--nctx", "-c")] = Field(2048, ge=16, description="context length in tokens")

@@ -44,7 +44,10 @@ def test_defaults_match_the_spec():
 
 
 def test_flags_parse():
-    s = parse("../models/llava/", "-lp", "-mt", "MULTIMODAL", "--host", "0.0.0.0", "--port", "9000", "--nctx", "4096")
+    s = parse(
+        "../models/llava/", "-lp", "-mt", "MULTIMODAL", "--host", "0.0.0.0", "--port", "9000", "--nctx", "4096",
+        "--api-key", "k",
+    )  # fmt: skip
     assert (s.model, s.source, s.model_type, s.host, s.port, s.n_ctx) == (
         "../models/llava/",
         "local",

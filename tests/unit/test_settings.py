@@ -48,6 +48,7 @@ SERVER_FIELDS = {
     "image_output_dir", "allowed_image_dirs", "max_image_size", "max_image_steps", "max_images_n",
     "max_upload_mb", "remote_images", "allowed_image_hosts", "max_image_bytes", "image_fetch_timeout_s",
     "max_image_redirects", "max_chat_images",
+    "api_key", "api_key_file", "insecure_public", "allowed_hosts",
 }  # fmt: skip
 
 
@@ -168,6 +169,10 @@ def sample(name: str, tmp_path: Path) -> tuple[list[str], Any]:
         "allowed_image_dirs": ([str(tmp_path)], [str(tmp_path)]),
         "allowed_image_hosts": (["10.0.0.0/8"], ["10.0.0.0/8"]),
         "cors_origins": (["http://localhost:3000"], ["http://localhost:3000"]),
+        "api_key": (["k1"], ["k1"]),
+        "api_key_file": ([str(tmp_path / "keys")], str(tmp_path / "keys")),
+        "allowed_hosts": (["nexa.test"], ["nexa.test"]),
+        "host": (["127.0.0.2"], "127.0.0.2"),  # another host needs a key (test_security.py)
         "log_level": (["debug"], "debug"),
         "parallel": (["3"], 3),
         "max_image_bytes": (["2.5"], int(2.5 * 2**20)),
@@ -184,6 +189,7 @@ def sample(name: str, tmp_path: Path) -> tuple[list[str], Any]:
 
 def test_every_flag_and_short_name_sets_its_field(tmp_path: Path) -> None:
     (tmp_path / "mmproj.gguf").write_bytes(b"GGUF")
+    (tmp_path / "keys").write_text("k1\n")
     for name in Settings.model_fields:
         flag = cli_flag(name)
         if flag is None:

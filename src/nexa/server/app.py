@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from nexa import __version__
 from nexa.config import Settings
@@ -16,6 +15,7 @@ from nexa.server.errors import install_error_handlers
 from nexa.server.logs import AccessLog
 from nexa.server.openapi import install as install_openapi
 from nexa.server.routers import audio, chat, completions, embeddings, functions, health, images, metrics, models
+from nexa.server.security import install as install_security
 
 log = logging.getLogger("nexa.server")
 
@@ -30,8 +30,7 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
     app = FastAPI(title="nexa", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.manager = manager
-    # No credentials with a wildcard origin: a browser page elsewhere cannot ride a user's cookies.
-    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
+    install_security(app, settings)
     app.add_middleware(AccessLog)
     install_error_handlers(app)
     for router in (
