@@ -13,6 +13,7 @@ from nexa import __version__
 from nexa.config import Settings
 from nexa.models.manager import ModelManager, resolve_model
 from nexa.server.errors import install_error_handlers
+from nexa.server.limits import BodyLimit
 from nexa.server.logs import AccessLog
 from nexa.server.openapi import install as install_openapi
 from nexa.server.routers import audio, chat, completions, embeddings, functions, health, images, metrics, models
@@ -30,6 +31,7 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
     app = FastAPI(title="nexa", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.manager = manager
+    app.add_middleware(BodyLimit, settings=settings)  # inside CORS, so a browser can read its 413
     # No credentials with a wildcard origin: a browser page elsewhere cannot ride a user's cookies.
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(AccessLog)
