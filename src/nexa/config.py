@@ -175,8 +175,9 @@ class Settings(BaseSettings):
     max_image_prompt_chars: Annotated[int, flag("--max-image-prompt-chars")] = Field(
         4096, ge=1, le=30000, description="longest image prompt and negative_prompt in characters"
     )
+    # Three hours (a long meeting or lecture) decode to 0.7 GB of float32 samples at 16 kHz.
     max_audio_seconds: Annotated[float, flag("--max-audio-seconds")] = Field(
-        4 * 3600.0, gt=0, description="longest audio a transcription or translation decodes, in seconds"
+        3 * 3600.0, gt=0, description="longest audio a transcription or translation decodes, in seconds"
     )
 
     @field_validator("allowed_image_dirs")
