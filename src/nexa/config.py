@@ -183,6 +183,27 @@ class Settings(BaseSettings):
         16, ge=1, description="most images in one chat request, all messages together"
     )
 
+    # -- request bounds: refused before the work, so one request cannot hold the server ---------
+    # Uploads (multipart) keep their own limits above; a multipart body may be as large as the
+    # largest of them (two images: input and mask).
+    max_body_bytes: Annotated[int, flag("--max-body-mb", scale=2**20, help="largest JSON request body in MiB")] = (
+        Field(32 * 2**20, gt=0, description="largest request body in bytes (multipart: the upload limits apply)")
+    )
+    # A 1024-message history is already far past any context this server runs; refusing more
+    # keeps a 16 MiB body of empty messages from being rendered through the chat template.
+    max_messages: Annotated[int, flag("--max-messages")] = Field(
+        1024, ge=1, description="most messages in one chat request"
+    )
+    # stable-diffusion.cpp kills the process on a prompt of 32 KiB or more; CLIP reads 77 tokens
+    # per chunk, so 4096 characters is already far more than an image prompt needs.
+    max_image_prompt_chars: Annotated[int, flag("--max-image-prompt-chars")] = Field(
+        4096, ge=1, le=30000, description="longest image prompt and negative_prompt in characters"
+    )
+    # Three hours (a long meeting or lecture) decode to 0.7 GB of float32 samples at 16 kHz.
+    max_audio_seconds: Annotated[float, flag("--max-audio-seconds")] = Field(
+        3 * 3600.0, gt=0, description="longest audio a transcription or translation decodes, in seconds"
+    )
+
     @field_validator("allowed_image_dirs")
     @classmethod
     def _absolute_dirs(cls, dirs: list[str]) -> list[str]:

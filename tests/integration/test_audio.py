@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import av
 import httpx
 import numpy as np
 import openai
@@ -451,6 +452,39 @@ def test_upload_size_limit(whisper_engine: WhisperEngine, whisper_model: Resolve
     _error(r, 413, "MiB")
     small = (AUDIO / "s2.ogg").read_bytes()  # 8 KiB of Opus is well inside the limit
     assert post(client, small, name="s2.ogg").status_code == 200
+
+
+def silent_flac(seconds: int, rate: int = 8000) -> bytes:
+    """Silence as FLAC: 10 minutes are about 110 KB, so a long recording is a small upload."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="flac") as out:
+        stream = out.add_stream("flac", rate=rate, layout="mono")
+        block = np.zeros((1, rate * 10), dtype=np.int16)
+        for _ in range(seconds // 10):
+            frame = av.AudioFrame.from_ndarray(block, format="s16", layout="mono")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def test_audio_duration_limit(whisper_engine: WhisperEngine, whisper_model: ResolvedModel) -> None:
+    client = TestClient(_app(whisper_engine, whisper_model, max_audio_seconds=60))
+    flac = silent_flac(600)
+    r = post(client, flac, name="long.flac")  # the container says 600 s: refused before decoding
+    _error(r, 413, "600 seconds", "--max-audio-seconds")
+    assert (r.json()["error"]["param"], r.json()["error"]["code"]) == ("file", "audio_too_long")
+    # The same stream with its total length zeroed (unknown, as a streamed FLAC writes it):
+    # refused while decoding, once the samples pass the limit.
+    unknown = bytearray(flac)
+    assert unknown[:4] == b"fLaC"
+    unknown[8 + 13] &= 0xF0  # STREAMINFO's 36-bit sample count: the low 4 bits of byte 13...
+    unknown[8 + 14:8 + 18] = bytes(4)  # ...and the next four bytes
+    _error(post(client, bytes(unknown), name="long.flac"), 413, "runs past", "--max-audio-seconds")
+    r = post(client, (AUDIO / "s1.wav").read_bytes())  # still serving, and short audio is heard
+    assert r.status_code == 200 and wer(TRANSCRIPTS["s1.wav"], r.json()["text"]) <= 0.2
 
 
 def test_no_temporary_files_left(speech: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -278,6 +278,19 @@ def test_bad_input_images_are_400(http: httpx.Client, dirs: dict[str, Path]) -> 
         assert why in message, (path, message)
 
 
+def test_long_prompts_are_400_and_the_server_keeps_serving(http: httpx.Client) -> None:
+    # A prompt of 32 KiB or more killed the whole server inside stable-diffusion.cpp.
+    long = "a red fox " * 4096  # 40 KiB
+    for path in ("/v1/txt2img", "/v1/images/generations"):
+        assert "--max-image-prompt-chars" in refused(http.post(path, json={"prompt": long, **SMALL}), 400, "prompt")
+    r = http.post("/v1/txt2img", json={"prompt": "x", "negative_prompt": long, **SMALL})
+    refused(r, 400, "negative_prompt")
+    r = http.post("/v1/img2img", json={"prompt": long, "image": b64(png((1, 2, 3))), **SMALL})
+    refused(r, 400, "prompt")
+    assert r.json()["error"]["code"] == "prompt_too_long"
+    post_ok(http, "/v1/txt2img", json={"prompt": "a red fox " * 409, **SMALL})  # 4090 characters: fine
+
+
 def test_image_path_is_off_unless_the_operator_allows_a_directory(
     image_manager: ModelManager, dirs: dict[str, Path]
 ) -> None:

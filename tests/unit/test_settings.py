@@ -49,6 +49,7 @@ SERVER_FIELDS = {
     "max_upload_mb", "remote_images", "allowed_image_hosts", "max_image_bytes", "image_fetch_timeout_s",
     "max_image_redirects", "max_chat_images",
     "api_key", "api_key_file", "insecure_public", "allowed_hosts",
+    "max_body_bytes", "max_messages", "max_image_prompt_chars", "max_audio_seconds",
 }  # fmt: skip
 
 
@@ -176,6 +177,7 @@ def sample(name: str, tmp_path: Path) -> tuple[list[str], Any]:
         "log_level": (["debug"], "debug"),
         "parallel": (["3"], 3),
         "max_image_bytes": (["2.5"], int(2.5 * 2**20)),
+        "max_body_bytes": (["1.5"], int(1.5 * 2**20)),
     }
     if name in special:
         return special[name]

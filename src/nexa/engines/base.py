@@ -16,6 +16,11 @@ import numpy as np
 
 from nexa.errors import ContextLengthExceeded, InvalidRequest, UnsupportedTask
 
+# More characters than any token of a real vocabulary covers on average over a prompt (English
+# averages about 4): a text longer than the context times this cannot fit, so it is refused
+# before tokenizing it, which for hundreds of MiB takes minutes.
+CHARS_PER_TOKEN = 16
+
 
 class Cancelled(Exception):
     """The client went away and the engine stopped its work early."""
@@ -165,6 +170,15 @@ class TextEngine(Engine):
     def tokenize_chat(self, text: str, has_bos: bool) -> list[int]:
         """Tokens of a rendered chat: its special tokens parsed, a BOS added unless it has one."""
         return self.tokenize(text, special=True) if has_bos else self.tokenize(text)
+
+    def check_prompt_chars(self, chars: int, param: str) -> None:
+        """Refuse, before tokenizing, a text far too long for the context to hold."""
+        if self.n_ctx and chars > self.n_ctx * CHARS_PER_TOKEN:
+            raise ContextLengthExceeded(
+                f"The prompt is {chars} characters, far more than the model's context of {self.n_ctx} tokens "
+                f"can hold. Shorten the prompt or restart the server with a larger --nctx.",
+                param=param,
+            )
 
     def check_prompt(self, prompt: list[int], param: str) -> None:
         """Refuse, with a 400, a prompt the model cannot take: never truncate it silently."""

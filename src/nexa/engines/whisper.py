@@ -23,7 +23,7 @@ import numpy as np
 
 from nexa.config import default
 from nexa.engines.base import Engine, Task
-from nexa.errors import InvalidRequest, StartupError, UnsupportedTask
+from nexa.errors import InvalidRequest, PayloadTooLarge, StartupError, UnsupportedTask
 
 log = logging.getLogger("nexa.engine.whisper")
 
@@ -181,15 +181,18 @@ class WhisperEngine(Engine):
 
     # -- audio -----------------------------------------------------------------------------
 
-    def decode(self, source: str | Path | BinaryIO) -> np.ndarray:
-        """Any container/codec FFmpeg knows -> float32 mono samples at the model's rate."""
+    def decode(self, source: str | Path | BinaryIO, max_seconds: float | None = None) -> np.ndarray:
+        """Any container/codec FFmpeg knows -> float32 mono samples at the model's rate.
+
+        Audio longer than `max_seconds` is refused: from the container's duration where it
+        declares one, before decoding, and by counting the decoded samples otherwise (or where
+        the declared duration lies)."""
         import av
-        from faster_whisper import decode_audio
 
         if hasattr(source, "seek"):
             source.seek(0)  # type: ignore[union-attr]
         try:
-            audio = decode_audio(str(source) if isinstance(source, Path) else source, sampling_rate=self.sampling_rate)
+            audio = _decode(str(source) if isinstance(source, Path) else source, self.sampling_rate, max_seconds)
         except (av.FFmpegError, ValueError, IndexError, OSError, EOFError) as exc:
             # IndexError: the container opened but holds no audio stream (an image, a silent video).
             reason = "it has no audio stream" if isinstance(exc, IndexError) else str(exc)
@@ -284,3 +287,76 @@ def _segment(seg: Any) -> Segment:
         temperature=float(seg.temperature or 0.0), avg_logprob=float(seg.avg_logprob),
         compression_ratio=float(seg.compression_ratio), no_speech_prob=float(seg.no_speech_prob), words=words,
     )
+
+
+# -- decoding: faster_whisper.decode_audio's pipeline (same samples), bounded in duration ----------
+
+
+def _too_long(seconds: float | None, max_seconds: float) -> PayloadTooLarge:
+    """`seconds`: the container's declared duration; None where decoding passed the limit."""
+    what = f"The audio is {seconds:.0f} seconds long, over" if seconds is not None else "The audio runs past"
+    return PayloadTooLarge(
+        f"{what} this server's limit of {max_seconds:g} seconds (--max-audio-seconds): send a shorter recording.",
+        param="file", code="audio_too_long",
+    )
+
+
+def _decode(source: str | BinaryIO, rate: int, max_seconds: float | None) -> np.ndarray:
+    import gc
+
+    import av
+
+    resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=rate)
+    chunks: list[np.ndarray] = []
+    with av.open(source, mode="r", metadata_errors="ignore") as container:
+        stream = container.streams.audio[0]  # IndexError: no audio stream
+        if max_seconds is not None:
+            declared = _declared_seconds(container, stream)
+            if declared is not None and declared > max_seconds:
+                raise _too_long(declared, max_seconds)
+        fifo = av.audio.fifo.AudioFifo()
+        seconds = 0.0
+
+        def grouped() -> Any:
+            nonlocal seconds
+            for frame in _valid_frames(container.decode(stream)):
+                seconds += frame.samples / (frame.sample_rate or rate)
+                if max_seconds is not None and seconds > max_seconds:
+                    raise _too_long(None, max_seconds)
+                frame.pts = None  # as faster-whisper: ignore timestamp checks
+                fifo.write(frame)
+                if fifo.samples >= 500_000:
+                    yield fifo.read()
+            if fifo.samples > 0:
+                yield fifo.read()
+            yield None  # flushes the resampler
+
+        for frame in grouped():
+            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+    # PyAV's resampler keeps objects alive until a collection (faster-whisper issue 390).
+    del resampler
+    gc.collect()
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+    return audio.astype(np.float32) / 32768.0
+
+
+def _declared_seconds(container: Any, stream: Any) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
+
+
+def _valid_frames(frames: Any) -> Any:
+    """Skip frames FFmpeg cannot decode, as faster-whisper does, instead of failing the upload."""
+    import av
+
+    iterator = iter(frames)
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except av.error.InvalidDataError:
+            continue

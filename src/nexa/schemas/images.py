@@ -62,6 +62,14 @@ class ImageRequest(RequestModel):
             raise InvalidRequest("cfg_scale must be between 0 and 30.", param="cfg_scale")
         if not 0.0 <= self.strength <= 1.0:
             raise InvalidRequest("strength must be between 0 and 1.", param="strength")
+        most = settings.max_image_prompt_chars
+        for field, text in (("prompt", self.prompt), ("negative_prompt", self.negative_prompt)):
+            if len(text) > most:
+                raise InvalidRequest(
+                    f"{field} is {len(text)} characters; this server takes at most {most} "
+                    f"(--max-image-prompt-chars).",
+                    param=field, code="prompt_too_long",
+                )
         return GenerationParams(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,

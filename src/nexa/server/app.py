@@ -12,6 +12,7 @@ from nexa import __version__
 from nexa.config import Settings
 from nexa.models.manager import ModelManager, resolve_model
 from nexa.server.errors import install_error_handlers
+from nexa.server.limits import BodyLimit
 from nexa.server.logs import AccessLog
 from nexa.server.openapi import install as install_openapi
 from nexa.server.routers import audio, chat, completions, embeddings, functions, health, images, metrics, models
@@ -30,6 +31,8 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
     app = FastAPI(title="nexa", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.manager = manager
+    # Added first, so it runs innermost: after the Host and key checks, inside CORS (a browser can read its 413).
+    app.add_middleware(BodyLimit, settings=settings)
     install_security(app, settings)
     app.add_middleware(AccessLog)
     install_error_handlers(app)

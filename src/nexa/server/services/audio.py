@@ -32,10 +32,8 @@ from nexa.schemas.audio import (
     TranscriptionWord,
     VerboseTranscription,
 )
+from nexa.server.limits import FORM_OVERHEAD
 from nexa.server.threads import collect, in_thread, iterate_in_thread
-
-# Multipart framing and the small option fields around the file.
-_FORM_OVERHEAD = 64 * 1024
 
 
 async def transcribe(
@@ -45,7 +43,7 @@ async def transcribe(
     settings: Settings = request.app.state.settings
     limit = int(settings.max_upload_mb * 1024 * 1024)
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + _FORM_OVERHEAD:
+    if declared and declared.isdigit() and int(declared) > limit + FORM_OVERHEAD:
         raise _too_large(settings)
 
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -67,7 +65,7 @@ async def transcribe(
                                  code="empty_file")
         opts = body.options(task.value)
         engine.check(opts)  # e.g. a language an English-only model cannot hear: 400 before decoding
-        audio = await in_thread(engine.decode, upload.file)
+        audio = await in_thread(engine.decode, upload.file, settings.max_audio_seconds)
 
     items = await collect(request, iterate_in_thread(lambda cancel: engine.transcribe(audio, opts, cancel)))
     info = items[0]

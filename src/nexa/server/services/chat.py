@@ -34,6 +34,7 @@ async def chat(request: Request, body: ChatRequest) -> Answer:
     engine: TextEngine = request.app.state.manager.get(
         task, "image input" if task == Task.VISION else "/v1/chat/completions"
     )
+    _check_size(request, engine, body)
     params = body.sampling(body.logprob_count())
     plan = plan_chat(body)  # tools / response_format: None for a plain chat
     if plan is not None and plan.calls:
@@ -47,10 +48,22 @@ async def chat(request: Request, body: ChatRequest) -> Answer:
 
 async def function_calling(request: Request, body: FunctionCallingRequest) -> Answer:
     engine: TextEngine = request.app.state.manager.get(Task.TOOLS, "/v1/function-calling")
+    _check_size(request, engine, body)
     params = body.sampling(body.logprob_count())
     plan = plan_chat(body, always_call=True)
     assert plan is not None  # always_call refuses a request without tools
     return await _answer(request, engine, body, params, plan, await in_thread(_prompt, engine, body, plan))
+
+
+def _check_size(request: Request, engine: TextEngine, body: ChatRequest) -> None:
+    """Bounds checked before any template is rendered or text tokenized."""
+    most = request.app.state.settings.max_messages
+    if len(body.messages) > most:
+        raise InvalidRequest(
+            f"{len(body.messages)} messages in one request; this server takes at most {most} (--max-messages).",
+            param="messages", code="too_many_messages",
+        )
+    engine.check_prompt_chars(sum(len(m.as_template_dict()["content"]) for m in body.messages), "messages")
 
 
 async def _answer(

@@ -20,6 +20,8 @@ async def complete(request: Request, body: CompletionRequest) -> Completion | As
     params = body.sampling(body.logprobs)
     params.grammar = response_format_grammar(body.response_format, body.stop)  # JSON that always parses
     prompt = body.prompt_text()
+    if isinstance(prompt, str):
+        engine.check_prompt_chars(len(prompt), "prompt")
     tokens = prompt if isinstance(prompt, list) else await in_thread(engine.tokenize, prompt)
     engine.check_prompt(tokens, "prompt")
     echo = prompt if body.echo and isinstance(prompt, str) else ""
