@@ -20,6 +20,7 @@ from nexa.schemas.text import AssistantMessage, ChatCompletion, ChatCompletionCh
 from nexa.schemas.tools import FunctionCallingRequest
 from nexa.server.image_input import ImagePolicy, load_images
 from nexa.server.services import tools
+from nexa.server.services.compiling import compile_in_thread
 from nexa.server.services.generation import ChatReply, chat_logprobs, generate, generate_all
 from nexa.server.threads import in_thread
 from nexa.structured import prompting
@@ -35,7 +36,7 @@ async def chat(request: Request, body: ChatRequest) -> Answer:
         task, "image input" if task == Task.VISION else "/v1/chat/completions"
     )
     params = body.sampling(body.logprob_count())
-    plan = plan_chat(body)  # tools / response_format: None for a plain chat
+    plan = await compile_in_thread(plan_chat, body, param=_grammar_param(body))  # None for a plain chat
     if plan is not None and plan.calls:
         engine.require(Task.TOOLS, "tools")
     if task == Task.VISION:
@@ -48,9 +49,13 @@ async def chat(request: Request, body: ChatRequest) -> Answer:
 async def function_calling(request: Request, body: FunctionCallingRequest) -> Answer:
     engine: TextEngine = request.app.state.manager.get(Task.TOOLS, "/v1/function-calling")
     params = body.sampling(body.logprob_count())
-    plan = plan_chat(body, always_call=True)
+    plan = await compile_in_thread(plan_chat, body, always_call=True, param=_grammar_param(body))
     assert plan is not None  # always_call refuses a request without tools
     return await _answer(request, engine, body, params, plan, await in_thread(_prompt, engine, body, plan))
+
+
+def _grammar_param(body: ChatRequest) -> str:
+    return "functions" if body.functions is not None else "tools" if body.tools else "response_format"
 
 
 async def _answer(
