@@ -94,6 +94,8 @@ def read_allowed_file(
             "--allow-dir DIR to allow reading from DIR.",
             param=param,
         )
+    if "\x00" in raw:  # os calls raise ValueError on it: a 500 before this check
+        raise InvalidRequest(f"{param} must not contain a NUL byte.", param=param)
     path = Path(os.path.expanduser(raw))
     if ".." in path.parts:
         raise InvalidRequest(f"{param} must not contain '..'.", param=param)
@@ -122,15 +124,20 @@ def read_allowed_file(
 
 
 def _read_regular(path: Path, max_bytes: int, param: str) -> bytes:
-    # O_NOFOLLOW: if the last component became a link since it was resolved, refuse it.
+    # Only regular files: opening a FIFO waits for a writer forever, a device may never end.
+    # Checked before opening, and opened with O_NONBLOCK in case it was swapped meanwhile
+    # (O_NOFOLLOW: if the last component became a link since it was resolved, refuse it).
+    not_regular = InvalidRequest(f"{param} is not a regular file (a directory, FIFO or device).", param=param)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise not_regular
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise InvalidRequest(f"Cannot read the image file: {exc.strerror}.", param=param) from exc
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode):
-            raise InvalidRequest(f"{param} is not a regular file.", param=param)
+            raise not_regular
         if info.st_size > max_bytes:
             raise image_too_large(max_bytes, param)
         return f.read(max_bytes + 1)

@@ -14,7 +14,23 @@ from nexa.structured.gbnf import repeat, separated
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds the grammar puts where the schema gives none (see nexa.structured.schema)."""
+    """Bounds the grammar puts where the schema gives none (see nexa.structured.schema), and
+    the size of a schema this server compiles at all (a 400 naming the limit past them).
+
+    The size limits keep compiling and sampling short whatever a request sends, and sit far
+    above real tool schemas: the 458 functions of BFCL's live sets (../shared/data) have at
+    most 353 JSON values per request, 10 levels of nesting and 16 enum values; the schemas
+    of tests/schemas at most 31 values and 9 levels. OpenAI's structured outputs allow 10
+    levels and 1,000 enum values in all.
+    - max_schema_nodes: JSON values (objects, lists, scalars) in one schema.
+    - max_schema_depth: nesting of the schema's JSON; a deeper one overflowed the stack.
+    - max_enum_values: enum and const values in one grammar; llama.cpp checks each token
+      against every open alternative (5,000 values: 3.5 s for 20 tokens; 1,000: 0.7 s).
+    - max_repeat: one repetition (minLength, minItems, minProperties, a pattern's {n}):
+      llama.cpp's own ceiling, past which it cannot parse the grammar.
+    - max_pattern_nesting: quantifiers nested in a pattern, and the product of their counts
+      at most max_repeat: `((a*)*)*` took llama.cpp 500 s for 20 tokens.
+    """
 
     max_string: int = 200  # characters in a string without maxLength
     max_items: int = 16  # items in an array without maxItems
@@ -25,6 +41,11 @@ class Limits:
     max_fraction_digits: int = 6  # digits after the point of a number
     max_pattern_repeat: int = 16  # repeats of `*`, `+` or `{n,}` in a pattern without maxLength
     max_key: int = 32  # characters in a key of an open object
+    max_schema_nodes: int = 5000
+    max_schema_depth: int = 64
+    max_enum_values: int = 1000
+    max_repeat: int = 2000
+    max_pattern_nesting: int = 2
 
 
 LIMITS = Limits()
@@ -44,6 +65,7 @@ class GrammarBuilder:
         self.rules: dict[str, str] = {"ws": WS, "char": CHAR}
         self._by_body: dict[str, str] = {}
         self._counter = 0
+        self.enum_values = 0  # across every schema of this grammar (see Limits.max_enum_values)
 
     def rule(self, hint: str, body: str) -> str:
         """Add a rule (or reuse an identical one) and return its name."""

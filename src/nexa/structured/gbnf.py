@@ -217,6 +217,32 @@ class Pattern:
             return [(_sre.BRANCH, (None, branches))]
         return seq
 
+    def check_size(self, max_repeat: int, max_nesting: int, unbounded: int) -> None:
+        """Refuse quantifiers nested past `max_nesting`, or whose counts multiply past
+        `max_repeat` (an unbounded one counts as `unbounded`): llama.cpp either cannot parse
+        such a grammar or tracks every way to split a match among them, token by token."""
+
+        def walk(seq: list[Any], depth: int, product: int) -> None:
+            for op, av in seq:
+                if op is _sre.BRANCH:
+                    for b in av[1]:
+                        walk(list(b), depth, product)
+                elif op is _sre.SUBPATTERN:
+                    walk(list(av[3]), depth, product)
+                elif op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT, getattr(_sre, "POSSESSIVE_REPEAT", None)):
+                    mn, mx, item = av
+                    count = unbounded if mx is _sre.MAXREPEAT else mx
+                    if mn > max_repeat or (mx is not _sre.MAXREPEAT and mx > max_repeat):
+                        raise self.fail(f"a repeat count above {max_repeat} is past this server's limit.")
+                    if depth + 1 > max_nesting or product * max(count, 1) > max_repeat and depth > 0:
+                        raise self.fail(
+                            f"repeats nested more than {max_nesting} deep, or whose counts multiply past "
+                            f"{max_repeat}, are past this server's limit."
+                        )
+                    walk(list(item), depth + 1, product * max(count, 1))
+
+        walk(self.seq, 0, 1)
+
     def width(self, cap: int) -> tuple[int, int]:
         return self._width(self.seq, cap)
 

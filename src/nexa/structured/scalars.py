@@ -11,7 +11,7 @@ from fractions import Fraction
 from typing import Any
 
 from nexa.errors import InvalidRequest
-from nexa.structured.builder import GrammarBuilder
+from nexa.structured.builder import LIMITS, GrammarBuilder
 from nexa.structured.gbnf import Pattern, decimal_alternatives, integer_alternatives, render_alternatives
 
 FORMATS = ("date", "time", "date-time", "uuid", "email", "ipv4")
@@ -40,13 +40,16 @@ def schema_error(param: str, ptr: str, what: str) -> InvalidRequest:
     return InvalidRequest(f"Invalid or unsupported JSON schema in {where}: {what}", param=param)
 
 
-def count(s: dict[str, Any], key: str, ptr: str, param: str) -> int | None:
-    """A size keyword (minLength, maxItems...), checked to be a non-negative integer."""
+def count(s: dict[str, Any], key: str, ptr: str, param: str, max_repeat: int = LIMITS.max_repeat) -> int | None:
+    """A size keyword (minLength, maxItems...), checked to be a non-negative integer; a
+    minimum is also held to `max_repeat` (a maximum above it only shortens what is written)."""
     v = s.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or v != int(v):
+    if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or v != int(v) or not math.isfinite(v):
         raise schema_error(param, f"{ptr}/{key}", f"{key} must be a non-negative integer.")
+    if key.startswith("min") and v > max_repeat:
+        raise schema_error(param, f"{ptr}/{key}", f"{key} above {max_repeat} is past this server's limit.")
     return int(v)
 
 
@@ -103,6 +106,19 @@ def number_rule(b: GrammarBuilder, s: dict[str, Any], ptr: str, param: str) -> s
     if lo is None and hi is None:
         return b.number()
     cap = Fraction(10**b.limits.max_int_digits - 1)
+    # The grammar writes at most max_int_digits digits before the point: a bound past that is
+    # either no bound at all (dropped) or a range the grammar cannot reach (a 400); near 1e22
+    # floats are 2**21 apart, and the search for the first value past the bound never ended.
+    if (lo is not None and lo > cap) or (hi is not None and hi < -cap):
+        raise schema_error(
+            param,
+            ptr,
+            f"its bounds lie past the {b.limits.max_int_digits}-digit numbers this server writes (its limit).",
+        )
+    if lo is not None and lo < -cap:
+        lo, lo_x = None, False
+    if hi is not None and hi > cap:
+        hi, hi_x = None, False
     flo = -cap if lo is None else lo
     fhi = cap if hi is None else hi
     if lo is None:
@@ -170,16 +186,17 @@ def _pattern(b: GrammarBuilder, pattern: Any, lo: int, hi: int | None, ptr: str,
     if not isinstance(pattern, str):
         raise schema_error(param, ptr, "pattern must be a string.")
     conv = Pattern(pattern, lambda what: schema_error(param, ptr, f"pattern {pattern!r}: {what}"))
+    conv.check_size(b.limits.max_repeat, b.limits.max_pattern_nesting, b.limits.max_pattern_repeat)
     cap = b.limits.max_pattern_repeat
     if hi is not None:
         # The largest repeat bound that keeps every match within maxLength.
         if conv.width(0)[1] > hi:
             raise conv.fail(f"its matches can be longer than maxLength {hi}.")
-        low, high = 0, max(hi, 0)
+        low, high = 0, min(max(hi, 0), b.limits.max_repeat)
         while low < high:
             mid = (low + high + 1) // 2
             low, high = (mid, high) if conv.width(mid)[1] <= hi else (low, mid - 1)
-        cap = low
+        cap = min(low, b.limits.max_repeat)  # fewer repeats are still within maxLength
     if conv.width(cap)[0] < lo:
         raise conv.fail(f"its matches can be shorter than minLength {lo}.")
     return b.rule("pattern", f'"\\"" {conv.gbnf(cap)} "\\""')

@@ -39,6 +39,7 @@ TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 
 def schema_rule(b: GrammarBuilder, schema: Any, param: str) -> str:
     """Add the rules for one JSON schema to `b`; raises InvalidRequest (400) naming `param`."""
+    check_size(schema, param, b.limits)
     rule = SchemaCompiler(b, schema, param).compile()
     if rule is None:
         raise schema_error(param, "#", "no value can satisfy it within the server's size limits.")
@@ -49,6 +50,23 @@ def schema_grammar(schema: Any, param: str, limits: Limits = LIMITS) -> str:
     """The whole grammar for one JSON value that satisfies `schema`."""
     b = GrammarBuilder(limits)
     return b.render(schema_rule(b, schema, param))
+
+
+def check_size(schema: Any, param: str, limits: Limits) -> None:
+    """Refuse a schema past Limits' size bounds before any work (iterative: no recursion)."""
+    nodes = 0
+    stack: list[tuple[Any, int]] = [(schema, 1)]
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > limits.max_schema_nodes:
+            raise schema_error(param, "#", f"more than {limits.max_schema_nodes} JSON values; this server's limit.")
+        if depth > limits.max_schema_depth:
+            raise schema_error(param, "#", f"nested deeper than {limits.max_schema_depth} levels; this server's limit.")
+        if isinstance(node, dict):
+            stack += [(v, depth + 1) for v in node.values()]
+        elif isinstance(node, list):
+            stack += [(v, depth + 1) for v in node]
 
 
 class SchemaCompiler:
@@ -187,6 +205,9 @@ class SchemaCompiler:
                 raise self.error(ptr, "enum must be a non-empty list.")
             if "const" in schema:
                 values = [v for v in values if json_equal(v, schema["const"])]
+        self.b.enum_values += len(values)
+        if self.b.enum_values > self.limits.max_enum_values:
+            raise self.error(ptr, f"more than {self.limits.max_enum_values} enum values in all; this server's limit.")
         if "type" in schema:
             types = self._types(schema, ptr)
             bad = [v for v in values if not has_type(v, types)]

@@ -20,6 +20,7 @@ from nexa.schemas.text import AssistantMessage, ChatCompletion, ChatCompletionCh
 from nexa.schemas.tools import FunctionCallingRequest
 from nexa.server.image_input import ImagePolicy, load_images
 from nexa.server.services import tools
+from nexa.server.services.compiling import compile_in_thread
 from nexa.server.services.generation import ChatReply, chat_logprobs, generate, generate_all
 from nexa.server.threads import in_thread
 from nexa.structured import prompting
@@ -36,7 +37,7 @@ async def chat(request: Request, body: ChatRequest) -> Answer:
     )
     _check_size(request, engine, body)
     params = body.sampling(body.logprob_count())
-    plan = plan_chat(body)  # tools / response_format: None for a plain chat
+    plan = await compile_in_thread(plan_chat, body, param=_grammar_param(body))  # None for a plain chat
     if plan is not None and plan.calls:
         engine.require(Task.TOOLS, "tools")
     if task == Task.VISION:
@@ -50,7 +51,7 @@ async def function_calling(request: Request, body: FunctionCallingRequest) -> An
     engine: TextEngine = request.app.state.manager.get(Task.TOOLS, "/v1/function-calling")
     _check_size(request, engine, body)
     params = body.sampling(body.logprob_count())
-    plan = plan_chat(body, always_call=True)
+    plan = await compile_in_thread(plan_chat, body, always_call=True, param=_grammar_param(body))
     assert plan is not None  # always_call refuses a request without tools
     return await _answer(request, engine, body, params, plan, await in_thread(_prompt, engine, body, plan))
 
@@ -64,6 +65,10 @@ def _check_size(request: Request, engine: TextEngine, body: ChatRequest) -> None
             param="messages", code="too_many_messages",
         )
     engine.check_prompt_chars(sum(len(m.as_template_dict()["content"]) for m in body.messages), "messages")
+
+
+def _grammar_param(body: ChatRequest) -> str:
+    return "functions" if body.functions is not None else "tools" if body.tools else "response_format"
 
 
 async def _answer(

@@ -10,6 +10,7 @@ from fastapi import Request
 from nexa.engines.base import Finish, SamplingParams, Task, TextDelta, TextEngine
 from nexa.schemas.common import new_id, now
 from nexa.schemas.text import Completion, CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionRequest
+from nexa.server.services.compiling import compile_in_thread
 from nexa.server.services.generation import completion_logprobs, finish_usage, generate, generate_all
 from nexa.server.threads import in_thread
 from nexa.structured.grammars import response_format_grammar
@@ -18,7 +19,9 @@ from nexa.structured.grammars import response_format_grammar
 async def complete(request: Request, body: CompletionRequest) -> Completion | AsyncIterator[CompletionChunk]:
     engine: TextEngine = request.app.state.manager.get(Task.COMPLETION, "/v1/completions")  # type: ignore[assignment]
     params = body.sampling(body.logprobs)
-    params.grammar = response_format_grammar(body.response_format, body.stop)  # JSON that always parses
+    params.grammar = await compile_in_thread(  # JSON that always parses
+        response_format_grammar, body.response_format, body.stop, param="response_format"
+    )
     prompt = body.prompt_text()
     if isinstance(prompt, str):
         engine.check_prompt_chars(len(prompt), "prompt")
