@@ -111,7 +111,7 @@ class Settings(BaseSettings):
         None, ge=1, description="requests a text model decodes together, each with the full --nctx"
     )
     max_queue: Annotated[int, flag("--max-queue")] = Field(
-        64, ge=0, description="requests that may wait for a slot; more get 503"
+        64, ge=0, description="requests that may wait for a model (a text slot, an image or speech turn); more get 503"
     )
     n_gpu_layers: Annotated[int, flag("--n-gpu-layers", "-ngl")] = Field(
         -1, ge=-1, description="model layers on the GPU, -1: all; ignored by CPU-only builds of llama.cpp"

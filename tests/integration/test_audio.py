@@ -121,6 +121,31 @@ def post(client: Any, content: bytes, *, name: str = "clip.wav", path: str = "tr
     return client.post(f"/v1/audio/{path}", params=params, data=data, files={"file": (name, content)}, **extra)
 
 
+def test_queue_past_max_queue_is_503(speech: TestClient, whisper_engine: WhisperEngine) -> None:
+    # One transcription holds the model and --max-queue 0 lets nobody wait: the next is a 503
+    # at once (with Retry-After), not a thread and an upload held until the model is free.
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with whisper_engine._turns():
+            entered.set()
+            release.wait(60)
+
+    saved, whisper_engine._turns.max_waiting = whisper_engine._turns.max_waiting, 0
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert entered.wait(60)
+        r = post(speech, (AUDIO / "s1.wav").read_bytes())
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert "--max-queue" in r.json()["error"]["message"]
+    finally:
+        release.set()
+        holder.join(60)
+        whisper_engine._turns.max_waiting = saved
+    assert post(speech, (AUDIO / "s1.wav").read_bytes()).status_code == 200  # served again
+
+
 # -- the engine and its model ----------------------------------------------------------------
 
 def test_engine_loads_english_only_tiny(whisper_engine: WhisperEngine) -> None:

@@ -121,6 +121,31 @@ def post_ok(http: httpx.Client, path: str, **kwargs: Any) -> dict[str, Any]:
     return out
 
 
+def test_queue_past_max_queue_is_503(http: httpx.Client, image_manager: ModelManager) -> None:
+    # One generation holds the model and --max-queue 0 lets nobody wait: the next is a 503 at once.
+    engine = image_manager.engine
+    assert isinstance(engine, DiffusionEngine)
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with engine._turns():
+            entered.set()
+            release.wait(60)
+
+    saved, engine._turns.max_waiting = engine._turns.max_waiting, 0
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert entered.wait(60)
+        r = http.post("/v1/txt2img", json={"prompt": "a red fox", **SMALL})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+    finally:
+        release.set()
+        holder.join(60)
+        engine._turns.max_waiting = saved
+    post_ok(http, "/v1/txt2img", json={"prompt": "a red fox", **SMALL})  # served again
+
+
 def refused(r: httpx.Response, status: int = 400, param: str | None = None) -> str:
     assert r.status_code == status, r.text
     error = r.json()["error"]

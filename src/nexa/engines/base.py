@@ -6,6 +6,7 @@ routers (the "spec" layer) wrap them into OpenAI/Nexa responses and SSE frames.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from nexa.errors import ContextLengthExceeded, InvalidRequest, UnsupportedTask
+from nexa.errors import ContextLengthExceeded, InvalidRequest, Overloaded, UnsupportedTask
 
 # More characters than any token of a real vocabulary covers on average over a prompt (English
 # averages about 4): a text longer than the context times this cannot fit, so it is refused
@@ -24,6 +25,37 @@ CHARS_PER_TOKEN = 16
 
 class Cancelled(Exception):
     """The client went away and the engine stopped its work early."""
+
+
+class Turns:
+    """One call on a model at a time, with at most `max_waiting` callers waiting for their turn.
+
+    Image and speech engines run one request at a time; without a cap every request that
+    arrives meanwhile would wait (a thread and its upload held) for as long as the queue takes.
+    Past the cap a caller gets Overloaded (503 with Retry-After) at once, as text requests do
+    past --max-queue."""
+
+    def __init__(self, max_waiting: int):
+        self.max_waiting = max_waiting
+        self.lock = threading.Lock()  # held by the caller whose turn it is (close() takes it too)
+        self._guard = threading.Lock()
+        self._admitted = 0  # the caller holding the lock plus those waiting for it
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._guard:
+            if self._admitted > self.max_waiting:
+                raise Overloaded(
+                    f"{self._admitted - 1} requests are already waiting for this model (--max-queue "
+                    f"{self.max_waiting}); retry shortly."
+                )
+            self._admitted += 1
+        try:
+            with self.lock:
+                yield
+        finally:
+            with self._guard:
+                self._admitted -= 1
 
 
 class Task(str, Enum):

@@ -10,14 +10,14 @@ from __future__ import annotations
 import ctypes
 import logging
 import random
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from nexa.engines.base import Engine, Task
+from nexa.config import default
+from nexa.engines.base import Engine, Task, Turns
 from nexa.errors import InvalidRequest
 
 log = logging.getLogger("nexa.engine.diffusion")
@@ -34,13 +34,13 @@ MAX_SEED = 2**31 - 1
 class DiffusionEngine(Engine):
     tasks = frozenset({Task.TXT2IMG, Task.IMG2IMG})
 
-    def __init__(self, path: Path, *, name: str, load_args: dict[str, Any]):
+    def __init__(self, path: Path, *, name: str, load_args: dict[str, Any], max_queue: int = default("max_queue")):
         import stable_diffusion_cpp
         from stable_diffusion_cpp import stable_diffusion as sd_module
 
         self.name = name
         self.path = path
-        self._lock = threading.Lock()
+        self._turns = Turns(max_queue)  # one generation at a time, a bounded queue behind it
         self._samplers = sorted(k for k in sd_module.SAMPLE_METHOD_MAP if k not in ("default", "sample_method_count"))
         self._sd_cpp = stable_diffusion_cpp
         self._route_native_output(stable_diffusion_cpp)  # before loading: loading logs a lot
@@ -99,7 +99,7 @@ class DiffusionEngine(Engine):
         if seed < 0:
             seed = random.randint(0, MAX_SEED)
         progress = _Progress(self.name)
-        with self._lock:
+        with self._turns():
             if self._sd is None:
                 raise RuntimeError("the model has been closed")
             started = time.perf_counter()
@@ -130,7 +130,7 @@ class DiffusionEngine(Engine):
         return [im.convert("RGB") for im in images], seed
 
     def close(self) -> None:
-        with self._lock:
+        with self._turns.lock:
             sd = getattr(self, "_sd", None)
             if sd is not None:
                 sd.close()  # frees the native context now rather than at garbage collection

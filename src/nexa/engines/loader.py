@@ -85,6 +85,7 @@ def _whisper(model: ResolvedModel, settings: Settings) -> EngineCall:
             compute_type=settings.whisper_compute_type,
             cpu_threads=settings.n_threads,
             batch_size=settings.whisper_batch_size,
+            max_queue=settings.max_queue,
         ),
     )
 
@@ -128,7 +129,12 @@ def diffusion_arguments(model: ResolvedModel, settings: Settings) -> dict[str, A
 def _diffusion(model: ResolvedModel, settings: Settings) -> EngineCall:
     return EngineCall(
         "nexa.engines.diffusion:DiffusionEngine",
-        dict(path=model.path, name=model.name, load_args=diffusion_arguments(model, settings)),
+        dict(
+            path=model.path,
+            name=model.name,
+            load_args=diffusion_arguments(model, settings),
+            max_queue=settings.max_queue,
+        ),
     )
 
 

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from nexa.config import default
-from nexa.engines.base import Engine, Task
+from nexa.engines.base import Engine, Task, Turns
 from nexa.errors import InvalidRequest, PayloadTooLarge, StartupError, UnsupportedTask
 
 log = logging.getLogger("nexa.engine.whisper")
@@ -128,6 +128,7 @@ class WhisperEngine(Engine):
         compute_type: str | None = default("whisper_compute_type"),
         cpu_threads: int = default("n_threads"),
         batch_size: int = default("whisper_batch_size"),
+        max_queue: int = default("max_queue"),
     ):
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
@@ -152,7 +153,7 @@ class WhisperEngine(Engine):
             self.tasks = frozenset({Task.TRANSCRIBE})  # type: ignore[misc]  # what /v1/models lists
         # CTranslate2 runs one call at a time per worker; the lock makes that explicit and
         # keeps the batched pipeline's per-call state (last_speech_timestamp) from mixing.
-        self._lock = threading.Lock()
+        self._turns = Turns(max_queue)
         log.info(
             "whisper %s on %s (%s), %s, loaded in %.1fs", name, self.device, self.compute_type,
             "multilingual" if self.multilingual else "English-only", time.perf_counter() - started,
@@ -170,10 +171,10 @@ class WhisperEngine(Engine):
     @property
     def busy(self) -> bool:
         """Whether a transcription holds the model right now."""
-        return self._lock.locked()
+        return self._turns.lock.locked()
 
     def close(self) -> None:
-        with self._lock:  # not while a transcription is using the model
+        with self._turns.lock:  # not while a transcription is using the model
             self._batched = self._model = None  # type: ignore[assignment]
 
     def describe(self) -> dict[str, Any]:
@@ -243,7 +244,7 @@ class WhisperEngine(Engine):
         started = time.perf_counter()
         end = 0.0  # how far the transcript got, in seconds of audio
         finished = False
-        with self._lock:
+        with self._turns():
             try:
                 if batched:
                     # Timestamps on: segments follow the speech, not the 30-second windows.
