@@ -36,6 +36,7 @@ from nexa.schemas.audio import Transcription, VerboseTranscription
 from nexa.server.app import create_app
 from support.audio import wer, words
 from support.servers import LiveServer, ServerProcess
+from support.turns import model_busy
 
 log = logging.getLogger(__name__)
 AUDIO = Path(__file__).resolve().parent.parent / "audio"
@@ -124,25 +125,10 @@ def post(client: Any, content: bytes, *, name: str = "clip.wav", path: str = "tr
 def test_queue_past_max_queue_is_503(speech: TestClient, whisper_engine: WhisperEngine) -> None:
     # One transcription holds the model and --max-queue 0 lets nobody wait: the next is a 503
     # at once (with Retry-After), not a thread and an upload held until the model is free.
-    entered, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with whisper_engine._turns():
-            entered.set()
-            release.wait(60)
-
-    saved, whisper_engine._turns.max_waiting = whisper_engine._turns.max_waiting, 0
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert entered.wait(60)
+    with model_busy(whisper_engine._turns):
         r = post(speech, (AUDIO / "s1.wav").read_bytes())
         assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
         assert "--max-queue" in r.json()["error"]["message"]
-    finally:
-        release.set()
-        holder.join(60)
-        whisper_engine._turns.max_waiting = saved
     assert post(speech, (AUDIO / "s1.wav").read_bytes()).status_code == 200  # served again
 
 

@@ -33,6 +33,7 @@ from nexa.schemas.images import NexaImages, OpenAIImages
 from nexa.server.app import create_app
 from sdxs_checkpoint import ensure_checkpoint
 from support.servers import LiveServer
+from support.turns import model_busy
 
 SMALL = {"width": 128, "height": 128, "sample_steps": 1, "cfg_scale": 1.0}  # cfg 1: one UNet pass per step
 TIMEOUT = 300.0
@@ -125,24 +126,9 @@ def test_queue_past_max_queue_is_503(http: httpx.Client, image_manager: ModelMan
     # One generation holds the model and --max-queue 0 lets nobody wait: the next is a 503 at once.
     engine = image_manager.engine
     assert isinstance(engine, DiffusionEngine)
-    entered, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with engine._turns():
-            entered.set()
-            release.wait(60)
-
-    saved, engine._turns.max_waiting = engine._turns.max_waiting, 0
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert entered.wait(60)
+    with model_busy(engine._turns):
         r = http.post("/v1/txt2img", json={"prompt": "a red fox", **SMALL})
         assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
-    finally:
-        release.set()
-        holder.join(60)
-        engine._turns.max_waiting = saved
     post_ok(http, "/v1/txt2img", json={"prompt": "a red fox", **SMALL})  # served again
 
 
