@@ -18,11 +18,13 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from nexa.schemas.responses import ResponseObject, StreamEvent
 from support.tools import WEATHER
 
 GREEDY: dict[str, Any] = {"temperature": 0, "max_output_tokens": 24}
 TIMEOUT = 120
 EVENTS = TypeAdapter(ResponseStreamEvent)
+OWN_EVENTS: TypeAdapter[Any] = TypeAdapter(StreamEvent)
 TOOL = {"type": "function", **WEATHER["function"], "strict": True}  # Responses' flat function tool
 WEATHER_SCHEMA = WEATHER["function"]["parameters"]
 FORCED = {"type": "function", "name": "get_weather"}
@@ -40,11 +42,19 @@ def client(live) -> Iterator[openai.OpenAI]:
         yield c
 
 
+def same_json(model: type[ResponseObject] | TypeAdapter[Any], data: dict[str, Any]) -> None:
+    """`data` fits the server's own model exactly: a round trip gives back the same keys, in order."""
+    adapter = model if isinstance(model, TypeAdapter) else TypeAdapter(model)
+    again = adapter.dump_python(adapter.validate_python(data), mode="json")
+    assert again == data and list(again) == list(data)
+
+
 def raw(live, **body: Any) -> dict[str, Any]:
     """The response as JSON, validated strictly against the SDK's Response model."""
     r = httpx.post(f"{live.url}/v1/responses", json=body, timeout=TIMEOUT)
     assert r.status_code == 200, r.text
     Response.model_validate(r.json())
+    same_json(ResponseObject, r.json())
     return r.json()
 
 
@@ -60,6 +70,7 @@ def raw_events(live, **body: Any) -> list[dict[str, Any]]:
         data = json.loads(data_line.removeprefix("data: "))
         assert event_line == f"event: {data['type']}", frame
         EVENTS.validate_python(data)
+        same_json(OWN_EVENTS, data)
         events.append(data)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     return events
@@ -275,6 +286,12 @@ def test_unsupported_and_invalid_fields_are_400s_naming_them(client, extra, para
          "input[1].call_id"),
         ([{"type": "function_call", "call_id": "c", "name": "get_weather", "arguments": "not json"}],
          "input[0].arguments"),
+        (  # parallel calls are one chat message: the second one's error still names its own item
+            [{"role": "user", "content": "Hi"},
+             {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+             {"type": "function_call", "call_id": "c2", "name": "get_weather", "arguments": "[1]"}],
+            "input[2].arguments",
+        ),
         ([], "input"),
     ],
 )
