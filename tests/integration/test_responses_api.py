@@ -7,6 +7,7 @@ validated strictly against the SDK's own types (`openai.types.responses`)."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -15,10 +16,17 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from fastapi.testclient import TestClient
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from nexa.config import Settings
+from nexa.models.manager import ModelManager
+from nexa.models.types import ModelType, ResolvedModel
 from nexa.schemas.responses import ResponseObject, StreamEvent
+from nexa.server.app import create_app
+from projector import ensure_projector
+from support.images import encode, picture
 from support.tools import WEATHER
 
 GREEDY: dict[str, Any] = {"temperature": 0, "max_output_tokens": 24}
@@ -310,3 +318,24 @@ def test_an_image_on_a_text_model_is_a_400(client):
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(input=[{"role": "user", "content": content}])
     assert caught.value.body["code"] == "unsupported_task"
+
+
+def test_input_image_reaches_a_vision_model(smollm2):
+    """SmolLM2 with a random-weight projector (as in test_vision.py): the image part takes the
+    chat path's vision route, so the answer is the chat endpoint's, word for word."""
+    model = ResolvedModel("smollm2-vision", smollm2.path, ModelType.MULTIMODAL, projector=ensure_projector())
+    manager = ModelManager.load(model, Settings(n_ctx=1024, n_threads=2))
+    try:
+        vision = TestClient(create_app(Settings(n_threads=2), manager))
+        url = "data:image/png;base64," + base64.b64encode(encode(picture("red"))).decode()
+        content = [{"type": "input_text", "text": "What is in this image?"}, {"type": "input_image", "image_url": url}]
+        r = vision.post("/v1/responses", json={"input": [{"role": "user", "content": content}], **GREEDY})
+        assert r.status_code == 200, r.text
+        parts = [{"type": "text", "text": "What is in this image?"}, {"type": "image_url", "image_url": {"url": url}}]
+        chat = vision.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": parts}],
+                                                          "temperature": 0, "max_tokens": 24})
+        assert chat.status_code == 200, chat.text
+        text = r.json()["output"][0]["content"][0]["text"]
+        assert text == chat.json()["choices"][0]["message"]["content"] and text.strip()
+    finally:
+        manager.close()
