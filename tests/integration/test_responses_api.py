@@ -270,6 +270,7 @@ def test_json_object_format(client):
         ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format"),
         ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "nope"}}}}, "text.format.schema"),
         ({"max_output_tokens": 0}, "max_output_tokens"),
+        ({"tools": [TOOL], "tool_choice": "sometimes"}, "tool_choice"),
         ({"temperature": 3}, "temperature"),
     ],
 )
@@ -279,6 +280,26 @@ def test_unsupported_and_invalid_fields_are_400s_naming_them(client, extra, para
     error = caught.value.body
     assert caught.value.status_code == 400 and error["type"] == "invalid_request_error"
     assert error["param"] == param, error
+
+
+def test_chat_names_in_errors_become_this_apis(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(input="Hi", tools=[TOOL], tool_choice="sometimes")
+    message = caught.value.body["message"]
+    assert '{"type": "function", "name": ...}' in message and '"function": {' not in message
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(input="Hi", max_output_tokens=0)
+    assert caught.value.body["message"] == "max_output_tokens must be at least 1."
+
+
+def test_null_max_output_tokens_runs_to_the_end(client):
+    done = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+            "additionalProperties": False}
+    fmt = {"type": "json_schema", "name": "done", "schema": done}
+    response = client.responses.create(input="Are you ok?", max_output_tokens=None, text={"format": fmt},
+                                       temperature=0)
+    assert response.max_output_tokens is None and response.status == "completed"
+    assert json.loads(response.output_text) in ({"ok": True}, {"ok": False})
 
 
 @pytest.mark.parametrize(

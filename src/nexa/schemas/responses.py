@@ -25,7 +25,7 @@ class ResponsesRequest(RequestModel):
     model: str | None = None
     input: str | list[dict[str, Any]]
     instructions: str | None = None
-    max_output_tokens: int | None = None  # None: the server's chat default (128), not unlimited
+    max_output_tokens: int | None = None  # unset: the chat default (128); null: until the context is full
     temperature: float | None = None  # None: the server's chat defaults (as /v1/chat/completions)
     top_p: float | None = None
     tools: list[Any] | None = None

@@ -84,10 +84,11 @@ def to_chat(body: ResponsesRequest) -> tuple[ChatRequest, Origins]:
         "parallel_tool_calls": body.parallel_tool_calls,
         "response_format": _format(body.text.format if body.text else None),
     }
-    for ours, theirs in (("max_tokens", body.max_output_tokens), ("temperature", body.temperature),
-                         ("top_p", body.top_p)):
+    for ours, theirs in (("temperature", body.temperature), ("top_p", body.top_p)):
         if theirs is not None:  # unset: the chat endpoint's defaults
             fields[ours] = theirs
+    if "max_output_tokens" in body.model_fields_set:  # null, as chat's max_tokens null: until the context is full
+        fields["max_tokens"] = body.max_output_tokens
     return ChatRequest.model_validate(fields), origins
 
 
@@ -211,6 +212,7 @@ _RENAMES = (
     (re.compile(r"\b(tools\[\d+\])\.function\b"), r"\1"),
     (re.compile(r"\bmax_tokens\b"), "max_output_tokens"),
     (re.compile(r"\.tool_call_id\b"), ".call_id"),
+    (re.compile(re.escape('{"type": "function", "function": {"name": ...}}')), '{"type": "function", "name": ...}'),
 )
 _MESSAGE = re.compile(r"\bmessages\[(\d+)\](?:\.tool_calls\[(\d+)\](?:\.function)?)?")
 
