@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -170,6 +171,29 @@ def test_stream_matches_the_whole_answer(client, live):
     check_usage(done)
     assert done.usage.output_tokens == whole.usage.output_tokens
     raw_events(live, input="Name three animals.", **GREEDY)  # the framing and every event's shape, strictly
+
+
+def test_a_client_leaving_stops_the_generation(live, engine, monkeypatch):
+    produced: list[int] = []
+    closed = threading.Event()
+    real = engine.generate
+
+    def counting(prompt, params, cancel):
+        try:
+            for item in real(prompt, params, cancel):
+                produced.append(1)
+                yield item
+        finally:
+            closed.set()
+
+    monkeypatch.setattr(engine, "generate", counting)
+    body = {"input": "Count from 1 to 1000.", "max_output_tokens": 1500, "stream": True, "temperature": 0}
+    with httpx.Client(timeout=60) as c, c.stream("POST", f"{live.url}/v1/responses", json=body) as r:
+        lines = r.iter_lines()
+        for _ in range(12):
+            next(lines)
+    assert closed.wait(timeout=60), "generation kept running after the client left"
+    assert len(produced) < 1500
 
 
 # -- function tools -----------------------------------------------------------------------------------------------
