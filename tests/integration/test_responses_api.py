@@ -345,6 +345,9 @@ def test_null_max_output_tokens_runs_to_the_end(client):
              {"type": "function_call", "call_id": "c2", "name": "get_weather", "arguments": "[1]"}],
             "input[2].arguments",
         ),
+        ([{"type": "function_call", "call_id": "c", "name": "get_weather", "arguments": "{}"},
+          {"type": "function_call_output", "call_id": "c",
+           "output": [{"type": "input_image", "image_url": "https://example.com/a.png"}]}], "input[1].output"),
         ([], "input"),
     ],
 )

@@ -111,8 +111,12 @@ def _message(item: dict[str, Any], at: str, calls: ChatMessage | None) -> ChatMe
         return ChatMessage(role="assistant", content=None, tool_calls=[call])
     if kind == "function_call_output":
         output = item.get("output")
-        if isinstance(output, list):  # content parts: the text of them (a tool result holds no images here)
-            output = "\n".join(p.text for p in _content(output, f"{at}.output") if isinstance(p, TextPart))
+        if isinstance(output, list):  # content parts: chat's tool results are text alone
+            parts = _content(output, f"{at}.output")
+            if any(isinstance(p, ImagePart) for p in parts):
+                raise InvalidRequest(f"{at}.output: images in a function result are not supported.",
+                                     param=f"{at}.output")
+            output = "\n".join(p.text for p in parts if isinstance(p, TextPart))
         if not isinstance(output, str):
             raise InvalidRequest(f"{at}.output must be a string.", param=f"{at}.output")
         return ChatMessage(role="tool", content=output, tool_call_id=_text(item, "call_id", at))
