@@ -36,15 +36,15 @@ class SpecialTokens:
         # Longest text first at each position, as tokenizers match them.
         self._finder = re.compile(_trie_pattern(self._texts)) if self._texts else None
 
-    def escape(self, value: Any, key: str | None = None) -> Any:
-        """`value` (a string, or lists and dicts of them) with each special token's text marked.
-        A message's role is the template's to read: it stays as it is."""
+    def escape(self, value: Any) -> Any:
+        """`value` (a string, or lists and dicts of them, keys included) with each special token's
+        text marked."""
         if isinstance(value, str):
-            if key == "role" or self._finder is None or not self._finder.search(value):
+            if self._finder is None or not self._finder.search(value):
                 return value
             return self._finder.sub(lambda m: self._template.format(self._index[m.group()]), value)
         if isinstance(value, dict):
-            return {self.escape(k): self.escape(v, k) for k, v in value.items()}
+            return {self.escape(k): self.escape(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self.escape(v) for v in value]
         return value

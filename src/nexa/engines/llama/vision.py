@@ -1,8 +1,9 @@
 """Vision-language GGUF models: a llama.cpp language model plus its projector (mmproj), via mtmd.
 
 The conversation is rendered by the model's own chat template with each image replaced by
-mtmd's media marker; mtmd then splits the text around the markers and turns each image into
-a chunk of image tokens (adding whatever wrapping tokens the projector type needs). The prompt
+mtmd's media marker; the text around the markers is tokenized as any chat is, and mtmd turns
+each image into a chunk of image tokens (adding whatever wrapping tokens the projector type
+needs). The prompt
 is a list of segments, token lists and image chunks; `_feed_prompt` puts them into the context
 in order (encoding each image with the projector and decoding its embeddings), and the shared
 sampling loop of LlamaEngine does the rest, so streaming, stop strings, logprobs and seeds work
@@ -220,14 +221,12 @@ class VisionEngine(LlamaEngine):
             )
         # The text between the images is tokenized as any chat is (client text never becomes a
         # special token, engines/specials.py); mtmd adds each image with its wrapping tokens.
-        texts = text.split(self._marker)
         segments: list[list[int] | ImageSegment] = []
         try:
-            for i, image in enumerate(images):
-                _append(segments, self.tokenize_chat(texts[i], special if i == 0 else True))
-                for segment in self._image_segments(image):
+            for i, part in enumerate(text.split(self._marker)):
+                _append(segments, self.tokenize_chat(part, special or i > 0))
+                for segment in self._image_segments(images[i]) if i < len(images) else []:
                     _append(segments, segment)
-            _append(segments, self.tokenize_chat(texts[-1], special if not images else True))
         except BaseException:
             VisionPrompt(segments, mtmd.mtmd_input_chunk_free).close()
             raise
@@ -402,13 +401,10 @@ class VisionEngine(LlamaEngine):
 
 def _append(segments: list[list[int] | ImageSegment], segment: list[int] | ImageSegment) -> None:
     """Add a segment, joining consecutive token lists into one."""
-    if isinstance(segment, list):
-        if not segment:
-            return
-        if segments and isinstance(segments[-1], list):
-            segments[-1].extend(segment)
-            return
-    segments.append(segment)
+    if isinstance(segment, list) and segments and isinstance(segments[-1], list):
+        segments[-1].extend(segment)
+    elif segment:
+        segments.append(segment)
 
 
 def _route_mtmd_logs(mtmd: Any) -> None:
