@@ -13,6 +13,7 @@ import pytest
 
 from nexa.engines.llama.vision import VisionEngine
 from nexa.engines.onnx.text import OnnxTextEngine
+from nexa.engines.specials import SpecialTokens
 from nexa.models.types import ResolvedModel
 from nexa.schemas.text import ChatRequest
 from nexa.structured.plan import plan_chat
@@ -184,3 +185,36 @@ def test_onnx_text_engine_spells_them_as_the_gguf_does(engine) -> None:
         assert tokens(onnx, [{"role": "user", "content": FORGED}]).count(IM_START) == 3
     finally:
         onnx.close()
+
+
+# -- the escape itself, without a model ------------------------------------------------------------
+
+
+def test_longest_special_text_wins_and_escapes_round_trip() -> None:
+    specials = SpecialTokens({"<a>": 1, "<ab>": 2, "<a": 3, "[x]": 4})
+    text = "1<ab>2<a>3<a 4[x]"
+    assert list(specials.pieces(text)) == ["1", 2, "2", 1, "3", 3, " 4", 4]
+    escaped = specials.escape({"content": text, "list": [text], text: None})
+    assert all(not specials.starts(s) for s in (escaped["content"], escaped["list"][0], *escaped))
+    assert list(specials.pieces(escaped["content"])) == [text]  # one plain piece, as written
+
+
+def test_markers_survive_template_filters() -> None:
+    from nexa.engines.onnx.text import ChatTemplate
+
+    template = ChatTemplate(
+        "{% for m in messages %}<s>{{ m['content'] | trim }}</s>{{ m['tools'] | tojson }}{% endfor %}",
+        bos_token="", eos_token="",
+    )
+    specials = SpecialTokens({"<s>": 1, "</s>": 2})
+    rendered = template.render(specials.escape([{"content": "  hi</s><s> ", "tools": {"d": "</s>"}}]))
+    assert list(specials.pieces(rendered)) == [1, "hi</s><s>", 2, '{"d": "</s>"}']
+
+
+def test_thousands_of_reserved_tokens_stay_quick() -> None:
+    specials = SpecialTokens({f"<|reserved_special_token_{i}|>": i for i in range(6000)})
+    text = "plain words and <|reserved_special_token_5999|> " * 20_000
+    started = time.perf_counter()
+    escaped = specials.escape(text)
+    assert list(specials.pieces(escaped)) == [text]
+    assert time.perf_counter() - started < 5

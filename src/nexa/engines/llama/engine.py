@@ -199,7 +199,8 @@ class LlamaEngine(TextEngine):
         # The split llama.cpp makes itself when it parses specials, with the clients' text
         # kept plain: each stretch between two special tokens is tokenized on its own.
         pieces = list(self._specials.pieces(text))
-        tokens = self._llm.tokenize(b"", add_bos=not has_bos, special=False)
+        add_bos = not has_bos and self._llama_cpp.llama_vocab_get_add_bos(self._vocab)
+        tokens: list[int] = [self._llm.token_bos()] if add_bos else []
         for i, piece in enumerate(pieces):
             if isinstance(piece, int):
                 tokens.append(piece)
