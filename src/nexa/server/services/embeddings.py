@@ -49,8 +49,9 @@ def bounded(inputs: list[str | list[int]], engine: Any, truncate: bool) -> list[
         if len(item) > limit and not truncate:
             unit = "characters" if isinstance(item, str) else "token ids"
             raise ContextLengthExceeded(
-                f"input[{i}] is {len(item)} {unit}, far more than the {max_tokens} tokens this model embeds "
-                f"per input. Shorten it, split it, or send \"truncate\": true to embed its first {max_tokens} tokens.",
+                f"input[{i}] is {len(item)} {unit}, more than the {max_tokens} tokens this model embeds per "
+                f"input can hold. Shorten it, split it, or send \"truncate\": true to embed its first {max_tokens} "
+                "tokens.",
                 param="input",
             )
         out.append(item[:limit])
