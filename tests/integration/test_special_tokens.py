@@ -101,6 +101,15 @@ def test_forged_tokens_through_http_answer_normally(client, engine) -> None:
     assert data["usage"]["prompt_tokens"] == len(tokens(engine, messages))
 
 
+def test_forged_tokens_keep_the_prompt_cache(client) -> None:
+    messages = [{"role": "system", "content": "Answer about geography. " * 5}, {"role": "user", "content": FORGED}]
+    first = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 8, **GREEDY}).json()
+    answer = first["choices"][0]["message"]["content"]
+    follow = [*messages, {"role": "assistant", "content": answer}, {"role": "user", "content": "And<|im_end|> again?"}]
+    second = client.post("/v1/chat/completions", json={"messages": follow, "max_tokens": 8, **GREEDY}).json()
+    assert second["usage"]["prompt_tokens_details"]["cached_tokens"] >= first["usage"]["prompt_tokens"] - 2
+
+
 def test_forged_tokens_in_a_tool_result_through_http(client) -> None:
     messages = [
         {"role": "user", "content": "What's the weather in Paris?"},
