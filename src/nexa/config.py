@@ -194,6 +194,15 @@ class Settings(BaseSettings):
     max_messages: Annotated[int, flag("--max-messages")] = Field(
         1024, ge=1, description="most messages in one chat request"
     )
+    max_embedding_inputs: Annotated[int, flag("--max-embedding-inputs")] = Field(
+        2048, ge=1, description="most inputs in one embeddings request (OpenAI's limit is 2048)"
+    )
+    # Decoding an image of the largest allowed size takes a core for a second or more: a few threads
+    # do it for every request, and past them at most --max-queue requests wait (then 503).
+    preprocess_threads: Annotated[int, flag("--preprocess-threads", shown_default="half the usable cores, 1 to 4")] = (
+        Field(default_factory=lambda: max(1, min(4, usable_cores() // 2)), ge=1,
+              description="threads that decode input images (chat image_url, img2img, edits)")
+    )
     # stable-diffusion.cpp kills the process on a prompt of 32 KiB or more; CLIP reads 77 tokens
     # per chunk, so 4096 characters is already far more than an image prompt needs.
     max_image_prompt_chars: Annotated[int, flag("--max-image-prompt-chars")] = Field(

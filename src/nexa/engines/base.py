@@ -193,14 +193,17 @@ class TextEngine(Engine):
     n_vocab: int = 0  # 0: unknown, token ids are not range-checked
 
     def render_chat(self, messages: list[dict[str, Any]]) -> tuple[str, list[str], bool]:
-        """The prompt the model sees for a conversation: (text, extra stop strings, has_special)."""
+        """The prompt the model sees for a conversation: (text, extra stop strings, has_special).
+        Special tokens' text that the messages hold comes out marked (engines/specials.py)."""
         raise NotImplementedError
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         raise NotImplementedError
 
     def tokenize_chat(self, text: str, has_bos: bool) -> list[int]:
-        """Tokens of a rendered chat: its special tokens parsed, a BOS added unless it has one."""
+        """Tokens of a rendered chat: the template's special tokens parsed (what the messages
+        spelled stays text), a BOS added unless it has one. This default suits an engine
+        without special tokens of its own."""
         return self.tokenize(text, special=True) if has_bos else self.tokenize(text)
 
     def check_prompt_chars(self, chars: int, param: str) -> None:

@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError
 from nexa.errors import InvalidRequest
 from nexa.schemas.common import RequestModel, ResponseModel
 
-MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
+MAX_INPUTS = 2048  # OpenAI's limit on inputs per request (the default of --max-embedding-inputs)
 
 
 class EmbeddingRequest(RequestModel):
@@ -50,7 +50,7 @@ class EmbeddingRequest(RequestModel):
             where = ".".join(str(p) for p in first["loc"]) or "body"
             raise InvalidRequest(f"Invalid value for '{where}': {first['msg']}", param=where) from None
 
-    def inputs(self) -> list[str | list[int]]:
+    def inputs(self, max_inputs: int = MAX_INPUTS) -> list[str | list[int]]:
         """The inputs as a list: strings, or lists of token ids (sent as one list or a list of lists)."""
         x = self.input
         if x is None:
@@ -67,9 +67,12 @@ class EmbeddingRequest(RequestModel):
             )
         if not items:
             raise InvalidRequest("'input' is empty: send at least one string.", param="input")
-        if len(items) > MAX_INPUTS:
-            raise InvalidRequest(f"'input' has {len(items)} items; at most {MAX_INPUTS} are allowed per request.",
-                                 param="input")
+        if len(items) > max_inputs:
+            raise InvalidRequest(
+                f"'input' has {len(items)} items; at most {max_inputs} are allowed per request "
+                "(--max-embedding-inputs).",
+                param="input", code="too_many_inputs",
+            )
         for i, item in enumerate(items):
             if isinstance(item, str):
                 if not item:

@@ -28,6 +28,7 @@ from nexa.server.routers import (
     responses,
 )
 from nexa.server.security import install as install_security
+from nexa.server.threads import Pool
 
 log = logging.getLogger("nexa.server")
 
@@ -38,10 +39,12 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
         log.info("serving %s on http://%s:%d", manager.model_id, settings.host, settings.port)
         yield
         manager.close()
+        preprocess.close()
 
     app = FastAPI(title="nexa", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.manager = manager
+    app.state.preprocess = preprocess = Pool(settings.preprocess_threads, settings.max_queue)  # image decoding
     # Added first, so it runs innermost: after the Host and key checks, inside CORS (a browser can read its 413).
     app.add_middleware(BodyLimit, settings=settings)
     install_security(app, settings)

@@ -34,7 +34,7 @@ import httpx
 from nexa.config import Settings, default
 from nexa.errors import InvalidRequest
 from nexa.server.files import image_too_large, read_allowed_file
-from nexa.server.threads import in_thread
+from nexa.server.threads import Pool
 
 log = logging.getLogger("nexa.images.input")
 
@@ -95,10 +95,10 @@ def parse_allowed_hosts(entries: Sequence[str]) -> tuple[frozenset[str], tuple[I
     return frozenset(hosts), tuple(networks)
 
 
-async def load_images(urls: Sequence[tuple[str, str]], policy: ImagePolicy) -> list[InputImage]:
+async def load_images(urls: Sequence[tuple[str, str]], policy: ImagePolicy, pool: Pool) -> list[InputImage]:
     """Load and decode (url, param) pairs concurrently, in order; the first failure is the answer
-    and stops the other fetches."""
-    tasks = [asyncio.ensure_future(load_image(url, policy, param)) for url, param in urls]
+    and stops the other fetches. Reading and decoding take turns in `pool` with other requests'."""
+    tasks = [asyncio.ensure_future(load_image(url, policy, param, pool)) for url, param in urls]
     try:
         return list(await asyncio.gather(*tasks))
     finally:
@@ -106,19 +106,19 @@ async def load_images(urls: Sequence[tuple[str, str]], policy: ImagePolicy) -> l
             task.cancel()
 
 
-async def load_image(url: str, policy: ImagePolicy, param: str) -> InputImage:
+async def load_image(url: str, policy: ImagePolicy, param: str, pool: Pool) -> InputImage:
     text = url.strip()
     lower = text[:16].lower()
     if lower.startswith("data:"):
-        return await in_thread(_decode_data_uri, text, policy.max_bytes, param)
+        return await pool.run(_decode_data_uri, text, policy.max_bytes, param)
     if lower.startswith(("http://", "https://")):
         data = await fetch_remote(text, policy, param)
-        return await in_thread(decode_image, data, param)
+        return await pool.run(decode_image, data, param)
     if lower.startswith("file://"):
         parts = urlsplit(text)
         if parts.netloc not in ("", "localhost"):
             raise InvalidRequest("A file:// URL must name a file on this server (file:///path).", param=param)
-        return await in_thread(_read_and_decode, unquote(parts.path), policy, param)
+        return await pool.run(_read_and_decode, unquote(parts.path), policy, param)
     if "://" in text[:24]:
         scheme = text.split("://", 1)[0]
         raise InvalidRequest(
@@ -127,8 +127,8 @@ async def load_image(url: str, policy: ImagePolicy, param: str) -> InputImage:
             param=param,
         )
     if _looks_like_base64(text):
-        return await in_thread(_decode_base64, text, policy.max_bytes, param)
-    return await in_thread(_read_and_decode, text, policy, param)
+        return await pool.run(_decode_base64, text, policy.max_bytes, param)
+    return await pool.run(_read_and_decode, text, policy, param)
 
 
 # -- inline images ------------------------------------------------------------------------------

@@ -9,6 +9,10 @@ asyncio queue, so the event loop never waits on an engine. Three entry points:
   consumer goes away (client disconnected, task cancelled), the engine sees `cancel` set and
   stops at its next item.
 - `collect(client, items)`: a whole async iterator, stopped early if the client disconnects.
+
+CPU-heavy preprocessing (decoding input images) goes through a `Pool` instead: a few threads
+and a capped queue, so that a flood of large images cannot take every core from the requests
+already admitted.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
-from nexa.errors import ClientGone
+from nexa.errors import ClientGone, Overloaded
 
 T = TypeVar("T")
 _DONE = object()
@@ -105,3 +110,38 @@ async def collect(client: Client, items: AsyncIterator[T], poll_s: float = 0.25)
     finally:
         if not task.done():
             task.cancel()
+
+
+class Pool:
+    """At most `workers` calls at once and `max_waiting` more waiting for a thread; past that a
+    caller gets Overloaded (503 with Retry-After) at once, as text requests do past --max-queue."""
+
+    def __init__(self, workers: int, max_waiting: int):
+        self.workers, self.max_waiting = workers, max_waiting
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="nexa-preprocess")
+        self._guard = threading.Lock()
+        self._admitted = 0  # running and waiting: released when the call ends, not when its caller leaves
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._guard:
+            if self._admitted >= self.workers + self.max_waiting:
+                raise Overloaded(
+                    f"{self._admitted - self.workers} requests are already waiting to have their images decoded "
+                    f"(--preprocess-threads {self.workers}, --max-queue {self.max_waiting}); retry shortly."
+                )
+            self._admitted += 1
+        try:
+            future = self._executor.submit(fn, *args)
+        except BaseException:
+            self._release(None)
+            raise
+        future.add_done_callback(self._release)
+        # A caller that goes away cancels its call if no thread has taken it yet.
+        return await asyncio.wrap_future(future)
+
+    def _release(self, _: Future[Any] | None) -> None:
+        with self._guard:
+            self._admitted -= 1
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

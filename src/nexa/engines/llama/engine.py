@@ -33,11 +33,13 @@ from nexa.engines.base import (
 )
 from nexa.engines.llama.cpu_buffers import log_weights, report_weights, set_weight_rule
 from nexa.engines.llama.scheduler import Scheduler, Slot, redecode
+from nexa.engines.specials import SpecialTokens
 from nexa.errors import InvalidRequest
 
 log = logging.getLogger("nexa.engine.llama")
 
 N_BATCH = 512  # rows per decode step: generating requests first, then prompt chunks
+_C_SPACE = " \t\n\v\f\r"  # what llama.cpp's isspace() strips beside an lstrip/rstrip token
 RANDOM_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: a fresh random seed per sampler
 
 # Catalogue chat formats -> llama-cpp-python's formatter functions (by their registered names).
@@ -97,6 +99,7 @@ class LlamaEngine(TextEngine):
         self._piece_buf = ctypes.create_string_buffer(64)
         self._embedder_lock = threading.Lock()
         self._formatter = self._chat_formatter(chat_format, llama_chat_format)
+        self._specials, self._lstrip, self._rstrip = self._special_tokens()
         self.parallel = parallel or default_parallel(self._llm._model, n_ctx)
         self._ctx = self._context(n_threads)
         self.scheduler = Scheduler(self, self._ctx, parallel=self.parallel, n_batch=N_BATCH, max_waiting=max_queue)
@@ -153,10 +156,28 @@ class LlamaEngine(TextEngine):
             bos_token=model.token_get_text(bos_id) if bos_id != -1 else "",
         )
 
+    def _special_tokens(self) -> tuple[SpecialTokens, set[int], set[int]]:
+        """The tokens llama.cpp parses only with `special` (control and unknown ones; user-defined
+        tokens it parses in any text), and those of them that swallow whitespace beside them."""
+        lc = self._llama_cpp
+        texts: dict[str, int] = {}
+        lstrip, rstrip = set(), set()
+        for token in range(self._n_vocab):
+            attr = lc.llama_vocab_get_attr(self._vocab, token)
+            if attr & (lc.LLAMA_TOKEN_ATTR_CONTROL | lc.LLAMA_TOKEN_ATTR_UNKNOWN):
+                texts.setdefault(lc.llama_vocab_get_text(self._vocab, token).decode("utf-8", "replace"), token)
+                if attr & lc.LLAMA_TOKEN_ATTR_LSTRIP:
+                    lstrip.add(token)
+                if attr & lc.LLAMA_TOKEN_ATTR_RSTRIP:
+                    rstrip.add(token)
+        return SpecialTokens(texts), lstrip, rstrip
+
     def render_chat(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
     ) -> tuple[str, list[str], bool]:
-        """`tools` (OpenAI tool dicts) reach a Jinja template as `tools`; other formats ignore them."""
+        """`tools` (OpenAI tool dicts) reach a Jinja template as `tools`; other formats ignore them.
+        Special tokens' text in messages and tools comes out marked (see engines/specials.py)."""
+        messages, tools = self._specials.escape(messages), self._specials.escape(tools)
         try:
             result = self._formatter(messages=messages, tools=tools) if tools else self._formatter(messages=messages)
         except Exception as exc:  # template errors (raise_exception) are the client's to fix
@@ -173,7 +194,23 @@ class LlamaEngine(TextEngine):
     def tokenize_chat(self, text: str, has_bos: bool) -> list[int]:
         # Built-in formats (format_chatml...) spell out special tokens but no BOS: parse the
         # former, add the latter, as llama-cpp-python's own chat handlers do.
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=not has_bos, special=True)
+        if not self._specials.marked(text):  # no client text spelled a special token
+            return self._llm.tokenize(text.encode("utf-8"), add_bos=not has_bos, special=True)
+        # The split llama.cpp makes itself when it parses specials, with the clients' text
+        # kept plain: each stretch between two special tokens is tokenized on its own.
+        pieces = list(self._specials.pieces(text))
+        add_bos = not has_bos and self._llama_cpp.llama_vocab_get_add_bos(self._vocab)
+        tokens: list[int] = [self._llm.token_bos()] if add_bos else []
+        for i, piece in enumerate(pieces):
+            if isinstance(piece, int):
+                tokens.append(piece)
+                continue
+            if i > 0 and pieces[i - 1] in self._rstrip:
+                piece = piece.lstrip(_C_SPACE)
+            if i + 1 < len(pieces) and pieces[i + 1] in self._lstrip:
+                piece = piece.rstrip(_C_SPACE)
+            tokens += self._llm.tokenize(piece.encode("utf-8"), add_bos=False, special=False)
+        return tokens
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -1,8 +1,9 @@
 """Vision-language GGUF models: a llama.cpp language model plus its projector (mmproj), via mtmd.
 
 The conversation is rendered by the model's own chat template with each image replaced by
-mtmd's media marker; mtmd then splits the text around the markers and turns each image into
-a chunk of image tokens (adding whatever wrapping tokens the projector type needs). The prompt
+mtmd's media marker; the text around the markers is tokenized as any chat is, and mtmd turns
+each image into a chunk of image tokens (adding whatever wrapping tokens the projector type
+needs). The prompt
 is a list of segments, token lists and image chunks; `_feed_prompt` puts them into the context
 in order (encoding each image with the projector and decoding its embeddings), and the shared
 sampling loop of LlamaEngine does the rest, so streaming, stop strings, logprobs and seeds work
@@ -218,18 +219,36 @@ class VisionEngine(LlamaEngine):
                 "put the images in user messages.",
                 param="messages",
             )
-        raw = text.encode("utf-8")
+        # The text between the images is tokenized as any chat is (client text never becomes a
+        # special token, engines/specials.py); mtmd adds each image with its wrapping tokens.
+        segments: list[list[int] | ImageSegment] = []
+        try:
+            for i, part in enumerate(text.split(self._marker)):
+                _append(segments, self.tokenize_chat(part, special or i > 0))
+                for segment in self._image_segments(images[i]) if i < len(images) else []:
+                    _append(segments, segment)
+        except BaseException:
+            VisionPrompt(segments, mtmd.mtmd_input_chunk_free).close()
+            raise
+        prompt = VisionPrompt(segments, mtmd.mtmd_input_chunk_free)
+        self.check_prompt(prompt, "messages")
+        return prompt, stops
+
+    def _image_segments(self, image: RGBImage) -> list[list[int] | ImageSegment]:
+        """mtmd's chunks for one image alone: its image chunks and the tokens it wraps them in."""
+        mtmd = self._mtmd
+        raw = self._marker.encode("utf-8")
         source = mtmd.mtmd_input_text()
         source.text, source.text_len = raw, len(raw)
-        source.add_special = not special  # a template that wrote BOS itself gets no second one
-        source.parse_special = True
-        bitmaps = [self._bitmap(image) for image in images]
+        source.add_special = False
+        source.parse_special = True  # the wrapping text is the projector's, never a client's
+        bitmap = self._bitmap(image)
         chunks = mtmd.mtmd_input_chunks_init()
         segments: list[list[int] | ImageSegment] = []
         try:
-            array = (mtmd.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
+            array = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
             with self._mtmd_lock:
-                rc = mtmd.mtmd_tokenize(self._ctx_mtmd, chunks, ctypes.byref(source), array, len(bitmaps))
+                rc = mtmd.mtmd_tokenize(self._ctx_mtmd, chunks, ctypes.byref(source), array, 1)
             if rc != 0:
                 raise InvalidRequest(
                     f"The images could not be prepared for the model (mtmd error {rc}).", param="messages"
@@ -239,26 +258,23 @@ class VisionEngine(LlamaEngine):
                 if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
                     n = ctypes.c_size_t()
                     ptr = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-                    tokens = [ptr[j] for j in range(n.value)]
-                    if tokens:
-                        segments.append(tokens)
+                    segments.append([ptr[j] for j in range(n.value)])
                 else:
-                    owned = mtmd.mtmd_input_chunk_copy(chunk)
                     segments.append(
                         ImageSegment(
-                            chunk=owned,
+                            chunk=mtmd.mtmd_input_chunk_copy(chunk),
                             n_tokens=mtmd.mtmd_input_chunk_get_n_tokens(chunk),
                             n_pos=mtmd.mtmd_input_chunk_get_n_pos(chunk),
                             digest=(mtmd.mtmd_input_chunk_get_id(chunk) or b"").decode(),
                         )
                     )
+        except BaseException:
+            VisionPrompt(segments, mtmd.mtmd_input_chunk_free).close()
+            raise
         finally:
             mtmd.mtmd_input_chunks_free(chunks)
-            for bitmap in bitmaps:
-                mtmd.mtmd_bitmap_free(bitmap)
-        prompt = VisionPrompt(segments, mtmd.mtmd_input_chunk_free)
-        self.check_prompt(prompt, "messages")
-        return prompt, stops
+            mtmd.mtmd_bitmap_free(bitmap)
+        return segments
 
     def _bitmap(self, image: RGBImage) -> Any:
         if len(image.rgb) != image.width * image.height * 3:
@@ -381,6 +397,14 @@ class VisionEngine(LlamaEngine):
             self._mtmd.mtmd_free(self._ctx_mtmd)
             self._ctx_mtmd = None
         super().close()
+
+
+def _append(segments: list[list[int] | ImageSegment], segment: list[int] | ImageSegment) -> None:
+    """Add a segment, joining consecutive token lists into one."""
+    if isinstance(segment, list) and segments and isinstance(segments[-1], list):
+        segments[-1].extend(segment)
+    elif segment:
+        segments.append(segment)
 
 
 def _route_mtmd_logs(mtmd: Any) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from nexa.config import default
 from nexa.engines.base import Finish, SamplingParams, Task, TextDelta, TextEngine, TokenLogprob, token_logprob
+from nexa.engines.specials import SpecialTokens
 from nexa.engines.stops import StopMatcher
 from nexa.errors import InvalidRequest
 
@@ -81,6 +82,15 @@ class ChatTemplate:
         )
 
 
+def special_tokens(folder: Path) -> dict[str, int]:
+    """The tokens the tokenizer parses out of any text: tokenizer.json's special added tokens."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return {}
+    added = json.loads(path.read_text(encoding="utf-8")).get("added_tokens") or []
+    return {str(t["content"]): int(t["id"]) for t in added if isinstance(t, dict) and t.get("special")}
+
+
 def _raise_exception(message: str) -> None:
     raise ValueError(message)
 
@@ -123,6 +133,8 @@ class OnnxTextEngine(TextEngine):
             template = CHATML
             self.chat_template_source = "chatml (the model has no template)"
         self._template = ChatTemplate(template, bos_token=bos, eos_token=eos_text)
+        self._specials = SpecialTokens(special_tokens(self.path))
+        self._adds_bos = self._bos is not None and [int(t) for t in self._tokenizer.encode("a")][:1] == [self._bos]
         log.info(
             "loaded %s (%s) in %.1fs (n_ctx=%d, threads=%d, chat template: %s)",
             self.path.name, model_cfg.get("type"), time.perf_counter() - started, self.n_ctx, n_threads,
@@ -132,8 +144,9 @@ class OnnxTextEngine(TextEngine):
     # -- prompts ---------------------------------------------------------------------------
 
     def render_chat(self, messages: list[dict[str, Any]]) -> tuple[str, list[str], bool]:
+        """Special tokens' text in messages comes out marked (see engines/specials.py)."""
         try:
-            prompt = self._template.render(messages)
+            prompt = self._template.render(self._specials.escape(messages))
         except Exception as exc:  # template errors (raise_exception) are the client's to fix
             raise InvalidRequest(f"The model's chat template refused these messages: {exc}", param="messages") from exc
         stops = [self._template.eos_token] if self._template.eos_token else []
@@ -146,6 +159,28 @@ class OnnxTextEngine(TextEngine):
         if special and self._bos is not None and tokens[:2] == [self._bos, self._bos]:
             tokens = tokens[1:]
         return tokens
+
+    def tokenize_chat(self, text: str, has_bos: bool) -> list[int]:
+        if not self._specials.marked(text):  # no client text spelled a special token
+            return super().tokenize_chat(text, has_bos)
+        tokens = [self._bos] if self._adds_bos else []
+        for piece in self._specials.pieces(text):
+            if isinstance(piece, int):
+                if not (piece == self._bos and tokens == [self._bos]):  # the template's BOS, already there
+                    tokens.append(piece)
+            else:
+                tokens += self._plain(piece)
+        return tokens
+
+    def _plain(self, text: str) -> list[int]:
+        """Tokens of `text` with any special token's text in it spelled as ordinary tokens: this
+        tokenizer always parses specials, so each is cut after its first character."""
+        bounds = [0, *(start + 1 for start in self._specials.starts(text)), len(text)]
+        return [t for a, b in zip(bounds, bounds[1:]) for t in self._encode(text[a:b])]
+
+    def _encode(self, text: str) -> list[int]:
+        tokens = [int(t) for t in self._tokenizer.encode(text)] if text else []
+        return tokens[1:] if self._adds_bos and tokens[:1] == [self._bos] else tokens
 
     def describe(self) -> dict[str, Any]:
         return {"n_ctx": self.n_ctx, "chat_template": self.chat_template_source, "runtime": "onnxruntime-genai"}

@@ -32,7 +32,7 @@ def _edit_body(model: type[ImageRequest]) -> dict[str, Any]:
 async def txt2img(body: ImageRequest, request: Request) -> NexaImages:
     settings: Settings = request.app.state.settings
     # As in the original, an input image (image_path/image) makes txt2img an img2img call.
-    given = images.inputs(body, {}, settings)
+    given = images.inputs(body, {}, settings, request.app.state.preprocess)
     task = Task.IMG2IMG if given.image else Task.TXT2IMG
     made = await images.generate(_engine(request, task, "/v1/txt2img"), settings, body, task, given)
     return images.nexa_images(made, body.response_format, _link(request))
@@ -66,7 +66,7 @@ async def _edit(
     """An img2img request in JSON or multipart, refused with `no_image` when it has no input image."""
     settings: Settings = request.app.state.settings
     body, uploads = await images.read_request(request, model)
-    given = images.inputs(body, uploads, settings)
+    given = images.inputs(body, uploads, settings, request.app.state.preprocess)
     if given.image is None:
         raise InvalidRequest(no_image, param="image")
     made = await images.generate(_engine(request, Task.IMG2IMG, endpoint), settings, body, Task.IMG2IMG, given)

@@ -114,7 +114,7 @@ async def _vision_prompt(request: Request, engine: TextEngine, body: ChatRequest
             "(--max-chat-images).",
             param="messages",
         )
-    images = await load_images(urls, ImagePolicy.from_settings(settings))
+    images = await load_images(urls, ImagePolicy.from_settings(settings), request.app.state.preprocess)
     messages = [m.as_parts_dict() for m in body.messages]
     return await in_thread(engine.vision_prompt, messages, images)  # type: ignore[attr-defined]
 

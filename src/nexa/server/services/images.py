@@ -32,7 +32,7 @@ from nexa.server.files import (
     output_dir,
     read_allowed_file,
 )
-from nexa.server.threads import in_thread
+from nexa.server.threads import Pool, in_thread
 
 Source = Callable[[], bytes]  # reads an input image's bytes (in the worker thread)
 Link = Callable[[str], str]  # a saved file's name -> its URL on this server
@@ -42,6 +42,7 @@ Link = Callable[[str], str]  # a saved file's name -> its URL on this server
 class Inputs:
     image: Source | None = None
     mask: Source | None = None
+    pool: Pool | None = None  # where they are read and decoded (with an image, always set)
 
 
 @dataclass
@@ -88,7 +89,7 @@ async def read_request(request: Request, model: type[ImageRequest]) -> tuple[Ima
         raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
 
 
-def inputs(body: ImageRequest, uploads: dict[str, bytes], settings: Settings) -> Inputs:
+def inputs(body: ImageRequest, uploads: dict[str, bytes], settings: Settings, pool: Pool) -> Inputs:
     """Where the input image and mask come from; exactly one place each, or a 400."""
     image: list[Source] = []
     if "image" in uploads:
@@ -110,7 +111,7 @@ def inputs(body: ImageRequest, uploads: dict[str, bytes], settings: Settings) ->
         mask = lambda: decode_base64_image(body.mask or "", "mask", settings.max_image_bytes)  # noqa: E731
     if mask is not None and not image:
         raise InvalidRequest("A mask needs an input image to apply to.", param="mask")
-    return Inputs(image[0] if image else None, mask)
+    return Inputs(image[0] if image else None, mask, pool)
 
 
 def mask_image(data: bytes) -> Image.Image:
@@ -123,14 +124,24 @@ def mask_image(data: bytes) -> Image.Image:
     return mask.convert("L")
 
 
+def decode_inputs(given: Inputs) -> tuple[Image.Image | None, Image.Image | None]:
+    init = open_image(given.image(), "image") if given.image else None
+    return init, mask_image(given.mask()) if given.mask else None
+
+
 async def generate(engine: Any, settings: Settings, body: ImageRequest, task: Task, given: Inputs) -> Generated:
     """`engine`: a DiffusionEngine (the server layer never imports it)."""
     params = body.checked(settings)
     out = files(settings)
 
+    init = mask = None
+    if given.image is not None:
+        assert given.pool is not None
+        # Decoded in the shared pool, apart from the generation: a big image or mask takes a
+        # core for a while, and a queue of them must not take every core (503 past the cap).
+        init, mask = await given.pool.run(decode_inputs, given)
+
     def work() -> tuple[list[tuple[str, bytes]], int]:
-        init = open_image(given.image(), "image") if given.image else None
-        mask = mask_image(given.mask()) if given.mask else None
         images, seed = engine.generate(**params.engine_kwargs(), init_image=init, mask_image=mask)
         return [out.save_png(im, task.value) for im in images], seed
 
