@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from minilm_gguf import minilm_gguf
 
+from minilm_gguf import minilm_gguf
 from nexa.config import Settings
 from nexa.engines.base import SamplingParams
 from nexa.errors import ContextLengthExceeded, InvalidRequest, ModelCrashed, StartupError
@@ -83,7 +83,8 @@ def test_errors_raised_in_the_worker_keep_their_type(worker: RemoteEngine, smoll
 
 def test_remote_error_rebuilds_type_and_fields() -> None:
     exc = RemoteError.of(InvalidRequest("bad value", param="x", code="c")).rebuild()
-    assert isinstance(exc, InvalidRequest) and (exc.message, exc.param, exc.code, exc.status) == ("bad value", "x", "c", 400)
+    assert isinstance(exc, InvalidRequest)
+    assert (exc.message, exc.param, exc.code, exc.status) == ("bad value", "x", "c", 400)
     unknown = RemoteError("nowhere.module:Nope", ("boom",), {}, "Nope: boom").rebuild()
     assert isinstance(unknown, RuntimeError) and "boom" in str(unknown)
 
