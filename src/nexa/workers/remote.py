@@ -29,7 +29,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from nexa.config import Settings
 from nexa.errors import ModelCrashed, StartupError
@@ -64,12 +64,12 @@ class Kept:
 class WorkerOutput:
     """Copies a worker's stdout and stderr to ours, line by line, keeping the last lines."""
 
-    def __init__(self, stream: BinaryIO):
+    def __init__(self, stream: IO[bytes]):
         self.lines: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.thread = threading.Thread(target=self._copy, args=(stream,), name="nexa-worker-output", daemon=True)
         self.thread.start()
 
-    def _copy(self, stream: BinaryIO) -> None:
+    def _copy(self, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
             line = raw.decode("utf-8", "replace")
             self.lines.append(line.rstrip("\n"))
