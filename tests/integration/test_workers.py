@@ -8,6 +8,7 @@ closing a worker returns its memory.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from minilm_gguf import minilm_gguf
 from nexa.config import Settings
@@ -32,6 +34,9 @@ from nexa.models.types import ModelType, ResolvedModel
 from nexa.server.app import create_app
 from nexa.workers.protocol import KEEP_ARRAYS_OVER_BYTES, RemoteError
 from nexa.workers.remote import Kept, RemoteEngine
+from projector import ensure_projector
+from sdxs_checkpoint import ensure_checkpoint
+from support.images import encode, picture
 
 AUDIO = Path(__file__).resolve().parent.parent / "audio"
 CHAT = {"messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 24, "temperature": 0}
@@ -215,3 +220,46 @@ def test_dropped_results_are_released_in_the_worker(whisper_model: ResolvedModel
             engine.transcribe(Kept(ref, engine), None, threading.Event())
     finally:
         engine.close()
+
+
+def test_images_in_a_worker(tmp_path: Path) -> None:
+    # PIL images travel both ways: the init image there, the made images back.
+    model = ResolvedModel("sdxs-random", ensure_checkpoint(_test_models()), ModelType.COMPUTER_VISION)
+    engine = RemoteEngine.start(model, Settings(n_threads=2))
+    settings = Settings(image_output_dir=str(tmp_path), max_image_size=256, max_image_steps=4)
+    client = TestClient(create_app(settings, ModelManager(engine, model)))  # type: ignore[arg-type]
+    try:
+        small = {"width": 128, "height": 128, "sample_steps": 1, "cfg_scale": 1.0, "seed": 5}
+        made = client.post("/v1/txt2img", json={"prompt": "a red square", **small})
+        assert made.status_code == 200, made.text
+        png = base64.b64decode(made.json()["data"][0]["base64"])
+        assert Image.open(io.BytesIO(png)).size == (128, 128)
+        red = base64.b64encode(encode(picture("red"))).decode()
+        edit = client.post("/v1/img2img", json={"prompt": "blue", "image": red, "strength": 0.5, **small})
+        assert edit.status_code == 200, edit.text
+        assert edit.json()["data"][0]["base64"] != made.json()["data"][0]["base64"]
+    finally:
+        engine.close()
+
+
+def test_vision_prompt_stays_in_the_worker(smollm2: ResolvedModel) -> None:
+    # The image prompt holds native pointers: it stays in the worker and comes back as a Ref.
+    model = ResolvedModel("smollm2-vision", smollm2.path, ModelType.MULTIMODAL, projector=ensure_projector())
+    engine = RemoteEngine.start(model, Settings(n_ctx=1024, n_threads=2))
+    try:
+        url = "data:image/png;base64," + base64.b64encode(encode(picture("red"))).decode()
+        parts = [{"type": "text", "text": "What is in this image?"}, {"type": "image_url", "image_url": {"url": url}}]
+        body = {"messages": [{"role": "user", "content": parts}], "temperature": 0, "max_tokens": 8}
+        client = _client(engine, model)
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        words_only = {**body, "messages": [{"role": "user", "content": parts[:1]}]}
+        text_only = client.post("/v1/chat/completions", json=words_only)
+        # The picture's tokens were in the prompt.
+        assert r.json()["usage"]["prompt_tokens"] > text_only.json()["usage"]["prompt_tokens"] + 8
+    finally:
+        engine.close()
+
+
+def _test_models() -> Path:
+    return Path(os.environ.get("NEXA_TEST_MODELS", Path.home() / ".cache" / "nexa" / "test-models"))

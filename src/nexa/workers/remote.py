@@ -133,6 +133,7 @@ class RemoteEngine:
                 [sys.executable, "-m", "nexa.workers.child", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, env=_child_env(),
+                start_new_session=True,  # Ctrl-C in a terminal reaches the server alone, which then closes its workers
             )
         finally:
             theirs.close()
