@@ -59,7 +59,8 @@ PREFIX_PARAGRAPH = (
 def servers(model: Path, parallel: int, n_ctx: int, threads: int) -> list[ServerProcess]:
     """Every server on its own port, each ready when /v1/models answers."""
     py = sys.executable
-    port = {name: free_port() for name in ("nexa", "llama-server", "llama_cpp.server", "example-server")}
+    names = ("nexa", "nexa-in-process", "llama-server", "llama_cpp.server", "example-server")
+    port = {name: free_port() for name in names}
     config = {
         "server": {"host": HOST, "port": port["example-server"]},
         "model": {"path": str(model), "n_ctx": n_ctx * parallel, "n_seq_max": parallel,
@@ -70,6 +71,10 @@ def servers(model: Path, parallel: int, n_ctx: int, threads: int) -> list[Server
     commands = {
         "nexa": [py, "-m", "nexa", "server", str(model), "-lp", "--port", str(port["nexa"]), "--parallel",
                  str(parallel), "--nctx", str(n_ctx), "--threads", str(threads), "--log-level", "warning"],
+        # Before model workers: the same server with the model in its own process.
+        "nexa-in-process": [py, "-m", "nexa", "server", str(model), "-lp", "--port", str(port["nexa-in-process"]),
+                            "--parallel", str(parallel), "--nctx", str(n_ctx), "--threads", str(threads),
+                            "--log-level", "warning", "--no-workers"],
         "llama-server": [str(peers.llama_server()), "-m", str(model), "--host", HOST, "--port",
                          str(port["llama-server"]), "-np", str(parallel), "-c", str(n_ctx * parallel), "-t",
                          str(threads), "-tb", str(threads), "--no-webui"],

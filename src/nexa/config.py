@@ -79,6 +79,16 @@ class Settings(BaseSettings):
     log_level: Annotated[Literal["debug", "info", "warning", "error"], flag("--log-level")] = Field(
         "info", description="what the server logs"
     )
+    # A process per model (nexa/workers): a native crash ends that model's worker, not the server,
+    # and unloading a model returns all of its memory. Off: for debuggers and profilers.
+    workers: Annotated[
+        bool,
+        flag(
+            "--no-workers",
+            help="run models inside the server process, not one worker process each (for debuggers and "
+            "profilers; a native crash then ends the server)",
+        ),
+    ] = Field(True, description="run each model in a worker process of its own")
 
     # -- access: API keys and the Host header (server/security.py) -------------------------------
     # NoDecode: NEXA_API_KEY is one key as written, not a JSON list.

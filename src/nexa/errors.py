@@ -64,6 +64,14 @@ class Overloaded(NexaError):
     type = "server_overloaded"
 
 
+class ModelCrashed(NexaError):
+    """The worker process running the model died during the request (a native crash, out of
+    memory, killed); the next request starts it again."""
+
+    def __init__(self, message: str):
+        super().__init__(message, code="model_crashed")
+
+
 class StartupError(Exception):
     """A mistake the operator can fix at start-up: printed as one line, exit status 2.
 

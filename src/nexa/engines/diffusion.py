@@ -127,7 +127,7 @@ class DiffusionEngine(Engine):
         if len(images) != n:
             raise RuntimeError(f"stable-diffusion.cpp returned {len(images)} images instead of {n}")
         log.info("%d image(s) %dx%d, %d steps in %.2fs", n, width, height, steps, elapsed)
-        return [im.convert("RGB") for im in images], seed
+        return [_plain_rgb(im) for im in images], seed
 
     def close(self) -> None:
         with self._turns.lock:
@@ -135,6 +135,14 @@ class DiffusionEngine(Engine):
             if sd is not None:
                 sd.close()  # frees the native context now rather than at garbage collection
                 self._sd = None
+
+
+def _plain_rgb(image: Image.Image) -> Image.Image:
+    # The wrapper leaves ctypes arrays in `info`, which would make the image unpicklable (it
+    # could not travel back from a model worker) for metadata nobody reads.
+    rgb = image.convert("RGB")
+    rgb.info = {}
+    return rgb
 
 
 class _Progress:

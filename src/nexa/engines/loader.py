@@ -9,6 +9,8 @@ type is loaded, so `import nexa` and `nexa --help` stay light.
 from __future__ import annotations
 
 import importlib
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ from nexa.config import Settings
 from nexa.engines.base import Engine
 from nexa.errors import StartupError
 from nexa.models.types import ModelType, ResolvedModel
+
+log = logging.getLogger("nexa.models")
 
 
 @dataclass(frozen=True)
@@ -177,4 +181,21 @@ def load_engine(model: ResolvedModel, settings: Settings) -> Engine:
             f"Model type {model.model_type.value} needs {exc.name}, which is not installed: "
             f"reinstall nexa with its dependencies (pip install -e .)."
         ) from exc
+    return engine
+
+
+def load_checked(model: ResolvedModel, settings: Settings) -> Engine:
+    """load_engine, logged and timed, with any failure as one StartupError that says what to do."""
+    log.info("loading %s (%s) from %s", model.name, model.model_type.value, model.path)
+    started = time.perf_counter()
+    try:
+        engine = load_engine(model, settings)
+    except StartupError:
+        raise
+    except Exception as exc:  # a corrupt or unsupported file: say so in one line
+        raise StartupError(
+            f"Could not load {model.path}: {exc}. Check that the file is a complete model of "
+            f"type {model.model_type.value} (re-download it with `nexa pull`, or pass -mt)."
+        ) from exc
+    log.info("model ready in %.1fs", time.perf_counter() - started)
     return engine

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nexa.config import Settings
-from nexa.engines.loader import load_engine
+from nexa.engines.loader import load_checked
 from nexa.errors import NotFound, StartupError
 from nexa.models.types import ModelType, ResolvedModel
 
@@ -45,19 +45,7 @@ class ModelManager:
 
     @classmethod
     def load(cls, model: ResolvedModel, settings: Settings) -> ModelManager:
-        log.info("loading %s (%s) from %s", model.name, model.model_type.value, model.path)
-        started = time.perf_counter()
-        try:
-            engine = load_engine(model, settings)
-        except StartupError:
-            raise
-        except Exception as exc:  # a corrupt or unsupported file: say so in one line
-            raise StartupError(
-                f"Could not load {model.path}: {exc}. Check that the file is a complete model of "
-                f"type {model.model_type.value} (re-download it with `nexa pull`, or pass -mt)."
-            ) from exc
-        log.info("model ready in %.1fs", time.perf_counter() - started)
-        return cls(engine, model)
+        return cls(load_checked(model, settings), model)
 
     @property
     def model_id(self) -> str:

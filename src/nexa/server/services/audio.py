@@ -64,7 +64,7 @@ async def transcribe(
             raise InvalidRequest("The uploaded file is empty: send a recording in the field `file`.", param="file",
                                  code="empty_file")
         opts = body.options(task.value)
-        engine.check(opts)  # e.g. a language an English-only model cannot hear: 400 before decoding
+        await in_thread(engine.check, opts)  # e.g. a language an English-only model cannot hear: 400 before decoding
         audio = await in_thread(engine.decode, upload.file, settings.max_audio_seconds)
 
     items = await collect(request, iterate_in_thread(lambda cancel: engine.transcribe(audio, opts, cancel)))

@@ -82,7 +82,7 @@ async def _answer(
     logprobs = params.logprobs is not None
     calls = plan if plan is not None and plan.calls else None
     if body.stream:
-        items = generate(request, engine, tokens, params)
+        items = await generate(request, engine, tokens, params)
         if calls is not None:
             return tools.stream(calls, items, reply, body.include_usage, logprobs)
         return _stream(items, reply, body.include_usage, logprobs)

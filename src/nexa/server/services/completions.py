@@ -31,7 +31,7 @@ async def complete(request: Request, body: CompletionRequest) -> Completion | As
     cid, created, model = new_id("cmpl"), now(), engine.name
 
     if body.stream:
-        items = generate(request, engine, tokens, params)  # queued now: a full queue is a 503, not a broken stream
+        items = await generate(request, engine, tokens, params)  # queued now: a full queue is a 503
         return _stream(items, params, body, cid, created, model, echo)
 
     out = await generate_all(request, engine, tokens, params)

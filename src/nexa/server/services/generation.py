@@ -24,16 +24,17 @@ from nexa.schemas.text import (
     TopLogprob,
 )
 from nexa.schemas.text import TokenLogprob as TokenLogprobOut
-from nexa.server.threads import collect, iterate_in_thread
+from nexa.server.threads import collect, in_thread, iterate_in_thread
 
 
-def generate(
+async def generate(
     request: Request, engine: TextEngine, prompt: list[int], params: SamplingParams
 ) -> AsyncIterator[TextDelta | Finish]:
-    # Called here, on the loop, so a request the engine cannot queue (503) fails before any
-    # response starts; engines do their work only when the returned iterator is read.
+    # Queued before the iterator is returned, so a request the engine cannot queue (503) fails
+    # before any response starts; engines do their work only when the returned iterator is read.
+    # In a thread: for a model in a worker process, queueing is a round trip to it.
     cancel = threading.Event()
-    started = engine.generate(prompt, params, cancel)
+    started = await in_thread(engine.generate, prompt, params, cancel)
 
     async def items() -> AsyncIterator[TextDelta | Finish]:
         try:
@@ -57,7 +58,7 @@ class Collected:
 async def generate_all(request: Request, engine: TextEngine, prompt: list[int], params: SamplingParams) -> Collected:
     out = Collected()
     parts: list[str] = []
-    for item in await collect(request, generate(request, engine, prompt, params)):
+    for item in await collect(request, await generate(request, engine, prompt, params)):
         if isinstance(item, TextDelta):
             parts.append(item.text)
             out.logprobs.extend(item.logprobs)

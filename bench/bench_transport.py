@@ -1,0 +1,124 @@
+"""What the model-worker transport costs (nexa/workers): per streamed token and per call.
+
+1. Raw transports between two processes, one token-sized message at a time, as a worker
+   streams them: multiprocessing's Connection over a socketpair (what nexa uses), the same
+   over os.pipe, and multiprocessing.Queue (a feeder thread and a lock per message).
+2. The real thing on SmolLM2: a call (`tokenize`) through a RemoteEngine against the same call
+   in-process, and greedy decoding of 128 tokens, streamed from the worker against in-process,
+   in alternating passes (medians).
+
+    .venv/bin/python bench/bench_transport.py [--messages 20000] [--reps 5]
+
+A script, not a test: it prints figures and asserts nothing about them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from nexa.config import Settings
+from nexa.engines.base import SamplingParams, TextDelta
+from nexa.engines.loader import load_checked
+from nexa.models.store import ModelStore
+from nexa.workers.remote import RemoteEngine
+
+ITEM = ("item", 7, TextDelta(" token", []))
+
+
+def _send_conn(fd: int, n: int) -> None:
+    conn = Connection(fd)
+    for _ in range(n):
+        conn.send(ITEM)
+    conn.send(("end", 7))
+
+
+def _send_queue(q: Any, n: int) -> None:
+    for _ in range(n):
+        q.put(ITEM)
+    q.put(("end", 7))
+
+
+def raw(n: int) -> dict[str, float]:
+    """Microseconds per message, sender and receiver in different processes."""
+    ctx = mp.get_context("fork")
+    out: dict[str, float] = {}
+
+    def timed(recv: Any, start: Any) -> float:
+        started = time.perf_counter()
+        start()
+        while recv()[0] != "end":
+            pass
+        return (time.perf_counter() - started) / n * 1e6
+
+    a, b = socket.socketpair()
+    p = ctx.Process(target=_send_conn, args=(b.fileno(), n))
+    conn = Connection(a.detach())
+    out["Connection over socketpair (nexa)"] = timed(conn.recv, p.start)
+    p.join()
+    b.close()
+
+    r, w = os.pipe()
+    p = ctx.Process(target=_send_conn, args=(w, n))
+    conn = Connection(r)
+    out["Connection over os.pipe"] = timed(conn.recv, p.start)
+    p.join()
+    os.close(w)
+
+    q = ctx.Queue()
+    p = ctx.Process(target=_send_queue, args=(q, n))
+    out["multiprocessing.Queue"] = timed(q.get, p.start)
+    p.join()
+    return out
+
+
+def engines(reps: int) -> None:
+    model = ModelStore().resolve(None)
+    settings = Settings(n_ctx=2048, parallel=1)
+    here = load_checked(model, settings)
+    there = RemoteEngine.start(model, settings)
+    text = "The quick brown fox jumps over the lazy dog. " * 8
+    try:
+        for name, engine in (("in-process", here), ("worker", there)):
+            engine.tokenize(text)
+            started = time.perf_counter()
+            for _ in range(200):
+                engine.tokenize(text)
+            print(f"  tokenize call, {name:<10}: {(time.perf_counter() - started) / 200 * 1e6:8.1f} us")
+        prompt = here.tokenize("Once upon a time, in a lighthouse by the sea, there lived")
+        params = SamplingParams(max_tokens=128, temperature=0)
+        rates: dict[str, list[float]] = {"in-process": [], "worker": []}
+        for _ in range(reps):
+            for name, engine in (("in-process", here), ("worker", there)):
+                started = time.perf_counter()
+                n = sum(1 for item in engine.generate(prompt, params, threading.Event()) if isinstance(item, TextDelta))
+                rates[name].append(n / (time.perf_counter() - started))
+        a, b = statistics.median(rates["in-process"]), statistics.median(rates["worker"])
+        print(f"  decode 128 tokens, in-process: {a:7.1f} tok/s")
+        print(f"  decode 128 tokens, worker    : {b:7.1f} tok/s  (worker/in-process {b / a:.3f}x)")
+    finally:
+        there.close()
+        here.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    print(f"raw transports, {args.messages} token messages, one process to another:")
+    for name, us in raw(args.messages).items():
+        print(f"  {name:<36}: {us:6.1f} us/message")
+    print("SmolLM2 through a worker against in-process:")
+    engines(args.reps)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The model worker: `python -m nexa.workers.child FD` loads one model and serves its engine
+over the socket FD until told to close or the socket closes (the server went away).
+
+Each call runs in a thread of its own, as it did in the server before workers: engines are
+built for concurrent callers (the text scheduler batches them, image and speech engines queue
+them), and a long image must not hold up a tokenize call on the same worker.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import inspect
+import itertools
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from nexa.config import Settings
+from nexa.engines import base
+from nexa.engines.loader import load_checked
+from nexa.models.types import ResolvedModel
+from nexa.workers.protocol import CancelToken, EngineFacts, Ref, RemoteError, stays_in_worker
+
+log = logging.getLogger("nexa.worker")
+
+_PLAIN = (str, int, float, bool, type(None), Path, frozenset, tuple, list, dict)
+
+
+class Worker:
+    def __init__(self, conn: Connection, engine: base.Engine):
+        self.conn = conn
+        self.engine = engine
+        self.send_lock = threading.Lock()
+        self.cancels: dict[int, threading.Event] = {}
+        self.kept: dict[int, Any] = {}
+        self.ids = itertools.count(1)
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        with self.send_lock:
+            self.conn.send(message)
+
+    def serve(self) -> None:
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):  # the server is gone: nothing left to serve
+                return
+            kind = message[0]
+            if kind == "call":
+                _, call_id, method, args, kwargs = message
+                threading.Thread(target=self.run, args=(call_id, method, args, kwargs), daemon=True).start()
+            elif kind == "cancel":
+                event = self.cancels.get(message[1])
+                if event is not None:
+                    event.set()
+            elif kind == "release":
+                self.kept.pop(message[1], None)
+            elif kind == "close":
+                return
+
+    def run(self, call_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        cancel = threading.Event()
+        self.cancels[call_id] = cancel
+        try:
+            args = tuple(self.unwrap(a, cancel) for a in args)
+            kwargs = {k: self.unwrap(v, cancel) for k, v in kwargs.items()}
+            result = getattr(self.engine, method)(*args, **kwargs)
+            if isinstance(result, Iterator):
+                self.send(("stream", call_id))
+                try:
+                    for item in result:
+                        self.send(("item", call_id, self.wrap(item)))
+                finally:
+                    close = getattr(result, "close", None)
+                    if close is not None:
+                        close()
+                self.send(("end", call_id))
+            else:
+                self.send(("ok", call_id, self.wrap(result)))
+        except Exception as exc:
+            self.send(("err", call_id, RemoteError.of(exc)))
+        finally:
+            self.cancels.pop(call_id, None)
+
+    def unwrap(self, value: Any, cancel: threading.Event) -> Any:
+        if isinstance(value, CancelToken):
+            return cancel
+        if isinstance(value, Ref):
+            return self.kept.pop(value.id)
+        return value
+
+    def wrap(self, value: Any) -> Any:
+        if isinstance(value, tuple):  # e.g. (prompt, stops): keep only the part that cannot travel
+            return tuple(self.keep_if_needed(v) for v in value)
+        return self.keep_if_needed(value)
+
+    def keep_if_needed(self, value: Any) -> Any:
+        if not stays_in_worker(value):
+            return value
+        ref = Ref(next(self.ids), type(value).__name__)
+        self.kept[ref.id] = value
+        return ref
+
+
+def facts(engine: base.Engine) -> EngineFacts:
+    """The engine's plain attributes and which of its methods may run in the parent: the
+    common ones from engines/base.py that the engine did not override (they only read
+    attributes, so answering them here spares a round trip, and keeps require() and the prompt
+    size checks off the worker)."""
+    kind = type(engine)
+    attributes: dict[str, Any] = {}
+    methods: set[str] = set()
+    local: dict[str, str] = {}
+    for name, value in inspect.getmembers(kind):
+        if name.startswith("_"):
+            continue
+        if callable(value) and not isinstance(value, type):
+            shared = next((c for c in (base.TextEngine, base.Engine) if getattr(c, name, None) is value), None)
+            if shared is not None:
+                local[name] = f"{shared.__module__}:{shared.__qualname__}"
+            else:
+                methods.add(name)
+        elif isinstance(value, property):
+            current = getattr(engine, name, None)
+            if isinstance(current, _PLAIN):
+                attributes[name] = current
+        elif isinstance(value, _PLAIN):
+            attributes[name] = value
+    for name, value in vars(engine).items():
+        if not name.startswith("_") and isinstance(value, _PLAIN) and not callable(value):
+            attributes[name] = value
+    attributes["described"] = engine.describe()
+    return EngineFacts(f"{kind.__module__}:{kind.__qualname__}", attributes, methods, local)
+
+
+def main(fd: int) -> int:
+    faulthandler.enable()  # a native crash prints the Python stack to stderr, which the server keeps
+    conn = Connection(fd)
+    model, settings = conn.recv()
+    assert isinstance(model, ResolvedModel) and isinstance(settings, Settings)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)-7s [{model.name}] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        engine = load_checked(model, settings)
+    except Exception as exc:
+        conn.send(("failed", str(exc)))
+        return 1
+    conn.send(("ready", facts(engine)))
+    try:
+        Worker(conn, engine).serve()
+    finally:
+        engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    code = main(int(sys.argv[1]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # engine threads (the text scheduler) must not keep a closed worker alive

@@ -1,0 +1,323 @@
+"""RemoteEngine: a model loaded in a worker process, used by the server as if it were the engine.
+
+Why a process per model: a native crash (llama.cpp's AMX kernels, a stable-diffusion.cpp
+assert, the OOM killer) then ends one worker, not the server; unloading a model returns all
+of its memory to the system; and the decoding loop no longer shares an interpreter lock with
+the HTTP work.
+
+The proxy answers attribute reads from facts the worker sent once it had loaded, runs the
+common checks of engines/base.py here (require, check_prompt...) unless the engine overrides
+them, and sends every other method call to the worker. A call that returns an iterator in the
+worker returns one here, fed item by item. If the worker dies, every call waiting on it fails
+with ModelCrashed (a 500 in the error envelope; a stream ends with an error event), and
+`alive` turns False so that the model manager starts a new worker on the next request.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import io
+import itertools
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from typing import IO, Any
+
+from nexa.config import Settings
+from nexa.errors import ModelCrashed, StartupError
+from nexa.models.types import ResolvedModel
+from nexa.workers.protocol import CancelToken, EngineFacts, Ref, RemoteError
+
+log = logging.getLogger("nexa.workers")
+
+TAIL_LINES = 40  # worker output kept to explain a crash
+CLOSE_WAIT_S = 10.0  # for a worker to close its engine before it is killed
+_GONE = ("gone",)
+
+
+class Kept:
+    """A value the worker kept for us (see protocol.Ref). Given back as an argument it is the
+    value again there; dropped unused, the worker is told to drop it too."""
+
+    def __init__(self, ref: Ref, owner: RemoteEngine):
+        self.ref = ref
+        self._owner: RemoteEngine | None = owner
+
+    def take(self) -> Ref:
+        self._owner = None  # the worker pops it when the call uses it
+        return self.ref
+
+    def __del__(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner._post(("release", self.ref.id))
+
+
+class WorkerOutput:
+    """Copies a worker's stdout and stderr to ours, line by line, keeping the last lines."""
+
+    def __init__(self, stream: IO[bytes]):
+        self.lines: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.thread = threading.Thread(target=self._copy, args=(stream,), name="nexa-worker-output", daemon=True)
+        self.thread.start()
+
+    def _copy(self, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace")
+            self.lines.append(line.rstrip("\n"))
+            try:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            except (OSError, ValueError):  # our stderr is closed (shutting down): keep the tail only
+                pass
+
+    def tail(self) -> str:
+        self.thread.join(timeout=2)  # a dead worker's last lines may still be in the pipe
+        return "\n".join(self.lines) or "(no output)"
+
+
+def exit_reason(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def _child_env() -> dict[str, str]:
+    """Our environment, with the import path we run with (a source checkout, tests/) first, so the
+    worker imports the same nexa as the server."""
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    own = [p for p in sys.path if p and not any(os.path.realpath(p).startswith(x) for x in prefixes)]
+    current = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(own + ([current] if current else []))}
+
+
+class RemoteEngine:
+    def __init__(
+        self, model: ResolvedModel, process: subprocess.Popen[bytes], conn: Connection, facts: EngineFacts,
+        output: WorkerOutput,
+    ):
+        self.model = model
+        self.process = process
+        self.pid = process.pid
+        self.facts = facts
+        self.alive = True
+        self._conn = conn
+        self._output = output
+        self._calls: dict[int, queue.SimpleQueue[tuple[Any, ...]]] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._closing = False
+        threading.Thread(target=self._read, name=f"nexa-worker-{self.pid}", daemon=True).start()
+
+    @classmethod
+    def start(cls, model: ResolvedModel, settings: Settings) -> RemoteEngine:
+        """Start a worker and load the model in it; blocks until the model is ready.
+        StartupError (with the worker's own words) if it cannot load."""
+        ours, theirs = socket.socketpair()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "nexa.workers.child", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, env=_child_env(),
+                start_new_session=True,  # Ctrl-C in a terminal reaches the server alone, which then closes its workers
+            )
+        finally:
+            theirs.close()
+        assert process.stdout is not None
+        output = WorkerOutput(process.stdout)
+        conn = Connection(ours.detach())
+        log.info("worker for %s started (pid %d)", model.name, process.pid)
+        try:
+            conn.send((model, settings))
+            first = conn.recv()
+        except (EOFError, OSError):
+            code = process.wait()
+            conn.close()
+            raise StartupError(
+                f"The worker loading {model.name} stopped ({exit_reason(code)}). Its last lines:\n{output.tail()}"
+            ) from None
+        if first[0] != "ready":
+            process.wait()
+            conn.close()
+            raise StartupError(first[1])
+        return cls(model, process, conn, first[1], output)
+
+    # -- the engine's face -------------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        facts = self.__dict__.get("facts")
+        if facts is None or name.startswith("__"):
+            raise AttributeError(name)
+        if name in facts.attributes:
+            return facts.attributes[name]
+        if name in facts.methods:
+            return lambda *args, **kwargs: self._call(name, args, kwargs)
+        if name in facts.local:
+            module, _, qualname = facts.local[name].partition(":")
+            return getattr(getattr(importlib.import_module(module), qualname), name).__get__(self)
+        raise AttributeError(f"{facts.kind} has no attribute {name!r}")
+
+    def describe(self) -> dict[str, Any]:
+        described: dict[str, Any] = self.facts.attributes["described"]
+        return described
+
+    def rss_bytes(self) -> int:
+        """The worker's resident memory (0 where /proc is missing)."""
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def close(self) -> None:
+        """End the worker (it closes its engine first) and wait for it: its memory is returned."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+        self._post(("close",))
+        try:
+            self.process.wait(timeout=CLOSE_WAIT_S)
+        except subprocess.TimeoutExpired:
+            log.warning("worker for %s (pid %d) did not close in %.0fs; killing it", self.model.name, self.pid,
+                        CLOSE_WAIT_S)
+            self.process.kill()
+            self.process.wait()
+        self.alive = False
+        self._conn.close()
+        log.info("worker for %s (pid %d) ended", self.model.name, self.pid)
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def _post(self, message: tuple[Any, ...]) -> bool:
+        try:
+            with self._send_lock:
+                self._conn.send(message)
+        except (OSError, ValueError):  # the worker is gone; _read reports it
+            return False
+        return True
+
+    def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not self.alive:
+            raise self._crashed()
+        cancels = [a for a in (*args, *kwargs.values()) if isinstance(a, threading.Event)]
+        replies: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        with self._lock:
+            call_id = next(self._ids)
+            self._calls[call_id] = replies
+        out_args = tuple(_outgoing(a) for a in args)
+        out_kwargs = {k: _outgoing(v) for k, v in kwargs.items()}
+        if not self._post(("call", call_id, method, out_args, out_kwargs)):
+            replies.put(_GONE)
+        first = self._next(call_id, replies, cancels)
+        if first[0] == "stream":
+            return self._stream(call_id, replies, cancels)
+        self._forget(call_id)
+        return self._result(first)
+
+    def _stream(
+        self, call_id: int, replies: queue.SimpleQueue[tuple[Any, ...]], cancels: list[threading.Event]
+    ) -> Iterator[Any]:
+        finished = False
+        try:
+            while True:
+                message = self._next(call_id, replies, cancels)
+                if message[0] == "item":
+                    yield self._incoming(message[2])
+                    continue
+                finished = True
+                if message[0] == "end":
+                    return
+                self._result(message)  # raises the worker's error, or ModelCrashed
+        finally:
+            if not finished:  # left early: the worker stops at its next item
+                self._post(("cancel", call_id))
+            self._forget(call_id)
+
+    def _next(
+        self, call_id: int, replies: queue.SimpleQueue[tuple[Any, ...]], cancels: list[threading.Event]
+    ) -> tuple[Any, ...]:
+        if not cancels:
+            return replies.get()
+        told = False
+        while True:
+            try:
+                return replies.get(timeout=0.05)
+            except queue.Empty:
+                if not told and any(e.is_set() for e in cancels):
+                    told = self._post(("cancel", call_id))
+
+    def _result(self, message: tuple[Any, ...]) -> Any:
+        if message[0] == "ok":
+            return self._incoming(message[2])
+        if message[0] == "err":
+            error: RemoteError = message[2]
+            raise error.rebuild()
+        raise self._crashed()
+
+    def _incoming(self, value: Any) -> Any:
+        if isinstance(value, Ref):
+            return Kept(value, self)
+        if isinstance(value, tuple):
+            return tuple(Kept(v, self) if isinstance(v, Ref) else v for v in value)
+        return value
+
+    def _forget(self, call_id: int) -> None:
+        with self._lock:
+            self._calls.pop(call_id, None)
+
+    def _crashed(self) -> ModelCrashed:
+        return ModelCrashed(
+            f"The worker serving {self.model.name} stopped ({exit_reason(self.process.poll())}) "
+            f"while answering; the next request starts it again."
+        )
+
+    def _read(self) -> None:
+        """The one reader of the worker's replies: hands each to the call waiting for it."""
+        try:
+            while True:
+                message = self._conn.recv()
+                with self._lock:
+                    replies = self._calls.get(message[1])
+                if replies is not None:  # None: a call we stopped waiting for
+                    replies.put(message)
+        except (EOFError, OSError):
+            pass
+        self.alive = False
+        if not self._closing:
+            code = self.process.wait()
+            log.error(
+                "the worker serving %s (pid %d) stopped: %s. Its last lines:\n%s",
+                self.model.name, self.pid, exit_reason(code), self._output.tail(),
+            )
+        with self._lock:
+            waiting = list(self._calls.values())
+        for replies in waiting:
+            replies.put(_GONE)
+
+
+def _outgoing(value: Any) -> Any:
+    if isinstance(value, threading.Event):
+        return CancelToken()
+    if isinstance(value, Kept):
+        return value.take()
+    if hasattr(value, "read") and not isinstance(value, io.BytesIO):  # an upload: send its bytes
+        return io.BytesIO(value.read())
+    return value
