@@ -50,7 +50,7 @@ SERVER_FIELDS = {
     "max_image_redirects", "max_chat_images",
     "api_key", "api_key_file", "insecure_public", "allowed_hosts",
     "max_body_bytes", "max_messages", "max_image_prompt_chars", "max_audio_seconds",
-    "max_embedding_inputs", "preprocess_threads",
+    "max_embedding_inputs", "preprocess_threads", "workers",
 }  # fmt: skip
 
 
