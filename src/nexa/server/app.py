@@ -15,7 +15,19 @@ from nexa.server.errors import install_error_handlers
 from nexa.server.limits import BodyLimit
 from nexa.server.logs import AccessLog
 from nexa.server.openapi import install as install_openapi
-from nexa.server.routers import audio, chat, completions, embeddings, functions, health, images, metrics, models
+from nexa.server.routers import (
+    audio,
+    chat,
+    completions,
+    embeddings,
+    functions,
+    health,
+    images,
+    messages,
+    metrics,
+    models,
+    tokenize,
+)
 from nexa.server.security import install as install_security
 
 log = logging.getLogger("nexa.server")
@@ -46,6 +58,8 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
         embeddings.router,
         audio.router,
         images.router,
+        messages.router,
+        tokenize.router,
     ):
         app.include_router(router)
     install_openapi(app)
