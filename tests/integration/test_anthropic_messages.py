@@ -194,3 +194,34 @@ def test_image_blocks_become_image_parts() -> None:
     assert message.has_images() and isinstance(message.content, list)
     urls = [p.image_url for p in message.content if isinstance(p, ImagePart)]
     assert urls == ["data:image/png;base64,AAAA", "https://example.com/cat.jpg"]
+
+
+def test_conversation_becomes_a_chat_request() -> None:
+    body = MessagesRequest.model_validate({
+        "max_tokens": 8, "stop_sequences": ["END"], "top_k": 5,
+        "system": [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Use metric units."}],
+        "tools": [WEATHER], "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
+        "messages": [
+            *PARIS,
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Let me look."},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True,
+                 "content": [{"type": "text", "text": "service down"}]},
+                {"type": "text", "text": "Try again."},
+            ]},
+        ],
+    })  # fmt: skip
+    chat = to_chat(body)
+    assert [m.role for m in chat.messages] == ["system", "user", "assistant", "tool", "user"]
+    assert chat.messages[0].content == "Be brief.\nUse metric units."
+    [call] = chat.messages[2].tool_calls or []
+    assert call == {"id": "toolu_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}  # fmt: skip
+    assert chat.messages[3].tool_call_id == "toolu_1" and chat.messages[3].content == "Error: service down"
+    function = {"name": "get_weather", "description": WEATHER["description"], "parameters": WEATHER["input_schema"]}
+    assert chat.tools == [{"type": "function", "function": function}]
+    assert chat.tool_choice == "required" and chat.parallel_tool_calls is False
+    assert (chat.max_tokens, chat.stop, chat.top_k, chat.top_p, chat.temperature) == (8, ["END"], 5, 1.0, 1.0)

@@ -95,6 +95,8 @@ def to_chat(body: CountTokensRequest) -> ChatRequest:
         choice = body.tool_choice
         if choice.type == "tool" and not choice.name:
             raise InvalidRequest("tool_choice.name is required when tool_choice.type is 'tool'.", param="tool_choice")
+        if choice.type in ("any", "tool") and not body.tools:
+            raise InvalidRequest(f"tool_choice {choice.type!r} needs tools to choose from.", param="tool_choice")
         fields["tool_choice"] = (
             {"type": "function", "function": {"name": choice.name}} if choice.type == "tool" else _CHOICES[choice.type]
         )
