@@ -163,7 +163,10 @@ def test_errors_take_anthropic_shape(claude: anthropic.Anthropic, live) -> None:
         "tools[0].type": {"max_tokens": 8, "messages": ASK, "tools": [{"type": "web_search_20250305", "name": "w"}]},
         "tools[0].input_schema": {"max_tokens": 8, "messages": ASK, "tools": [{"name": "w"}]},
         "temperature": {"max_tokens": 8, "messages": ASK, "temperature": 1.5},
-    }
+        # Refused before a stream starts: a JSON answer, not an event stream.
+        "'nope'": {"max_tokens": 8, "messages": ASK, "stream": True, "tools": [WEATHER],
+                   "tool_choice": {"type": "tool", "name": "nope"}},
+    }  # fmt: skip
     for needle, body in cases.items():
         r = httpx.post(url, json=body, timeout=60)
         assert r.status_code == 400, (needle, r.text)
