@@ -235,9 +235,32 @@ def to_message(c: ChatCompletion, stops: list[str]) -> Message:
     )
 
 
+class _Blocks:
+    """The content blocks of a streamed message, opened and closed in order, one open at a time."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.kind: str | None = None  # the open block's type
+
+    def open(self, block: TextContent | ToolUseContent) -> list[Event]:
+        events = self.close()
+        self.index, self.kind = self.index + 1, block.type
+        events.append(("content_block_start", {"type": "content_block_start", "index": self.index,
+                                               "content_block": block.model_dump()}))  # fmt: skip
+        if self.index == 0:
+            events.append(("ping", {"type": "ping"}))  # where Anthropic sends it
+        return events
+
+    def close(self) -> list[Event]:
+        if self.kind is None:
+            return []
+        self.kind = None
+        return [("content_block_stop", {"type": "content_block_stop", "index": self.index})]
+
+
 async def _events(chunks: AsyncIterator[ChatCompletionChunk], stops: list[str]) -> AsyncIterator[Event]:
     """Anthropic's event sequence from chat chunks: one content block per run of text or per call."""
-    index, kind = -1, None  # the open block's index and type (None: no block open)
+    blocks = _Blocks()
     finish: str | None = None
     started = False
     async for chunk in chunks:
@@ -249,46 +272,35 @@ async def _events(chunks: AsyncIterator[ChatCompletionChunk], stops: list[str]) 
                 usage=MessageUsage(input_tokens=0, output_tokens=0),
             )  # fmt: skip
             yield "message_start", {"type": "message_start", "message": opening.model_dump()}
-            yield "ping", {"type": "ping"}
+        events: list[Event] = []
         for choice in chunk.choices:
             delta = choice.delta
             if delta.content:
-                if kind != "text":
-                    if kind is not None:
-                        yield _block_stop(index)
-                    index, kind = index + 1, "text"
-                    yield _block_start(index, TextContent(text=""))
-                yield _block_delta(index, {"type": "text_delta", "text": delta.content})
+                if blocks.kind != "text":
+                    events += blocks.open(TextContent(text=""))
+                events.append(_block_delta(blocks.index, {"type": "text_delta", "text": delta.content}))
             for call in delta.tool_calls or []:
                 if call.id is not None:  # a new call opens its own block
-                    if kind is not None:
-                        yield _block_stop(index)
-                    index, kind = index + 1, "tool_use"
-                    yield _block_start(index, ToolUseContent(id=call.id, name=call.function.name or "", input={}))
+                    events += blocks.open(ToolUseContent(id=call.id, name=call.function.name or "", input={}))
                 if call.function.arguments:
-                    yield _block_delta(index, {"type": "input_json_delta", "partial_json": call.function.arguments})
+                    piece = {"type": "input_json_delta", "partial_json": call.function.arguments}
+                    events.append(_block_delta(blocks.index, piece))
             finish = choice.finish_reason or finish
         if chunk.usage is not None:  # the last chunk
-            if kind is not None:
-                yield _block_stop(index)
-                kind = None
+            if blocks.index < 0:  # an empty answer keeps its empty text block, as in the whole message
+                events += blocks.open(TextContent(text=""))
+            events += blocks.close()
             reason, sequence = _stop_reason(finish, chunk._stop_sequence, stops)
             usage = {"input_tokens": chunk.usage.prompt_tokens, "output_tokens": chunk.usage.completion_tokens}
-            delta_ = {"stop_reason": reason, "stop_sequence": sequence}
-            yield "message_delta", {"type": "message_delta", "delta": delta_, "usage": usage}
-            yield "message_stop", {"type": "message_stop"}
-
-
-def _block_start(index: int, block: TextContent | ToolUseContent) -> Event:
-    return "content_block_start", {"type": "content_block_start", "index": index, "content_block": block.model_dump()}
+            events.append(("message_delta", {"type": "message_delta", "usage": usage,
+                                             "delta": {"stop_reason": reason, "stop_sequence": sequence}}))  # fmt: skip
+            events.append(("message_stop", {"type": "message_stop"}))
+        for event in events:
+            yield event
 
 
 def _block_delta(index: int, delta: dict[str, Any]) -> Event:
     return "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
-
-
-def _block_stop(index: int) -> Event:
-    return "content_block_stop", {"type": "content_block_stop", "index": index}
 
 
 def _frame(name: str, data: dict[str, Any]) -> bytes:
