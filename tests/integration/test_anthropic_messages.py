@@ -163,6 +163,7 @@ def test_errors_take_anthropic_shape(claude: anthropic.Anthropic, live) -> None:
         "tools[0].type": {"max_tokens": 8, "messages": ASK, "tools": [{"type": "web_search_20250305", "name": "w"}]},
         "tools[0].input_schema": {"max_tokens": 8, "messages": ASK, "tools": [{"name": "w"}]},
         "temperature": {"max_tokens": 8, "messages": ASK, "temperature": 1.5},
+        "stop_sequences": {"max_tokens": 8, "messages": ASK, "tools": [WEATHER], "stop_sequences": ["."]},
         # Refused before a stream starts: a JSON answer, not an event stream.
         "'nope'": {"max_tokens": 8, "messages": ASK, "stream": True, "tools": [WEATHER],
                    "tool_choice": {"type": "tool", "name": "nope"}},

@@ -102,6 +102,11 @@ def to_chat(body: CountTokensRequest) -> ChatRequest:
         )
         fields["parallel_tool_calls"] = not choice.disable_parallel_tool_use
     if isinstance(body, MessagesRequest):
+        if body.stop_sequences and body.tools and (body.tool_choice is None or body.tool_choice.type != "none"):
+            raise InvalidRequest(
+                "stop_sequences cannot be combined with tools here: a stop string could cut a tool call short.",
+                param="stop_sequences",
+            )
         fields.update(
             max_tokens=body.max_tokens,
             temperature=body.temperature,
