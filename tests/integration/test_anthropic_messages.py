@@ -202,7 +202,7 @@ def test_image_blocks_become_image_parts() -> None:
 
 def test_conversation_becomes_a_chat_request() -> None:
     body = MessagesRequest.model_validate({
-        "max_tokens": 8, "stop_sequences": ["END"], "top_k": 5,
+        "max_tokens": 8, "top_k": 5,
         "system": [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Use metric units."}],
         "tools": [WEATHER], "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
         "messages": [
@@ -228,4 +228,4 @@ def test_conversation_becomes_a_chat_request() -> None:
     function = {"name": "get_weather", "description": WEATHER["description"], "parameters": WEATHER["input_schema"]}
     assert chat.tools == [{"type": "function", "function": function}]
     assert chat.tool_choice == "required" and chat.parallel_tool_calls is False
-    assert (chat.max_tokens, chat.stop, chat.top_k, chat.top_p, chat.temperature) == (8, ["END"], 5, 1.0, 1.0)
+    assert (chat.max_tokens, chat.stop, chat.top_k, chat.top_p, chat.temperature) == (8, None, 5, 1.0, 1.0)
