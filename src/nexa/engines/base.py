@@ -184,6 +184,7 @@ class Finish:
     cached_tokens: int = 0
     prompt_seconds: float = 0.0
     generation_seconds: float = 0.0
+    stop_sequence: str | None = None  # the stop string that ended a "stop" (None: an end-of-generation token)
 
 
 class TextEngine(Engine):
@@ -199,6 +200,15 @@ class TextEngine(Engine):
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         raise NotImplementedError
+
+    def token_ids(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        """/tokenize (llama-server's options): `add_special` adds the model's BOS and the like,
+        `parse_special` reads special tokens spelled out in the text as themselves."""
+        raise UnsupportedTask(f"The loaded model '{self.name}' does not expose its tokenizer (/tokenize).")
+
+    def token_text(self, token: int) -> bytes:
+        """A token's bytes, a special token spelled out (/tokenize's pieces, /detokenize)."""
+        raise UnsupportedTask(f"The loaded model '{self.name}' does not expose its tokenizer (/detokenize).")
 
     def tokenize_chat(self, text: str, has_bos: bool) -> list[int]:
         """Tokens of a rendered chat: the template's special tokens parsed (what the messages

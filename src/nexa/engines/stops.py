@@ -22,6 +22,7 @@ class StopMatcher:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text (clients may ask which)
 
     def feed(self, piece: bytes) -> str:
         """Return the text that can be emitted now; sets `stopped` when a stop string appears."""
@@ -29,8 +30,9 @@ class StopMatcher:
         if not self.stop:
             out, self._held = self._held, ""
             return out
-        first = min((i for i in (self._held.find(s) for s in self.stop) if i >= 0), default=-1)
-        if first >= 0:
+        found = [(i, s) for s in self.stop if (i := self._held.find(s)) >= 0]
+        if found:
+            first, self.matched = min(found, key=lambda f: f[0])
             self.stopped = True
             out, self._held = self._held[:first], ""
             return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field, PrivateAttr
 
 from nexa.engines.base import SamplingParams
 from nexa.errors import InvalidRequest
@@ -282,6 +282,8 @@ class ChatCompletion(ResponseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    # The stop string that ended the answer: not on OpenAI's wire; /v1/messages reports it.
+    _stop_sequence: str | None = PrivateAttr(None)
 
 
 class FunctionDelta(ResponseModel):
@@ -321,3 +323,4 @@ class ChatCompletionChunk(ResponseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
+    _stop_sequence: str | None = PrivateAttr(None)  # on the usage chunk, as on ChatCompletion

@@ -23,9 +23,11 @@ from nexa.server.routers import (
     functions,
     health,
     images,
+    messages,
     metrics,
     models,
     responses,
+    tokenize,
 )
 from nexa.server.security import install as install_security
 from nexa.server.threads import Pool
@@ -61,6 +63,8 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
         audio.router,
         images.router,
         responses.router,
+        messages.router,
+        tokenize.router,
     ):
         app.include_router(router)
     install_openapi(app)

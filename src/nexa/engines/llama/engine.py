@@ -212,6 +212,19 @@ class LlamaEngine(TextEngine):
             tokens += self._llm.tokenize(piece.encode("utf-8"), add_bos=False, special=False)
         return tokens
 
+    def token_ids(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
+
+    def token_text(self, token: int) -> bytes:
+        # A buffer of its own: this runs in request threads, while the scheduler uses _piece_buf.
+        to_piece = self._llama_cpp.llama_token_to_piece
+        buf = ctypes.create_string_buffer(64)
+        n = to_piece(self._vocab, token, buf, len(buf), 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = to_piece(self._vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:n]
+
     def describe(self) -> dict[str, Any]:
         return {
             "n_ctx": self.n_ctx,

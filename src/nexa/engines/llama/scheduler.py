@@ -407,6 +407,7 @@ class Scheduler:
             cached_tokens=job.cached,
             prompt_seconds=job.prompt_done - job.started,
             generation_seconds=now - job.prompt_done,
+            stop_sequence=job.matcher.matched,
         )
         s = self.stats
         s.requests += 1

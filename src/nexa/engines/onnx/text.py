@@ -266,6 +266,7 @@ class OnnxTextEngine(TextEngine):
             completion_tokens=produced,
             prompt_seconds=prompt_done - started,
             generation_seconds=time.perf_counter() - prompt_done,
+            stop_sequence=matcher.matched,
         )
 
     def _piece(self, token: int) -> bytes:

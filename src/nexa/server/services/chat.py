@@ -56,6 +56,18 @@ async def function_calling(request: Request, body: FunctionCallingRequest) -> An
     return await _answer(request, engine, body, params, plan, await in_thread(_prompt, engine, body, plan))
 
 
+async def prompt_tokens(request: Request, body: ChatRequest, endpoint: str) -> int:
+    """How many tokens chat() would feed the model for `body`: its template and tools rendered,
+    then tokenized, without generating."""
+    if any(m.has_images() for m in body.messages):
+        raise InvalidRequest(f"{endpoint} does not count images; send the text alone.", param="messages")
+    engine: TextEngine = request.app.state.manager.get(Task.CHAT, endpoint)
+    _check_size(request, engine, body)
+    plan = await compile_in_thread(plan_chat, body, param=_grammar_param(body))
+    tokens, _ = await in_thread(_prompt, engine, body, plan)
+    return len(tokens)
+
+
 def _check_size(request: Request, engine: TextEngine, body: ChatRequest) -> None:
     """Bounds checked before any template is rendered or text tokenized."""
     most = request.app.state.settings.max_messages

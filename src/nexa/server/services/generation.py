@@ -114,9 +114,11 @@ class ChatReply:
             logprobs=chat_logprobs(out.logprobs) if logprobs else None,
             finish_reason=finish_reason,
         )
-        return ChatCompletion(
+        completion = ChatCompletion(
             id=self.id, created=self.created, model=self.model, choices=[choice], usage=finish_usage(out.finish)
         )
+        completion._stop_sequence = out.finish.stop_sequence
+        return completion
 
     def chunk(
         self, delta: Delta, logprobs: ChatLogprobs | None = None, finish: str | None = None
@@ -126,9 +128,11 @@ class ChatReply:
 
     def usage_chunk(self, finish: Finish) -> ChatCompletionChunk:
         """The last event when the client asked for `stream_options.include_usage`."""
-        return ChatCompletionChunk(
+        chunk = ChatCompletionChunk(
             id=self.id, created=self.created, model=self.model, choices=[], usage=finish_usage(finish)
         )
+        chunk._stop_sequence = finish.stop_sequence
+        return chunk
 
 
 def chat_logprobs(items: list[TokenLogprob]) -> ChatLogprobs:
