@@ -10,12 +10,24 @@ from fastapi import FastAPI
 
 from nexa import __version__
 from nexa.config import Settings
-from nexa.models.manager import ModelManager, resolve_model
+from nexa.models.manager import ModelManager
 from nexa.server.errors import install_error_handlers
+from nexa.server.leases import Leases
 from nexa.server.limits import BodyLimit
 from nexa.server.logs import AccessLog
 from nexa.server.openapi import install as install_openapi
-from nexa.server.routers import audio, chat, completions, embeddings, functions, health, images, metrics, models
+from nexa.server.routers import (
+    audio,
+    chat,
+    completions,
+    embeddings,
+    functions,
+    health,
+    images,
+    loading,
+    metrics,
+    models,
+)
 from nexa.server.security import install as install_security
 
 log = logging.getLogger("nexa.server")
@@ -24,14 +36,17 @@ log = logging.getLogger("nexa.server")
 def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log.info("serving %s on http://%s:%d", manager.model_id, settings.host, settings.port)
+        loaded = ", ".join(m["id"] for m in manager.loaded())
+        log.info("serving %s (default %s) on http://%s:%d", loaded, manager.model_id, settings.host, settings.port)
         yield
         manager.close()
 
     app = FastAPI(title="nexa", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.manager = manager
-    # Added first, so it runs innermost: after the Host and key checks, inside CORS (a browser can read its 413).
+    # Innermost: a request's models stay leased until its response is completely sent.
+    app.add_middleware(Leases)
+    # Added early, so it runs inside: after the Host and key checks, inside CORS (a browser can read its 413).
     app.add_middleware(BodyLimit, settings=settings)
     install_security(app, settings)
     app.add_middleware(AccessLog)
@@ -39,6 +54,7 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
     for router in (
         health.router,
         metrics.router,
+        loading.router,  # before models.router: /v1/models/{id}/load is not a model id
         models.router,
         completions.router,
         chat.router,
@@ -54,8 +70,5 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """The factory `--reload` hands to uvicorn: settings come through the environment."""
-    from nexa.models.store import ModelStore
-
     settings = Settings.from_env()
-    model = resolve_model(settings, ModelStore(onnx=settings.onnx))
-    return create_app(settings, ModelManager.load(model, settings))
+    return create_app(settings, ModelManager.start(settings))
