@@ -112,8 +112,8 @@ def test_the_command_line_takes_several_models_and_the_pool_flags(tmp_path: Path
 # -- the pool ---------------------------------------------------------------------------------
 
 
-def pool(factory: Factory, **limits: Any) -> ModelPool:
-    return ModelPool(factory, max_models=limits.get("max_models"), max_memory=None, max_queue=limits.get("max_queue", 8))
+def pool(factory: Factory, max_models: int | None = None, max_queue: int = 8) -> ModelPool:
+    return ModelPool(factory, max_models=max_models, max_memory=None, max_queue=max_queue)
 
 
 def test_requests_waiting_for_a_load_share_it() -> None:

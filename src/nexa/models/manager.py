@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from nexa.config import Settings
+from nexa.engines.base import Task
 from nexa.engines.loader import load_engine, model_tasks
 from nexa.errors import InvalidRequest, NexaError, NotFound, StartupError, UnsupportedTask
 from nexa.models.pool import NOT_LOADED, Factory, Lease, LoadFailed, ModelPool
@@ -32,13 +33,15 @@ from nexa.models.servable import Sources, disk_size, match
 from nexa.models.types import ModelType, ResolvedModel
 
 if TYPE_CHECKING:
-    from nexa.engines.base import Engine, Task  # the engine interface, for types only
+    from nexa.engines.base import Engine  # the engine interface, for types only
     from nexa.models.store import ModelStore
 
 log = logging.getLogger("nexa.models")
 T = TypeVar("T")
 
 COMMAND_LINE = "command line"
+# The model types made for a task, preferred for it over others that can do it too.
+SPECIALISTS: dict[Task, tuple[ModelType, ...]] = {Task.EMBEDDING: (ModelType.TEXT_EMBEDDING,)}
 
 
 def resolve_model(settings: Settings, store: ModelStore) -> ResolvedModel:
@@ -157,10 +160,16 @@ class ModelManager:
         default = resolve_model(settings, store)
         more = [store.resolve(ref, source=settings.source, model_type=settings.model_type) for ref in settings.models]
         manager = cls.load(default, settings, factory=factory, store=store, more=more)
-        for known in list(manager.known.values())[1:]:
-            if known.model is not None and not manager.pool.load_now(known.id, known.model, known.settings, -1):
-                log.info("%s will load on first use (no room under --max-models/--max-memory)", known.id)
+        manager.preload()
         return manager
+
+    def preload(self) -> None:
+        """Load the command line's other models now, in this thread, as far as the limits leave room."""
+        for known in list(self.known.values())[1:]:
+            if known.origin != COMMAND_LINE or known.model is None:
+                continue
+            if not self.pool.load_now(known.id, known.model, known.settings, -1):
+                log.info("%s will load on first use (no room under --max-models/--max-memory)", known.id)
 
     # -- the default model, as the one-model server had it ----------------------------------------
     @property
@@ -215,9 +224,12 @@ class ModelManager:
             candidates = list(self.known.values())
         default = self.known[self.default_id]
         loaded = {slot.id for slot in self.pool.slots()}
-        for known in [default, *[k for k in candidates if k.origin == COMMAND_LINE or k.id in loaded]]:
-            if task in known.tasks:
-                return known
+        able = [k for k in candidates if (k.origin == COMMAND_LINE or k.id in loaded) and task in k.tasks]
+        able.sort(key=lambda k: k.id != default.id)
+        # A model made for the task first: a chat model can embed, but an embedding model is meant to.
+        made_for = [k for k in able if k.model is not None and k.model.model_type in SPECIALISTS.get(task, ())]
+        if made_for or able:
+            return (made_for or able)[0]
         raise _unsupported(default, endpoint, "Start the server with a model of the right type.")
 
     def _match(self, name: str) -> Known | None:
