@@ -269,3 +269,23 @@ def test_get_loads_on_demand_and_lists_states() -> None:
     leases[0].release()
     time.sleep(0.1)
     assert m.find("whisper-tiny")["state"] == "not_loaded"
+
+
+def test_max_memory_counts_what_engines_report_and_evicts_idle_models_first() -> None:
+    class Sized(Fake):
+        def rss_bytes(self) -> int:
+            return 400
+
+    settings = Settings()
+    p = ModelPool(lambda m, s: Sized(m), max_models=None, max_memory=1000, max_queue=8)
+    a = run(p.acquire("a", model("a"), settings, -1))
+    b = run(p.acquire("b", model("b"), settings, -1))
+    a.release()
+    c = run(p.acquire("c", model("c"), settings, -1))  # 1200 once loaded: the idle, least recent (a) goes
+    assert {s.id for s in p.slots()} == {"b", "c"}
+    d = run(p.acquire("d", model("d"), settings, -1))  # 1200 again, but b and c are busy: over, for now
+    assert {s.id for s in p.slots()} == {"b", "c", "d"}
+    for lease in (b, c, d):
+        lease.release()
+    run(p.acquire("e", model("e"), settings, -1))  # back under: the two least recent idle ones go
+    assert {s.id for s in p.slots()} == {"d", "e"}
