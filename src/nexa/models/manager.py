@@ -13,22 +13,20 @@ loaded (engines.loader.model_tasks), so a request never loads a model of the wro
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from nexa.config import Settings
 from nexa.engines.base import Task
 from nexa.engines.loader import load_engine, model_tasks
 from nexa.errors import InvalidRequest, NexaError, NotFound, StartupError, UnsupportedTask
-from nexa.models.pool import NOT_LOADED, Factory, Lease, LoadFailed, ModelPool
+from nexa.models.pool import NOT_LOADED, Factory, Lease, LoadFailed, ModelPool, in_own_thread
 from nexa.models.servable import Sources, disk_size, match
 from nexa.models.types import ModelType, ResolvedModel
 
@@ -37,7 +35,6 @@ if TYPE_CHECKING:
     from nexa.models.store import ModelStore
 
 log = logging.getLogger("nexa.models")
-T = TypeVar("T")
 
 COMMAND_LINE = "command line"
 # The model types made for a task, preferred for it over others that can do it too.
@@ -74,20 +71,6 @@ def load_in_process(model: ResolvedModel, settings: Settings) -> Engine:
         ) from exc
     log.info("model ready in %.1fs", time.perf_counter() - started)
     return engine
-
-
-async def in_own_thread(fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` in a thread of its own (a download or a load may take minutes), from any event loop."""
-    done: Future[T] = Future()
-
-    def run() -> None:
-        try:
-            done.set_result(fn(*args))
-        except BaseException as exc:
-            done.set_exception(exc)
-
-    threading.Thread(target=run, name="nexa-models", daemon=True).start()
-    return await asyncio.wrap_future(done)
 
 
 @dataclass(frozen=True)
@@ -210,10 +193,12 @@ class ModelManager:
         """The model that serves a request naming `name` (see the module docstring)."""
         name = (name or "").strip()
         if name:
-            known = self._match(name) or await in_own_thread(self._find, name)
+            known = self._match(name)
+            if known is None and not self.sources.empty:
+                known = await in_own_thread(self._find, name)
             if known is not None:
                 if task not in known.tasks:
-                    raise _unsupported(known, endpoint, "Name a model of the right type in `model`.")
+                    raise self._refusal(known, task, endpoint, "Name a model of the right type in `model`.")
                 return known
             if self.settings.strict_model:
                 raise NotFound(
@@ -230,7 +215,16 @@ class ModelManager:
         made_for = [k for k in able if k.model is not None and k.model.model_type in SPECIALISTS.get(task, ())]
         if made_for or able:
             return (made_for or able)[0]
-        raise _unsupported(default, endpoint, "Start the server with a model of the right type.")
+        raise self._refusal(default, task, endpoint, "Start the server with a model of the right type.")
+
+    def _refusal(self, known: Known, task: Task, endpoint: str, advice: str) -> UnsupportedTask:
+        """Why `known` cannot serve `task`: a loaded engine's own words (an English-only Whisper
+        says so), else the tasks its type supports."""
+        slot = self.pool.slot(known.id)
+        if slot is not None and slot.engine is not None:
+            slot.engine.require(task, endpoint)
+        can = ", ".join(sorted(t.value for t in known.tasks)) or "nothing"
+        return UnsupportedTask(f"The model '{known.id}' cannot serve {endpoint} (it supports: {can}). {advice}")
 
     def _match(self, name: str) -> Known | None:
         with self._lock:
@@ -400,11 +394,6 @@ class ModelManager:
 def _own_settings(settings: Settings) -> Settings:
     """A model other than the default: --projector is the default model's own."""
     return settings.model_copy(update={"projector": None}) if settings.projector else settings
-
-
-def _unsupported(known: Known, endpoint: str, advice: str) -> UnsupportedTask:
-    can = ", ".join(sorted(t.value for t in known.tasks)) or "nothing"
-    return UnsupportedTask(f"The model '{known.id}' cannot serve {endpoint} (it supports: {can}). {advice}")
 
 
 def _not_found(name: str) -> NotFound:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from nexa.config import Settings
 from nexa.engines.base import Engine
@@ -33,8 +34,23 @@ from nexa.models.types import ResolvedModel
 log = logging.getLogger("nexa.models")
 
 Factory = Callable[[ResolvedModel, Settings], Engine]
+T = TypeVar("T")
 
 LOADED, LOADING, NOT_LOADED, UNLOADING = "loaded", "loading", "not_loaded", "unloading"
+
+
+async def in_own_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a thread of its own (a download or a load may take minutes), from any event loop."""
+    done: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:
+            done.set_exception(exc)
+
+    threading.Thread(target=run, name="nexa-models", daemon=True).start()
+    return await asyncio.wrap_future(done)
 
 
 class LoadFailed(NexaError):
@@ -176,11 +192,11 @@ class ModelPool:
         assert loading is not None
         try:
             await asyncio.wrap_future(loading)
-        except BaseException:
+        except BaseException:  # the load failed, or this request gave up waiting
             with self._lock:
                 slot.waiters -= 1
-                if slot.loading is None and self._slots.get(model_id) is slot:
-                    self._became_idle(slot, None)
+                due = self._became_idle(slot, None) if slot.idle else []
+            self._close_later(due)
             raise
         with self._lock:
             lease = self._lease(slot, request_keep_alive)
@@ -327,7 +343,7 @@ class ModelPool:
                 slot.unload_when_idle = True
                 return slot.state
             del self._slots[model_id]
-        await asyncio.to_thread(self._close, [slot])
+        await in_own_thread(self._close, [slot])
         return NOT_LOADED
 
     def _close_later(self, slots: list[Slot]) -> None:

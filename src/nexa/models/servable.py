@@ -78,6 +78,11 @@ class Sources:
         self.models_dir = Path(models_dir) if models_dir else None
         self.allow_pull = allow_pull
 
+    @property
+    def empty(self) -> bool:
+        """Nothing beyond the models given: no lookup is worth a thread."""
+        return self.store is None and self.models_dir is None
+
     def stored(self) -> builtins.list[ResolvedModel]:
         """The store's intact downloads of this variant (GGUF, or ONNX for `nexa server onnx`)."""
         if self.store is None:
