@@ -8,6 +8,7 @@ for the test (a real stream's length is up to the model)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from nexa.models.manager import ModelManager, load_in_process
 from nexa.models.store import ModelStore
 from nexa.models.types import ModelType, ResolvedModel
 from nexa.server.app import create_app
+from sdxs_checkpoint import ensure_checkpoint
 from support.audio import wer
 from support.servers import LiveServer
 
@@ -33,6 +35,8 @@ AUDIO = Path(__file__).resolve().parent.parent / "audio"
 SPEECH = "Open the window and let the cool air come in."  # tests/audio/s1.wav
 TIMEOUT = 300.0
 SMALL = dict(n_ctx=256, n_threads=1, parallel=1)
+IMAGE = {"width": 128, "height": 128, "sample_steps": 1, "cfg_scale": 1.0}  # one UNet pass
+TEST_MODELS = Path(os.environ.get("NEXA_TEST_MODELS", Path.home() / ".cache" / "nexa" / "test-models"))
 
 
 def chat_body(model: str | None, **extra: Any) -> dict[str, Any]:
@@ -62,25 +66,34 @@ def models_dir(tmp_path: Path, smollm2: ResolvedModel) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trio(smollm2: ResolvedModel, whisper_model: ResolvedModel) -> Iterator[ModelManager]:
+def trio(
+    smollm2: ResolvedModel, whisper_model: ResolvedModel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ModelManager]:
+    """Chat, speech and embeddings named on the command line, and the random SD checkpoint
+    (tests/sdxs_checkpoint.py) in --models-dir, loaded by the first request that names it."""
     embedder = ModelStore().resolve(str(minilm_gguf()), source="local", model_type=ModelType.TEXT_EMBEDDING)
-    settings = Settings(**SMALL, whisper_compute_type="float32")
+    models = tmp_path_factory.mktemp("trio-models")
+    (models / "sdxs.safetensors").symlink_to(ensure_checkpoint(TEST_MODELS))
+    settings = Settings(**SMALL, whisper_compute_type="float32", models_dir=str(models))
     manager = ModelManager.load(smollm2, settings, more=[whisper_model, embedder])
     manager.preload()
     yield manager
     manager.close()
 
 
-def test_chat_speech_and_embeddings_from_one_server_at_once(trio: ModelManager, whisper_model: ResolvedModel) -> None:
+def test_chat_speech_embeddings_and_images_from_one_server_at_once(
+    trio: ModelManager, whisper_model: ResolvedModel, tmp_path: Path
+) -> None:
     from openai import OpenAI
 
     ids = [m["id"] for m in trio.loaded()]
     assert len(ids) == 3 and ids[0] == trio.model_id
     embedder_id = ids[2]
-    assert TestClient(create_app(Settings(), trio)).get("/health").json()["models"] == [
-        {"id": i, "state": "loaded", "pid": None} for i in ids
+    health = TestClient(create_app(Settings(), trio)).get("/health").json()
+    assert health["model"] == trio.model_id and [(m["id"], m["state"]) for m in health["models"]] == [
+        (i, "loaded") for i in ids
     ]
-    with LiveServer(create_app(Settings(), trio)) as live:
+    with LiveServer(create_app(Settings(image_output_dir=str(tmp_path)), trio)) as live:
         client = OpenAI(base_url=live.url + "/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
 
         def chat(_: int) -> str:
@@ -99,10 +112,17 @@ def test_chat_speech_and_embeddings_from_one_server_at_once(trio: ModelManager, 
             assert len(r.data[0].embedding) == 384
             return r.model
 
-        jobs = [chat, speech, embed] * 2
+        def image(_: int) -> str:  # its model loads meanwhile, while the others answer
+            body = {"model": "sdxs", "prompt": "a red square", "response_format": "b64_json", **IMAGE}
+            r = httpx.post(live.url + "/v1/images/generations", json=body, timeout=TIMEOUT)
+            assert r.status_code == 200 and len(r.json()["data"]) == 1, r.text
+            return "sdxs"
+
+        jobs = [image, chat, speech, embed] * 2
         with ThreadPoolExecutor(len(jobs)) as pool:
             answered = list(pool.map(lambda job: job(0), jobs))
-    assert answered == [trio.model_id, whisper_model.name, embedder_id] * 2
+    assert answered == ["sdxs", trio.model_id, whisper_model.name, embedder_id] * 2
+    assert trio.find("sdxs")["state"] == "loaded" and trio.find("sdxs")["model_type"] == "COMPUTER_VISION"
 
 
 def test_a_name_reaches_its_model_and_a_wrong_type_is_400_naming_it(trio: ModelManager) -> None:
@@ -142,7 +162,9 @@ def test_models_dir_loads_on_demand_and_unloads_after_keep_alive(smollm2: Resolv
         assert r.json() == {"status": "succeed", "message": "Model tiny-chat loaded.", "model_type": "NLP",
                             "model": "tiny-chat"}
         assert [m["id"] for m in client.get("/health").json()["models"]] == [smollm2.name, "tiny-chat"]
-        assert 'nexa_model_loaded{model="tiny-chat"} 1' in client.get("/metrics").text
+        metrics = client.get("/metrics").text
+        assert "nexa_models_loaded 2\n" in metrics and 'nexa_slots{model="tiny-chat"} 1\n' in metrics
+        assert "nexa_slots 1\n" in metrics  # the default model's, unlabelled as ever
         assert client.post("/v1/unload_model", json={"model_path": "tiny-chat"}).json()["status"] == "succeed"
         assert states(client)["tiny-chat"] == "not_loaded"
         r = client.get("/v1/models/no-such-model")

@@ -1,6 +1,7 @@
-"""GET /metrics: Prometheus text format. The process's uptime and resident memory; which models
-are loaded; and the figures of every engine with a scheduler (`Engine.stats()`), one sample per
-model with the label `model="<id>"`."""
+"""GET /metrics: Prometheus text format. The process's uptime and resident memory, how many models
+are loaded, and the figures of every engine with a scheduler (`Engine.stats()`): the default
+model's unlabelled, as the one-model server wrote them (dashboards keep reading them), every other
+model's with the label `model="<id>"`."""
 
 from __future__ import annotations
 
@@ -65,12 +66,12 @@ async def metrics(request: Request) -> str:
     manager = request.app.state.manager
     metric("uptime_seconds", "gauge", "Seconds since the server started.", time.time() - _STARTED)
     metric("resident_memory_bytes", "gauge", "Resident memory of the server process.", _rss_bytes())
-    loaded = manager.loaded()
-    header("model_loaded", "gauge", "Models loaded (1) or loading (0), by model.")
-    lines.extend(f'nexa_model_loaded{{model="{_label(m["id"])}"}} {int(m["state"] != "loading")}' for m in loaded)
-    # One sample per model that keeps scheduler figures, labelled with its id.
+    loaded = sum(m["state"] != "loading" for m in manager.loaded())
+    metric("models_loaded", "gauge", "Models loaded now.", loaded)
     stats = manager.stats()
     for name, kind, help_, value in _MODEL_METRICS if stats else []:
         header(name, kind, help_)
-        lines.extend(f'nexa_{name}{{model="{_label(model_id)}"}} {value(s):g}' for model_id, s in stats)
+        for model_id, s in stats:
+            labels = "" if model_id == manager.model_id else f'{{model="{_label(model_id)}"}}'
+            lines.append(f"nexa_{name}{labels} {value(s):g}")
     return "\n".join(lines) + "\n"
