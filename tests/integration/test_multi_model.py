@@ -269,3 +269,33 @@ def test_a_model_streaming_an_answer_is_not_evicted_until_the_stream_ends() -> N
         r = http.post("/v1/completions", json={"model": "three", **body})
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"  # --strict-model
     manager.close()
+
+
+# -- the command line's manager: every model named, the store, the catalogue --------------------
+
+
+def test_the_command_lines_manager_serves_its_models_and_the_store(
+    smollm2: ResolvedModel, whisper_model: ResolvedModel
+) -> None:
+    """`nexa server smollm2-135m faster-whisper-tiny.en --strict-model`, from the store (offline)."""
+    settings = Settings(**SMALL, model=smollm2.name, models=["whisper-tiny.en"], strict_model=True)
+    manager = ModelManager.start(settings)
+    client = TestClient(create_app(settings, manager))
+    try:
+        assert [m["id"] for m in manager.loaded()] == [smollm2.name, whisper_model.name]  # both preloaded
+        cards = {c["id"]: c for c in client.get("/v1/models").json()["data"]}
+        assert cards[smollm2.name]["default"] and cards[whisper_model.name]["origin"] == "command line"
+        assert {c["state"] for i, c in cards.items() if c["origin"] == "store"} <= {"not_loaded"}
+        assert client.get("/v1/models/SmolLM2").json()["id"] == smollm2.name  # a catalogue alias
+        r = client.post("/v1/chat/completions", json=chat_body("smollm2:latest"))
+        assert r.status_code == 200 and r.json()["model"] == smollm2.name
+        with open(AUDIO / "s1.wav", "rb") as f:
+            form = {"model": "whisper-tiny.en"}
+            r = client.post("/v1/audio/transcriptions", files={"file": ("s1.wav", f)}, data=form)
+        assert r.status_code == 200 and wer(SPEECH, r.json()["text"]) < 0.3
+        for name, needle in (("gpt-4o", "--strict-model"), ("gemma", "--allow-pull")):
+            r = client.post("/v1/chat/completions", json=chat_body(name))
+            assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+            assert needle in r.json()["error"]["message"]
+    finally:
+        manager.close()

@@ -365,11 +365,13 @@ class ModelManager:
         known = self._match(model_id)
         if known is not None:
             return self.describe(known.id)
-        cards = self.list_models()
-        hit = match(model_id, [c["id"] for c in cards])
-        if hit is None:
+        found = self.sources.find(model_id)  # names and aliases as requests use them
+        if found is None:
             raise _not_found(model_id)
-        return next(c for c in cards if c["id"] == hit)
+        for known in list(self.known.values()):
+            if known.model is not None and known.model.path == found.model.path:
+                return self.describe(known.id)
+        return self._card(found.model.name, found.model, found.origin, NOT_LOADED, None)
 
     def loaded(self) -> list[dict[str, Any]]:
         """The models loaded or loading, for /health."""

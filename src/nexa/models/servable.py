@@ -103,10 +103,13 @@ class Sources:
     def find(self, name: str) -> Found | None:
         """A downloaded or --models-dir model that `name` means; downloads nothing."""
         if self.store is not None:
-            try:  # catalogue names, aliases and tags, as `nexa pull` recorded them
-                return Found(self.store.resolve(name, download=False), "store")
-            except StartupError:
-                pass
+            # Catalogue names, aliases and tags as `nexa pull` recorded them; then without the
+            # tag (`smollm2:latest`, Ollama's spelling of "the usual one").
+            for ref in dict.fromkeys([name, name.rpartition(":")[0] or name]):
+                try:
+                    return Found(self.store.resolve(ref, download=False), "store")
+                except StartupError:
+                    pass
             stored = {m.name.removeprefix("onnx:"): m for m in self.stored()}
             hit = match(name, stored)
             if hit is not None:
