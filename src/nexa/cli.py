@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="catalogue name, Name:tag, path (-lp) or repo (-hf/-ms); default: SmolLM2-135M-Instruct. "
         "Several models are served together, the first being the default; all are loaded at start "
-        "(as far as --max-models/--max-memory allow) and stay loaded. "
+        "(as far as --max-models/--max-memory allow) and stay loaded; with -lp and no -mt the ones after "
+        "the first get their type from their files. "
         "Write `onnx MODEL...` for the ONNX Runtime variant.",
     )
     _add_source_flags(s, "every MODEL is")
@@ -274,7 +275,8 @@ def check_port(host: str, port: int) -> None:
 def serve(settings: Settings) -> None:
     import uvicorn
 
-    from nexa.models.manager import ModelManager, resolve_model
+    from nexa.models.manager import ModelManager
+    from nexa.models.startup import resolve_model
     from nexa.models.store import ModelStore
     from nexa.server.app import create_app
 

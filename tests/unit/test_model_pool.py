@@ -18,7 +18,8 @@ from nexa.engines.base import Engine, Task
 from nexa.errors import NotFound, Overloaded, StartupError, UnsupportedTask
 from nexa.models.manager import ModelManager
 from nexa.models.pool import LOADED, NOT_LOADED, LoadFailed, ModelPool
-from nexa.models.servable import match, short_name
+from nexa.models.servable import Sources, match, short_name
+from nexa.models.startup import type_of
 from nexa.models.types import ModelType, ResolvedModel
 
 TASKS = {
@@ -107,6 +108,19 @@ def test_the_command_line_takes_several_models_and_the_pool_flags(tmp_path: Path
         parse("--models-dir", str(tmp_path / "missing"))
     with pytest.raises(StartupError, match="--max-memory"):
         parse("--max-memory", "lots")
+
+
+def test_models_dir_and_extra_local_models_get_their_type_from_their_files(tmp_path: Path) -> None:
+    (tmp_path / "speech").mkdir()
+    (tmp_path / "speech" / "model.bin").write_bytes(b"")
+    (tmp_path / "painter.safetensors").write_bytes(b"")
+    (tmp_path / "chat.gguf").write_bytes(b"GGUF")  # unreadable header: text, and its load will say why
+    (tmp_path / "notes.txt").write_text("not a model")
+    found = {m.name: m.model_type for m in Sources(None, str(tmp_path), False).in_models_dir()}
+    assert found == {"speech": ModelType.AUDIO, "painter": ModelType.COMPUTER_VISION, "chat": ModelType.NLP}
+    local = Settings(source="local")
+    assert type_of(str(tmp_path / "speech"), local) == ModelType.AUDIO
+    assert type_of(str(tmp_path / "speech"), Settings(source="local", model_type=ModelType.NLP)) == ModelType.NLP
 
 
 # -- the pool ---------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ loaded (engines.loader.model_tasks), so a request never loads a model of the wro
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -24,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from nexa.config import Settings
 from nexa.engines.base import Task
-from nexa.engines.loader import load_engine, model_tasks
+from nexa.engines.loader import model_tasks
 from nexa.errors import InvalidRequest, NexaError, NotFound, StartupError, UnsupportedTask
 from nexa.models.pool import NOT_LOADED, Factory, Lease, LoadFailed, ModelPool, in_own_thread
 from nexa.models.servable import Sources, disk_size, match
+from nexa.models.startup import load_in_process, resolve_model, type_of
 from nexa.models.types import ModelType, ResolvedModel
 
 if TYPE_CHECKING:
@@ -39,38 +39,6 @@ log = logging.getLogger("nexa.models")
 COMMAND_LINE = "command line"
 # The model types made for a task, preferred for it over others that can do it too.
 SPECIALISTS: dict[Task, tuple[ModelType, ...]] = {Task.EMBEDDING: (ModelType.TEXT_EMBEDDING,)}
-
-
-def resolve_model(settings: Settings, store: ModelStore) -> ResolvedModel:
-    """The store's answer, with --projector (if given) making it a MULTIMODAL model."""
-    if not settings.projector:
-        return store.resolve(settings.model, source=settings.source, model_type=settings.model_type)
-    if settings.model_type not in (None, ModelType.MULTIMODAL):
-        raise StartupError(
-            f"--projector is for vision models: drop it, or use -mt MULTIMODAL instead of {settings.model_type.value}."
-        )
-    # Resolve the language model alone (a local folder need not hold a projector then), and
-    # pair it with the named one; catalogue names keep their own type check.
-    as_type = None if settings.source == "auto" else ModelType.NLP
-    model = store.resolve(settings.model, source=settings.source, model_type=as_type)
-    return dataclasses.replace(model, model_type=ModelType.MULTIMODAL, projector=Path(settings.projector))
-
-
-def load_in_process(model: ResolvedModel, settings: Settings) -> Engine:
-    """The factory that loads a model into this process; any failure is one StartupError line."""
-    log.info("loading %s (%s) from %s", model.name, model.model_type.value, model.path)
-    started = time.perf_counter()
-    try:
-        engine = load_engine(model, settings)
-    except StartupError:
-        raise
-    except Exception as exc:  # a corrupt or unsupported file: say so in one line
-        raise StartupError(
-            f"Could not load {model.path}: {exc}. Check that the file is a complete model of "
-            f"type {model.model_type.value} (re-download it with `nexa pull`, or pass -mt)."
-        ) from exc
-    log.info("model ready in %.1fs", time.perf_counter() - started)
-    return engine
 
 
 @dataclass(frozen=True)
@@ -141,7 +109,8 @@ class ModelManager:
 
         store = ModelStore(onnx=settings.onnx)
         default = resolve_model(settings, store)
-        more = [store.resolve(ref, source=settings.source, model_type=settings.model_type) for ref in settings.models]
+        source = settings.source
+        more = [store.resolve(ref, source=source, model_type=type_of(ref, settings)) for ref in settings.models]
         manager = cls.load(default, settings, factory=factory, store=store, more=more)
         manager.preload()
         return manager

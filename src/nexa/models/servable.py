@@ -14,14 +14,17 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nexa.errors import StartupError
 from nexa.models import download as dl
 from nexa.models.catalogue import DIFFUSION_EXTS
 from nexa.models.gguf_header import gguf_architecture, is_projector
 from nexa.models.local import resolve_local
-from nexa.models.store import ModelStore
 from nexa.models.types import ModelType, ResolvedModel
+
+if TYPE_CHECKING:
+    from nexa.models.store import ModelStore
 
 log = logging.getLogger("nexa.models")
 
