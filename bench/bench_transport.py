@@ -26,7 +26,7 @@ from typing import Any
 
 from nexa.config import Settings
 from nexa.engines.base import SamplingParams, TextDelta
-from nexa.engines.loader import load_checked
+from nexa.models.startup import load_in_process
 from nexa.models.store import ModelStore
 from nexa.workers.remote import RemoteEngine
 
@@ -82,7 +82,7 @@ def raw(n: int) -> dict[str, float]:
 def engines(reps: int) -> None:
     model = ModelStore().resolve(None)
     settings = Settings(n_ctx=2048, parallel=1)
-    here = load_checked(model, settings)
+    here = load_in_process(model, settings)
     there = RemoteEngine.start(model, settings)
     text = "The quick brown fox jumps over the lazy dog. " * 8
     try:

@@ -29,14 +29,14 @@ from nexa.models.types import ModelType
 log = logging.getLogger("nexa")
 
 
-def _add_source_flags(p: argparse.ArgumentParser) -> None:
+def _add_source_flags(p: argparse.ArgumentParser, what: str = "MODEL is") -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("-lp", "--local_path", action="store_true", help="MODEL is a local file or folder")
+    src.add_argument("-lp", "--local_path", action="store_true", help=f"{what} a local file or folder")
     src.add_argument(
-        "-hf", "--huggingface", action="store_true", help="MODEL is a Hugging Face repo (repo, repo:FILE or repo:QUANT)"
+        "-hf", "--huggingface", action="store_true", help=f"{what} a Hugging Face repo (repo, repo:FILE or repo:QUANT)"
     )
     src.add_argument(
-        "-ms", "--modelscope", action="store_true", help="MODEL is a ModelScope repo (repo, repo:FILE or repo:QUANT)"
+        "-ms", "--modelscope", action="store_true", help=f"{what} a ModelScope repo (repo, repo:FILE or repo:QUANT)"
     )
     p.add_argument(
         "-mt",
@@ -53,13 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("server", help="serve a model over HTTP (OpenAI- and Nexa-compatible)")
     s.add_argument(
-        "model_path",
-        nargs="?",
+        "models",
+        nargs="*",
+        metavar="MODEL",
         help="catalogue name, Name:tag, path (-lp) or repo (-hf/-ms); default: SmolLM2-135M-Instruct. "
-        "Write `onnx MODEL` for the ONNX Runtime variant.",
+        "Several models are served together, the first being the default; all are loaded at start "
+        "(as far as --max-models/--max-memory allow) and stay loaded; with -lp and no -mt the ones after "
+        "the first get their type from their files. "
+        "Write `onnx MODEL...` for the ONNX Runtime variant.",
     )
-    s.add_argument("onnx_model", nargs="?", help=argparse.SUPPRESS)
-    _add_source_flags(s)
+    _add_source_flags(s, "every MODEL is")
     for name, info in Settings.model_fields.items():
         flag = cli_flag(name)
         if flag is not None:
@@ -102,7 +105,7 @@ def _flag_options(name: str, info: FieldInfo, flag: Flag) -> dict[str, Any]:
             kind = str
         else:  # named after the flag, as argparse would name it: NCTX, MAX_IMAGE_MB
             options["metavar"] = flag.metavar or flag.names[0].lstrip("-").replace("-", "_").upper()
-        options["type"] = float if flag.scale != 1 else kind
+        options["type"] = str if flag.text else float if flag.scale != 1 else kind
         shown = flag.shown_default or _shown(info.get_default(call_default_factory=True), flag.scale)
         if shown:
             notes.append(f"default: {shown}")
@@ -142,17 +145,17 @@ def _model_type(args: argparse.Namespace, source: str) -> ModelType | None:
 
 
 def _model_values(args: argparse.Namespace) -> dict[str, Any]:
-    """The model fields from `[onnx] MODEL`, -lp/-hf/-ms and -mt, where given."""
+    """The model fields from `[onnx] MODEL...`, -lp/-hf/-ms and -mt, where given."""
     values: dict[str, Any] = {}
-    model = args.model_path
-    if model == "onnx":
-        values["onnx"], model = True, args.onnx_model
-        if not model:
+    models = list(args.models)
+    if models[:1] == ["onnx"]:
+        values["onnx"], models = True, models[1:]
+        if not models:
             raise StartupError("`nexa server onnx` needs a model: nexa server onnx MODEL")
-    elif args.onnx_model:
-        raise StartupError(f"Unexpected argument {args.onnx_model!r}: give one model (or `onnx MODEL`).")
-    if model is not None:
-        values["model"] = model
+    if models:
+        values["model"], more = models[0], models[1:]
+        if more:
+            values["models"] = more
     source = _source(args)
     if source != "auto":
         values["source"] = source
@@ -175,6 +178,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise StartupError("; ".join(_problem(error, typed) for error in exc.errors()) + ".") from None
     _model_type(args, settings.source)
     _check_paths_and_hosts(settings)
+    if settings.models_dir and not os.path.isdir(settings.models_dir):
+        raise StartupError(f"--models-dir {settings.models_dir!r} is not a directory: create it or fix the path.")
     _check_access(settings)
     return settings
 
@@ -270,16 +275,14 @@ def check_port(host: str, port: int) -> None:
 def serve(settings: Settings) -> None:
     import uvicorn
 
-    from nexa.models.manager import ModelManager, resolve_model
+    from nexa.models.manager import ModelManager
+    from nexa.models.startup import resolve_model
     from nexa.models.store import ModelStore
     from nexa.server.app import create_app
 
     if settings.onnx and settings.projector:
         raise StartupError("--projector is for GGUF vision models; the ONNX variant has no vision engine: drop one.")
     check_port(settings.host, settings.port)
-    # `onnx MODEL`: the ONNX catalogue and whole-folder downloads; the manager then picks the
-    # onnxruntime engine that fits the folder (nexa.engines.onnx).
-    model = resolve_model(settings, ModelStore(onnx=settings.onnx))
     common = dict(
         host=settings.host,
         port=settings.port,
@@ -289,12 +292,17 @@ def serve(settings: Settings) -> None:
     )
     if settings.reload:
         # uvicorn can only reload an import string; the child rebuilds the settings from the
-        # environment and resolves the same model again, from the cache this call just filled.
+        # environment and resolves the same models again, from the cache these calls fill.
+        # `onnx MODEL`: the ONNX catalogue and whole-folder downloads.
+        store = ModelStore(onnx=settings.onnx)
+        resolve_model(settings, store)
+        for ref in settings.models:
+            store.resolve(ref, source=settings.source, model_type=settings.model_type)
         os.environ[SETTINGS_ENV] = settings.to_env()
         src_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         uvicorn.run("nexa.server.app:app_from_env", factory=True, reload=True, reload_dirs=[src_dir], **common)  # type: ignore[arg-type]
         return
-    app = create_app(settings, ModelManager.load(model, settings))
+    app = create_app(settings, ModelManager.start(settings))
     uvicorn.run(app, **common)  # type: ignore[arg-type]
 
 

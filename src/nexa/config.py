@@ -10,6 +10,7 @@ Settings are passed into create_app, never read from a global.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -45,6 +46,7 @@ class Flag:
     shown_default: str | None = None  # the help's "(default: ...)" where the value says little
     help: str | None = None  # the flag's own help where it reads differently from the field's doc
     scale: int = 1
+    text: bool = False  # the flag hands its text to the field's validator ("8GB", "5m")
 
 
 def flag(*names: str, **options: Any) -> Flag:
@@ -63,6 +65,32 @@ class Settings(BaseSettings):
     )
     model_type: ModelType | None = Field(None, description="the model's type (-mt); None: known or NLP")
     onnx: bool = Field(False, description="serve the ONNX Runtime variant (`nexa server onnx MODEL`)")
+    models: list[str] = Field(
+        default_factory=list, description="more models to serve beside `model` (`nexa server A B C`: B and C)"
+    )
+
+    # -- several models: routing by `model`, loading on demand, unloading (models/pool.py) --------
+    models_dir: Annotated[str | None, flag("--models-dir", metavar="DIR")] = Field(
+        None, description="also serve the GGUF files and model folders in DIR, by file name without extension"
+    )
+    allow_pull: Annotated[bool, flag("--allow-pull")] = Field(
+        False, description="download a catalogue model on the first request that names it"
+    )
+    strict_model: Annotated[bool, flag("--strict-model")] = Field(
+        False, description="answer 404 model_not_found to a `model` that names nothing servable, "
+        "instead of using the default model",
+    )
+    keep_alive: Annotated[float, flag("--keep-alive", metavar="SECONDS", text=True)] = Field(
+        300.0, ge=-1, description="seconds an idle model loaded on demand stays loaded (also 5m, 1h); -1: forever, "
+        "0: unload after each request; models named on the command line stay loaded",
+    )
+    max_models: Annotated[int | None, flag("--max-models", metavar="N", shown_default="no limit")] = Field(
+        None, ge=1, description="most models loaded at once; past it the least recently used idle one is unloaded"
+    )
+    max_memory: Annotated[int | None, flag("--max-memory", metavar="SIZE", shown_default="no limit", text=True)] = (
+        Field(None, ge=1, description="most memory the loaded models may use (bytes, or 8GB, 512MiB); past it the "
+              "least recently used idle ones are unloaded")
+    )
 
     # -- the HTTP server ------------------------------------------------------------------------
     host: Annotated[str, flag("--host")] = Field("localhost", description="host to bind")
@@ -223,6 +251,21 @@ class Settings(BaseSettings):
         3 * 3600.0, gt=0, description="longest audio a transcription or translation decodes, in seconds"
     )
 
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _keep_alive_duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _memory_size(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
+
+    @field_validator("models_dir")
+    @classmethod
+    def _absolute_models_dir(cls, path: str | None) -> str | None:
+        return os.path.abspath(path) if path else None
+
     @field_validator("allowed_image_dirs")
     @classmethod
     def _absolute_dirs(cls, dirs: list[str]) -> list[str]:
@@ -239,6 +282,32 @@ class Settings(BaseSettings):
     @classmethod
     def from_env(cls) -> Settings:
         return cls.model_validate_json(os.environ[SETTINGS_ENV])
+
+
+_DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ms|s|m|h)?")
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "300", "5m", "1h30m", "-1" (Ollama's keep_alive spellings); ValueError otherwise."""
+    text = text.strip().lower()
+    parts = _DURATION.findall(text)
+    if not text or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration: write seconds (300), or 5m, 1h, 90s")
+    return sum(float(n) * _SECONDS[u or "s"] for n, u in parts)
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?")
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "8GB" (10^9), "8GiB" (2^30), "512MiB", "1e9"-free plain integers; ValueError otherwise."""
+    match = _SIZE.fullmatch(text.strip().lower())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size: write bytes, or 8GB, 512MiB")
+    number, unit = match.groups()
+    power = "kmgt".index(unit[0]) + 1 if unit else 0
+    return int(float(number) * (1024 if unit and unit.endswith("i") else 1000) ** power)
 
 
 def env_name(field: str) -> str:

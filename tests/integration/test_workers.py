@@ -30,6 +30,7 @@ from nexa.config import Settings
 from nexa.engines.base import SamplingParams
 from nexa.errors import ContextLengthExceeded, InvalidRequest, ModelCrashed, StartupError
 from nexa.models.manager import ModelManager
+from nexa.models.startup import model_factory
 from nexa.models.types import ModelType, ResolvedModel
 from nexa.server.app import create_app
 from nexa.workers.protocol import KEEP_ARRAYS_OVER_BYTES, RemoteError
@@ -123,9 +124,10 @@ def test_a_crash_mid_stream_fails_only_that_request(
         error = json.loads(rest[-2][6:])["error"]
         assert error["code"] == "model_crashed" and signal.Signals(sig).name in error["message"], error
         assert not engine.alive
-        # Later requests to the dead worker get the same clear 500, not a hang.
-        r2 = remote.post("/v1/chat/completions", json=CHAT)
-        assert r2.status_code == 500 and r2.json()["error"]["code"] == "model_crashed", r2.text
+        # Later calls on the dead worker fail at once, not hang (the manager starts a new worker
+        # for the next request instead: see the tests further down).
+        with pytest.raises(ModelCrashed):
+            engine.tokenize("anyone there?")
         # The server logged the signal and the worker's last lines (faulthandler's, for a segfault).
         logged = "\n".join(rec.getMessage() for rec in caplog.records)
         assert f"killed by {signal.Signals(sig).name}" in logged and "model ready" in logged
@@ -263,3 +265,59 @@ def test_vision_prompt_stays_in_the_worker(smollm2: ResolvedModel) -> None:
 
 def _test_models() -> Path:
     return Path(os.environ.get("NEXA_TEST_MODELS", Path.home() / ".cache" / "nexa" / "test-models"))
+
+
+# -- workers behind the model manager: what the server does when one dies ----------------------
+
+
+@pytest.fixture(scope="module")
+def pair(smollm2: ResolvedModel) -> Iterator[ModelManager]:
+    """Chat and embeddings, each in a worker, behind one manager (as `nexa server A B`)."""
+    embedder = ResolvedModel("minilm", minilm_gguf(), ModelType.TEXT_EMBEDDING)
+    settings = Settings(n_ctx=512, n_threads=1, parallel=2)
+    manager = ModelManager.load(smollm2, settings, factory=model_factory(settings), more=[embedder])
+    manager.preload()
+    yield manager
+    manager.close()
+
+
+def _pids(client: TestClient) -> dict[str, int]:
+    return {m["id"]: m["pid"] for m in client.get("/health").json()["models"] if m.get("pid")}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])
+def test_the_other_model_answers_and_the_next_request_restarts(pair: ModelManager, sig: signal.Signals) -> None:
+    client = TestClient(create_app(Settings(), pair))
+    pids = _pids(client)
+    assert set(pids) == {"smollm2-135m", "minilm"} and os.getpid() not in pids.values()
+    with client.stream("POST", "/v1/chat/completions", json={**CHAT, "max_tokens": 200, "stream": True}) as r:
+        lines = r.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+        os.kill(pids["smollm2-135m"], sig)
+        rest = [line for line in lines if line.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]" and json.loads(rest[-2][6:])["error"]["code"] == "model_crashed"
+    # The embedding model never noticed.
+    e = client.post("/v1/embeddings", json={"model": "minilm", "input": "still here"})
+    assert e.status_code == 200 and len(e.json()["data"][0]["embedding"]) == 384
+    # The next chat starts a new worker and answers.
+    again = client.post("/v1/chat/completions", json=CHAT)
+    assert again.status_code == 200, again.text
+    assert again.json()["choices"][0]["message"]["content"]
+    new = _pids(client)
+    assert new["smollm2-135m"] != pids["smollm2-135m"] and new["minilm"] == pids["minilm"]
+
+
+def test_unloading_ends_the_worker_and_returns_memory(pair: ModelManager) -> None:
+    client = TestClient(create_app(Settings(), pair))
+    server_rss = _rss(os.getpid())
+    pid = _pids(client)["minilm"]
+    worker_rss = _rss(pid)
+    assert client.post("/v1/models/minilm/unload").status_code == 200
+    states = {m["id"]: m["state"] for m in client.get("/v1/models").json()["data"]}
+    assert states["minilm"] == "not_loaded"
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    # The worker's memory was its own: the server's is where it was.
+    assert worker_rss > 20 << 20 and abs(_rss(os.getpid()) - server_rss) < 30 << 20
+    # Loaded again on demand, in a new worker.
+    assert client.post("/v1/embeddings", json={"model": "minilm", "input": "back"}).status_code == 200
+    assert _pids(client)["minilm"] != pid

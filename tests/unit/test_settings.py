@@ -41,7 +41,7 @@ ENGINE_FIELDS: dict[str, dict[str, str]] = {
     "projector": {"VisionEngine": "projector"},
 }
 # Which model, from where, in which variant: the store and the loader's choice of engine.
-MODEL_FIELDS = {"model", "source", "model_type", "onnx"}
+MODEL_FIELDS = {"model", "models", "source", "model_type", "onnx"}
 # Read by the HTTP server (app, routers, image input) or by the CLI's start-up.
 SERVER_FIELDS = {
     "host", "port", "reload", "cors_origins", "shutdown_grace_s", "log_level",
@@ -51,6 +51,7 @@ SERVER_FIELDS = {
     "api_key", "api_key_file", "insecure_public", "allowed_hosts",
     "max_body_bytes", "max_messages", "max_image_prompt_chars", "max_audio_seconds",
     "max_embedding_inputs", "preprocess_threads", "workers",
+    "models_dir", "allow_pull", "strict_model", "keep_alive", "max_models", "max_memory",
 }  # fmt: skip
 
 
@@ -179,6 +180,10 @@ def sample(name: str, tmp_path: Path) -> tuple[list[str], Any]:
         "parallel": (["3"], 3),
         "max_image_bytes": (["2.5"], int(2.5 * 2**20)),
         "max_body_bytes": (["1.5"], int(1.5 * 2**20)),
+        "models_dir": ([str(tmp_path)], str(tmp_path)),
+        "max_models": (["2"], 2),
+        "max_memory": (["8GB"], 8 * 10**9),
+        "keep_alive": (["90s"], 90.0),
     }
     if name in special:
         return special[name]

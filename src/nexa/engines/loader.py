@@ -9,19 +9,15 @@ type is loaded, so `import nexa` and `nexa --help` stay light.
 from __future__ import annotations
 
 import importlib
-import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nexa.config import Settings
-from nexa.engines.base import Engine
+from nexa.engines.base import Engine, Task
 from nexa.errors import StartupError
 from nexa.models.types import ModelType, ResolvedModel
-
-log = logging.getLogger("nexa.models")
 
 
 @dataclass(frozen=True)
@@ -170,32 +166,34 @@ def engine_call(model: ResolvedModel, settings: Settings) -> EngineCall:
     return _onnx(model, settings) if settings.onnx else ENGINES[model.model_type](model, settings)
 
 
-def load_engine(model: ResolvedModel, settings: Settings) -> Engine:
-    call = engine_call(model, settings)
+def _missing(model: ResolvedModel, exc: ModuleNotFoundError) -> StartupError:
+    return StartupError(
+        f"Model type {model.model_type.value} needs {exc.name}, which is not installed: "
+        f"reinstall nexa with its dependencies (pip install -e .)."
+    )
+
+
+def _engine_class(model: ResolvedModel, call: EngineCall) -> type[Engine]:
     module_name, class_name = call.target.split(":")
     try:
-        engine_class = getattr(importlib.import_module(module_name), class_name)
-        engine: Engine = engine_class(**call.kwargs)
+        engine_class: type[Engine] = getattr(importlib.import_module(module_name), class_name)
     except ModuleNotFoundError as exc:
-        raise StartupError(
-            f"Model type {model.model_type.value} needs {exc.name}, which is not installed: "
-            f"reinstall nexa with its dependencies (pip install -e .)."
-        ) from exc
-    return engine
+        raise _missing(model, exc) from exc
+    return engine_class
 
 
-def load_checked(model: ResolvedModel, settings: Settings) -> Engine:
-    """load_engine, logged and timed, with any failure as one StartupError that says what to do."""
-    log.info("loading %s (%s) from %s", model.name, model.model_type.value, model.path)
-    started = time.perf_counter()
+def model_tasks(model: ResolvedModel, settings: Settings) -> frozenset[Task]:
+    """The tasks a model will support once loaded, from its engine class; loads no weights.
+
+    So a request is routed to a model of the right type before any model is loaded for it."""
+    call = engine_call(model, settings)
+    return _engine_class(model, call).tasks
+
+
+def load_engine(model: ResolvedModel, settings: Settings) -> Engine:
+    call = engine_call(model, settings)
+    engine_class = _engine_class(model, call)
     try:
-        engine = load_engine(model, settings)
-    except StartupError:
-        raise
-    except Exception as exc:  # a corrupt or unsupported file: say so in one line
-        raise StartupError(
-            f"Could not load {model.path}: {exc}. Check that the file is a complete model of "
-            f"type {model.model_type.value} (re-download it with `nexa pull`, or pass -mt)."
-        ) from exc
-    log.info("model ready in %.1fs", time.perf_counter() - started)
-    return engine
+        return engine_class(**call.kwargs)
+    except ModuleNotFoundError as exc:
+        raise _missing(model, exc) from exc

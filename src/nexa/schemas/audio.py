@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from nexa.engines.whisper import SpeechOptions
-from nexa.schemas.common import RequestModel, ResponseModel
+from nexa.schemas.common import KeepAlive, RequestModel, ResponseModel
 
 # Whisper's language codes and the names OpenAI's verbose_json reports ("english").
 _LANGUAGES = (
@@ -41,9 +41,10 @@ def _segments_only() -> list[Granularity]:
 
 
 class TranscriptionRequest(RequestModel):
-    """Everything but the `file` part. `model` is accepted and ignored: the server has one model."""
+    """Everything but the `file` part; `model` picks the speech model (a multipart field like the others)."""
 
     model: str | None = None
+    keep_alive: KeepAlive = None
     language: str | None = Field(None, description="Spoken language as ISO-639-1 code or English name; empty: detect")
     prompt: str | None = Field(None, description="Text that guides spelling and style (Whisper's initial prompt)")
     response_format: ResponseFormat = "json"

@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+
+from nexa.config import parse_duration
 
 
 class RequestModel(BaseModel):
     """Requests ignore fields they do not know (clients of both APIs send extras)."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+def _seconds(value: Any) -> Any:
+    return parse_duration(value) if isinstance(value, str) else value
+
+
+# Ollama's per-request keep_alive: how long the model stays loaded once this request is done.
+KeepAlive = Annotated[
+    float | None,
+    BeforeValidator(_seconds),
+    Field(description="seconds (or 5m, 1h) the model stays loaded after this request; -1: forever, 0: unload now"),
+]
 
 
 class ResponseModel(BaseModel):

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from nexa.errors import InvalidRequest
-from nexa.schemas.common import RequestModel, ResponseModel
+from nexa.schemas.common import KeepAlive, RequestModel, ResponseModel
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request (the default of --max-embedding-inputs)
 
@@ -29,6 +29,7 @@ class EmbeddingRequest(RequestModel):
         ]},
     )
     model: str | None = None
+    keep_alive: KeepAlive = None
     normalize: bool = False
     truncate: bool = True
     encoding_format: Literal["float", "base64"] = "float"

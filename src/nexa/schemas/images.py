@@ -15,7 +15,7 @@ from pydantic import AliasChoices, Field
 
 from nexa.config import Settings
 from nexa.errors import InvalidRequest
-from nexa.schemas.common import RequestModel, ResponseModel
+from nexa.schemas.common import KeepAlive, RequestModel, ResponseModel
 
 SIZE_STEP = 64  # the latent is 1/8 of the image and the UNet halves it twice more
 
@@ -25,6 +25,7 @@ class ImageRequest(RequestModel):
     `response_format`. `image` carries an img2img input as base64 or a data URI."""
 
     model: str | None = None
+    keep_alive: KeepAlive = None
     prompt: str
     negative_prompt: str = ""
     image_path: str = ""

@@ -1,4 +1,5 @@
-"""Responses of the service endpoints: /v1/models (OpenAI's model list) and /health."""
+"""Responses of the service endpoints: /v1/models (OpenAI's model list), loading and unloading
+models (ours and the original Nexa server's), and /health."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ from typing import Literal
 
 from pydantic import ConfigDict
 
-from nexa.schemas.common import ResponseModel
+from nexa.schemas.common import KeepAlive, RequestModel, ResponseModel
+
+State = Literal["loaded", "loading", "not_loaded", "unloading"]
 
 
 class ModelCard(ResponseModel):
-    """OpenAI's model object, plus what the engine tells of itself (`n_ctx`, `parallel`,
-    `samplers`...: each engine's `describe()`, passed through as extra keys)."""
+    """OpenAI's model object, plus where the model comes from, its size and whether it is loaded,
+    and what a loaded engine tells of itself (`n_ctx`, `parallel`, `samplers`...: each engine's
+    `describe()`, passed through as extra keys)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -22,6 +26,11 @@ class ModelCard(ResponseModel):
     tasks: list[str]
     model_type: str | None = None
     path: str | None = None
+    size: int | None = None  # bytes on disk
+    state: State | None = None
+    origin: str | None = None  # "command line", "store", "models dir", "catalogue"
+    default: bool | None = None  # the model requests that name none reach
+    pid: int | None = None  # the process that runs it, where it runs in one of its own
 
 
 class ModelList(ResponseModel):
@@ -29,6 +38,38 @@ class ModelList(ResponseModel):
     data: list[ModelCard]
 
 
+class LoadRequest(RequestModel):
+    """POST /v1/models/{id}/load: how long the model stays loaded once idle (default: the server's)."""
+
+    keep_alive: KeepAlive = None
+
+
+class NexaModelRequest(RequestModel):
+    """The original Nexa server's /v1/load_model and /v1/unload_model body."""
+
+    model_path: str | None = None
+    model_type: str | None = None
+    is_local_path: bool = False
+    is_huggingface: bool = False
+    is_modelscope: bool = False
+    local_projector_path: str | None = None
+    keep_alive: KeepAlive = None
+
+
+class NexaModelStatus(ResponseModel):
+    status: Literal["succeed"] = "succeed"
+    message: str
+    model_type: str | None
+    model: str
+
+
+class LoadedModel(ResponseModel):
+    id: str
+    state: State
+    pid: int | None
+
+
 class Health(ResponseModel):
     status: Literal["ok"] = "ok"
-    model: str
+    model: str  # the default model
+    models: list[LoadedModel] = []

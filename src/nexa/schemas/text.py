@@ -13,7 +13,7 @@ from pydantic import AliasChoices, BaseModel, Field, PrivateAttr
 
 from nexa.engines.base import SamplingParams
 from nexa.errors import InvalidRequest
-from nexa.schemas.common import RequestModel, ResponseModel, Usage
+from nexa.schemas.common import KeepAlive, RequestModel, ResponseModel, Usage
 
 MAX_STOPS = 16
 
@@ -27,6 +27,7 @@ _ENGINE = SamplingParams()  # the engines' defaults are the requests' (where an 
 
 class SamplingFields(RequestModel):
     model: str | None = None
+    keep_alive: KeepAlive = None
     max_tokens: int | None = Field(
         _ENGINE.max_tokens, validation_alias=AliasChoices("max_tokens", "max_new_tokens", "max_completion_tokens")
     )

@@ -9,6 +9,7 @@ from nexa.schemas.common import RequestModel, ResponseModel
 
 class TokenizeRequest(RequestModel):
     content: str
+    model: str | None = None  # which text model's tokenizer (routed as any request); None: the default
     add_special: bool = False  # the model's BOS (and the like) at the start
     parse_special: bool = True  # special tokens spelled out in `content` read as themselves
     with_pieces: bool = False
@@ -27,6 +28,7 @@ class TokenizeResponse(ResponseModel):
 
 class DetokenizeRequest(RequestModel):
     tokens: list[int] = Field(default_factory=list)
+    model: str | None = None
 
 
 class DetokenizeResponse(ResponseModel):

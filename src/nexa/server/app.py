@@ -10,8 +10,9 @@ from fastapi import FastAPI
 
 from nexa import __version__
 from nexa.config import Settings
-from nexa.models.manager import ModelManager, resolve_model
+from nexa.models.manager import ModelManager
 from nexa.server.errors import install_error_handlers
+from nexa.server.leases import Leases
 from nexa.server.limits import BodyLimit
 from nexa.server.logs import AccessLog
 from nexa.server.openapi import install as install_openapi
@@ -23,6 +24,7 @@ from nexa.server.routers import (
     functions,
     health,
     images,
+    loading,
     messages,
     metrics,
     models,
@@ -38,7 +40,8 @@ log = logging.getLogger("nexa.server")
 def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log.info("serving %s on http://%s:%d", manager.model_id, settings.host, settings.port)
+        loaded = ", ".join(m["id"] for m in manager.loaded())
+        log.info("serving %s (default %s) on http://%s:%d", loaded, manager.model_id, settings.host, settings.port)
         yield
         manager.close()
         preprocess.close()
@@ -47,7 +50,9 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
     app.state.settings = settings
     app.state.manager = manager
     app.state.preprocess = preprocess = Pool(settings.preprocess_threads, settings.max_queue)  # image decoding
-    # Added first, so it runs innermost: after the Host and key checks, inside CORS (a browser can read its 413).
+    # Innermost: a request's models stay leased until its response is completely sent.
+    app.add_middleware(Leases)
+    # Added early, so it runs inside: after the Host and key checks, inside CORS (a browser can read its 413).
     app.add_middleware(BodyLimit, settings=settings)
     install_security(app, settings)
     app.add_middleware(AccessLog)
@@ -55,6 +60,7 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
     for router in (
         health.router,
         metrics.router,
+        loading.router,  # before models.router: /v1/models/{id}/load is not a model id
         models.router,
         completions.router,
         chat.router,
@@ -73,8 +79,5 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """The factory `--reload` hands to uvicorn: settings come through the environment."""
-    from nexa.models.store import ModelStore
-
     settings = Settings.from_env()
-    model = resolve_model(settings, ModelStore(onnx=settings.onnx))
-    return create_app(settings, ModelManager.load(model, settings))
+    return create_app(settings, ModelManager.start(settings))

@@ -22,7 +22,7 @@ from typing import Any
 
 from nexa.config import Settings
 from nexa.engines import base
-from nexa.engines.loader import load_checked
+from nexa.models.startup import load_in_process
 from nexa.models.types import ResolvedModel
 from nexa.workers.protocol import CancelToken, EngineFacts, Ref, RemoteError, stays_in_worker
 
@@ -149,7 +149,7 @@ def main(fd: int) -> int:
         stream=sys.stderr,
     )
     try:
-        engine = load_checked(model, settings)
+        engine = load_in_process(model, settings)
     except Exception as exc:
         conn.send(("failed", str(exc)))
         return 1

@@ -8,14 +8,15 @@ import socket
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from nexa.schemas.models import Health
+from nexa.schemas.models import Health, LoadedModel
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=Health)
 async def health(request: Request) -> Health:
-    return Health(model=request.app.state.manager.model_id)
+    manager = request.app.state.manager
+    return Health(model=manager.model_id, models=[LoadedModel.model_validate(m) for m in manager.loaded()])
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)

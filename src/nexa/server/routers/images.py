@@ -13,6 +13,7 @@ from nexa.config import Settings
 from nexa.engines.base import Task
 from nexa.errors import InvalidRequest
 from nexa.schemas.images import ImageRequest, NexaImages, OpenAIImageRequest, OpenAIImages
+from nexa.server.leases import engine_for
 from nexa.server.openapi import ERRORS, form_schema
 from nexa.server.services import images
 from nexa.server.services.images import Link
@@ -34,7 +35,7 @@ async def txt2img(body: ImageRequest, request: Request) -> NexaImages:
     # As in the original, an input image (image_path/image) makes txt2img an img2img call.
     given = images.inputs(body, {}, settings, request.app.state.preprocess)
     task = Task.IMG2IMG if given.image else Task.TXT2IMG
-    made = await images.generate(_engine(request, task, "/v1/txt2img"), settings, body, task, given)
+    made = await images.generate(await _engine(request, task, "/v1/txt2img", body), settings, body, task, given)
     return images.nexa_images(made, body.response_format, _link(request))
 
 
@@ -48,7 +49,7 @@ async def img2img(request: Request) -> NexaImages:
 
 @router.post("/v1/images/generations", response_model=OpenAIImages)
 async def generations(body: OpenAIImageRequest, request: Request) -> OpenAIImages:
-    engine = _engine(request, Task.TXT2IMG, "/v1/images/generations")
+    engine = await _engine(request, Task.TXT2IMG, "/v1/images/generations", body)
     made = await images.generate(engine, request.app.state.settings, body, Task.TXT2IMG, images.Inputs())
     return images.openai_images(made, body.response_format, _link(request))
 
@@ -69,7 +70,8 @@ async def _edit(
     given = images.inputs(body, uploads, settings, request.app.state.preprocess)
     if given.image is None:
         raise InvalidRequest(no_image, param="image")
-    made = await images.generate(_engine(request, Task.IMG2IMG, endpoint), settings, body, Task.IMG2IMG, given)
+    engine = await _engine(request, Task.IMG2IMG, endpoint, body)
+    made = await images.generate(engine, settings, body, Task.IMG2IMG, given)
     return body, made
 
 
@@ -84,8 +86,8 @@ async def image_file(name: str, request: Request) -> FileResponse:
     return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
 
 
-def _engine(request: Request, task: Task, endpoint: str) -> Any:
-    return request.app.state.manager.get(task, endpoint)
+async def _engine(request: Request, task: Task, endpoint: str, body: ImageRequest) -> Any:
+    return await engine_for(request, task, endpoint, body.model, body.keep_alive)
 
 
 def _link(request: Request) -> Link:

@@ -32,6 +32,7 @@ from nexa.schemas.audio import (
     TranscriptionWord,
     VerboseTranscription,
 )
+from nexa.server.leases import engine_for
 from nexa.server.limits import FORM_OVERHEAD
 from nexa.server.threads import collect, in_thread, iterate_in_thread
 
@@ -53,8 +54,8 @@ async def transcribe(
         # Refuse a task the model lacks (translation on an English-only model) only once the
         # upload is read: answering while a client is still sending makes many clients see a
         # broken connection instead of the 400.
-        engine: WhisperEngine = request.app.state.manager.get(task, endpoint)
         body = _options(request, form)
+        engine: WhisperEngine = await engine_for(request, task, endpoint, body.model, body.keep_alive)
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise InvalidRequest("No audio file: send the recording in the multipart field `file`.", param="file")

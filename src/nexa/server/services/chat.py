@@ -19,6 +19,7 @@ from nexa.errors import InvalidRequest
 from nexa.schemas.text import AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatRequest, Delta
 from nexa.schemas.tools import FunctionCallingRequest
 from nexa.server.image_input import ImagePolicy, load_images
+from nexa.server.leases import engine_for
 from nexa.server.services import tools
 from nexa.server.services.compiling import compile_in_thread
 from nexa.server.services.generation import ChatReply, chat_logprobs, generate, generate_all
@@ -32,9 +33,8 @@ Prompt = tuple[Any, list[str]]  # (the engine's prompt: token ids, or text and i
 
 async def chat(request: Request, body: ChatRequest) -> Answer:
     task = Task.VISION if any(m.has_images() for m in body.messages) else Task.CHAT
-    engine: TextEngine = request.app.state.manager.get(
-        task, "image input" if task == Task.VISION else "/v1/chat/completions"
-    )
+    endpoint = "image input" if task == Task.VISION else "/v1/chat/completions"
+    engine: TextEngine = await engine_for(request, task, endpoint, body.model, body.keep_alive)
     _check_size(request, engine, body)
     params = body.sampling(body.logprob_count())
     plan = await compile_in_thread(plan_chat, body, param=_grammar_param(body))  # None for a plain chat
@@ -48,7 +48,7 @@ async def chat(request: Request, body: ChatRequest) -> Answer:
 
 
 async def function_calling(request: Request, body: FunctionCallingRequest) -> Answer:
-    engine: TextEngine = request.app.state.manager.get(Task.TOOLS, "/v1/function-calling")
+    engine: TextEngine = await engine_for(request, Task.TOOLS, "/v1/function-calling", body.model, body.keep_alive)
     _check_size(request, engine, body)
     params = body.sampling(body.logprob_count())
     plan = await compile_in_thread(plan_chat, body, always_call=True, param=_grammar_param(body))
@@ -61,7 +61,7 @@ async def prompt_tokens(request: Request, body: ChatRequest, endpoint: str) -> i
     then tokenized, without generating."""
     if any(m.has_images() for m in body.messages):
         raise InvalidRequest(f"{endpoint} does not count images; send the text alone.", param="messages")
-    engine: TextEngine = request.app.state.manager.get(Task.CHAT, endpoint)
+    engine: TextEngine = await engine_for(request, Task.CHAT, endpoint, body.model, body.keep_alive)
     _check_size(request, engine, body)
     plan = await compile_in_thread(plan_chat, body, param=_grammar_param(body))
     tokens, _ = await in_thread(_prompt, engine, body, plan)

@@ -10,6 +10,7 @@ from fastapi import Request
 from nexa.engines.base import Finish, SamplingParams, Task, TextDelta, TextEngine
 from nexa.schemas.common import new_id, now
 from nexa.schemas.text import Completion, CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionRequest
+from nexa.server.leases import engine_for
 from nexa.server.services.compiling import compile_in_thread
 from nexa.server.services.generation import completion_logprobs, finish_usage, generate, generate_all
 from nexa.server.threads import in_thread
@@ -17,7 +18,7 @@ from nexa.structured.grammars import response_format_grammar
 
 
 async def complete(request: Request, body: CompletionRequest) -> Completion | AsyncIterator[CompletionChunk]:
-    engine: TextEngine = request.app.state.manager.get(Task.COMPLETION, "/v1/completions")  # type: ignore[assignment]
+    engine: TextEngine = await engine_for(request, Task.COMPLETION, "/v1/completions", body.model, body.keep_alive)
     params = body.sampling(body.logprobs)
     params.grammar = await compile_in_thread(  # JSON that always parses
         response_format_grammar, body.response_format, body.stop, param="response_format"

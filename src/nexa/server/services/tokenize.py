@@ -13,11 +13,12 @@ from nexa.schemas.tokenize import (
     TokenizeResponse,
     TokenPiece,
 )
+from nexa.server.leases import engine_for
 from nexa.server.threads import in_thread
 
 
 async def tokenize(request: Request, body: TokenizeRequest) -> TokenizeResponse:
-    engine: TextEngine = request.app.state.manager.get(Task.COMPLETION, "/tokenize")
+    engine: TextEngine = await engine_for(request, Task.COMPLETION, "/tokenize", body.model, None)
 
     def run() -> TokenizeResponse:
         ids = engine.token_ids(body.content, add_special=body.add_special, parse_special=body.parse_special)
@@ -29,7 +30,7 @@ async def tokenize(request: Request, body: TokenizeRequest) -> TokenizeResponse:
 
 
 async def detokenize(request: Request, body: DetokenizeRequest) -> DetokenizeResponse:
-    engine: TextEngine = request.app.state.manager.get(Task.COMPLETION, "/detokenize")
+    engine: TextEngine = await engine_for(request, Task.COMPLETION, "/detokenize", body.model, None)
     if engine.n_vocab and any(not 0 <= t < engine.n_vocab for t in body.tokens):
         raise InvalidRequest(f"tokens holds ids outside 0..{engine.n_vocab - 1}.", param="tokens")
 
