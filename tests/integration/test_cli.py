@@ -42,6 +42,9 @@ def test_real_start_serves_logs_and_stops_cleanly_on_sigterm(smollm2):
     log = server.log()
     assert "loaded" in log and "POST /v1/chat/completions 200" in log and "tok/s" in log
     assert "Application shutdown complete" in log
+    # The model ran in a worker process of its own, closed once the in-flight stream had finished.
+    started, ended = log.index("worker for "), log.rindex(") ended")
+    assert started < log.index("POST /v1/chat/completions 200") < ended
 
 
 def test_reload_starts_through_an_import_string(smollm2):
