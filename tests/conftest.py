@@ -29,6 +29,7 @@ os.environ.setdefault("NEXA_ALLOWED_HOSTS", '["testserver"]')
 
 from nexa.config import Settings  # noqa: E402
 from nexa.models.manager import ModelManager  # noqa: E402
+from nexa.models.startup import model_factory  # noqa: E402
 from nexa.models.store import ModelStore  # noqa: E402
 from nexa.models.types import ModelType, ResolvedModel  # noqa: E402
 from support.servers import LiveServer  # noqa: E402
@@ -83,10 +84,21 @@ def engine(manager: ModelManager):
 
 
 @pytest.fixture(scope="session")
-def app(manager: ModelManager):
+def served(smollm2: ResolvedModel) -> Iterator[ModelManager]:
+    """The same model as `manager`, loaded as `nexa server` loads it: in a worker process of its
+    own (nexa/workers), so every HTTP test goes through the worker transport. `engine` stays
+    in this process, for the tests that look inside it."""
+    settings = Settings(n_ctx=2048)
+    m = ModelManager.load(smollm2, settings, factory=model_factory(settings))
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="session")
+def app(served: ModelManager):
     from nexa.server.app import create_app
 
-    return create_app(Settings(), manager)
+    return create_app(Settings(), served)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import httpx
 import pytest
@@ -325,10 +326,13 @@ def test_two_clients_at_once_get_complete_correct_answers(live):
     assert results == alone
 
 
-def test_disconnect_stops_generation(live, engine, monkeypatch):
+def test_disconnect_stops_generation(live, served, monkeypatch):
+    # The served model runs in a worker process: count what reaches this process, and ask
+    # the worker itself that nothing is still running once the client has gone.
     produced: list[int] = []
     closed = threading.Event()
-    real = engine.generate
+    remote = served.engine
+    real = remote.generate
 
     def counting(prompt, params, cancel):
         try:
@@ -338,7 +342,7 @@ def test_disconnect_stops_generation(live, engine, monkeypatch):
         finally:
             closed.set()
 
-    monkeypatch.setattr(engine, "generate", counting)
+    monkeypatch.setattr(remote, "generate", counting)
     body = {"prompt": "1, 2, 3, 4,", "max_tokens": 1500, "stream": True, **GREEDY}
     with httpx.Client(timeout=60) as c, c.stream("POST", live.url + "/v1/completions", json=body) as r:
         lines = r.iter_lines()
@@ -346,7 +350,11 @@ def test_disconnect_stops_generation(live, engine, monkeypatch):
             next(lines)
     assert closed.wait(timeout=60), "generation kept running after the client left"
     assert len(produced) < 1500
-    monkeypatch.setattr(engine, "generate", real)
+    deadline = time.monotonic() + 30
+    while remote.stats().running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert remote.stats().running == 0, "the worker kept decoding for a client that left"
+    monkeypatch.setattr(remote, "generate", real)
     assert (
         httpx.post(live.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=60).status_code == 200
     )
