@@ -256,13 +256,16 @@ class RemoteEngine:
     ) -> tuple[Any, ...]:
         if not cancels:
             return replies.get()
-        told = False
+        # Checked on every message, not only when idle: a fast worker keeps the
+        # queue full, and a cancel seen only on a timeout would never be sent.
+        # The list is this call's own: emptied once the worker has been told.
         while True:
+            if cancels and any(e.is_set() for e in cancels) and self._post(("cancel", call_id)):
+                cancels.clear()
             try:
                 return replies.get(timeout=0.05)
             except queue.Empty:
-                if not told and any(e.is_set() for e in cancels):
-                    told = self._post(("cancel", call_id))
+                continue
 
     def _result(self, message: tuple[Any, ...]) -> Any:
         if message[0] == "ok":
