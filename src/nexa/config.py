@@ -58,7 +58,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
-    # -- the model: set by `nexa server [onnx] MODEL [-lp|-hf|-ms] [-mt TYPE]` (cli.py) ----------
+    # -- the models: set by `nexa server [onnx] MODEL... [-lp|-hf|-ms] [-mt TYPE]` (cli.py) -------
     model: str | None = Field(None, description="the model to serve; None: the default (SmolLM2-135M-Instruct)")
     source: Literal["auto", "local", "hf", "ms"] = Field(
         "auto", description="where MODEL is: auto (catalogue), local (-lp), hf (-hf), ms (-ms)"

@@ -29,7 +29,7 @@ from nexa.models.types import ModelType, ResolvedModel
 from nexa.server.app import create_app
 from sdxs_checkpoint import ensure_checkpoint
 from support.audio import wer
-from support.servers import LiveServer
+from support.servers import LiveServer, ServerProcess
 
 AUDIO = Path(__file__).resolve().parent.parent / "audio"
 SPEECH = "Open the window and let the cool air come in."  # tests/audio/s1.wav
@@ -299,3 +299,16 @@ def test_the_command_lines_manager_serves_its_models_and_the_store(
             assert needle in r.json()["error"]["message"]
     finally:
         manager.close()
+
+
+def test_nexa_server_with_several_local_models(smollm2: ResolvedModel, whisper_model: ResolvedModel) -> None:
+    """`nexa server CHAT.gguf WHISPER_FOLDER -lp`: the second model's type comes from its files."""
+    args = (str(smollm2.path), str(whisper_model.path), "-lp", "-c", "256", "-t", "1", "-np", "1", "--strict-model")
+    with ServerProcess.nexa(*args, start_timeout_s=120) as server:
+        health = httpx.get(server.url + "/health", timeout=TIMEOUT).json()
+        assert [m["id"] for m in health["models"]] == [smollm2.path.name, whisper_model.path.name]
+        with open(AUDIO / "s1.wav", "rb") as f:
+            r = httpx.post(server.url + "/v1/audio/transcriptions", files={"file": ("s1.wav", f)}, timeout=TIMEOUT)
+        assert r.status_code == 200 and wer(SPEECH, r.json()["text"]) < 0.3
+        r = httpx.post(server.url + "/v1/chat/completions", json=chat_body("gpt-4o"), timeout=TIMEOUT)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
