@@ -50,11 +50,11 @@ KINDS = ("chat", "embeddings", "audio", "images")
 PLAIN = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0, "seed": 1}
 
 
-def start_servers(kinds: list[str], key: str | None, work: Path) -> dict[str, ServerProcess]:
+def start_servers(kinds: list[str], key: str | None, threads: int | None, work: Path) -> dict[str, ServerProcess]:
     """One `nexa server` per kind, started one after another (loading competes for the cores)."""
     from nexa.models.store import ModelStore
 
-    common = ["--api-key", key] if key else []
+    common = (["--api-key", key] if key else []) + (["--threads", str(threads)] if threads else [])
     servers: dict[str, ServerProcess] = {}
     for kind in kinds:
         if kind == "chat":
@@ -253,6 +253,7 @@ def main() -> int:
         help="use a running server for KIND (or, without KIND=, for every kind) instead of starting one",
     )
     ap.add_argument("--api-key", help="start the servers with this key (and send it); adds the missing-key attack")
+    ap.add_argument("--threads", type=int, help="--threads of each server started (default: the server's own)")
     ap.add_argument("--attack-share", type=float, default=0.1, help="share of requests that are attacks")
     ap.add_argument("--alone", type=int, default=20, help="plain chats timed before the load")
     ap.add_argument("--timeout", type=float, default=300, help="seconds a request may take before it counts as stalled")
@@ -270,7 +271,7 @@ def main() -> int:
         work = Path(tmp)
         (work / "allowed").mkdir()
         print(f"servers ({os.cpu_count()} cores on this machine):")
-        servers = start_servers([k for k in kinds if k not in urls], args.api_key, work)
+        servers = start_servers([k for k in kinds if k not in urls], args.api_key, args.threads, work)
         try:
             urls.update({kind: s.url for kind, s in servers.items()})
             rss_start = {kind: tree_rss_mib(s.proc.pid) for kind, s in servers.items()}  # type: ignore[union-attr]

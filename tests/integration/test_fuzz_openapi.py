@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,6 +24,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+
+from support.servers import ServerProcess
 
 EXAMPLES = int(os.environ.get("NEXA_FUZZ_EXAMPLES", "50"))
 CAP = 2  # new tokens per request
@@ -35,24 +38,38 @@ RANGES: dict[str, tuple[float, float]] = {
     "n": (1, 1),
 }  # fmt: skip
 GETS = ["GET /health", "GET /metrics", "GET /v1/models", "GET /v1/models/{model_id}", "GET /v1/files/{name}"]
-POSTS = [
-    "POST /v1/completions", "POST /v1/chat/completions", "POST /v1/function-calling", "POST /v1/embeddings",
-    "POST /v1/audio/transcriptions", "POST /v1/audio/translations", "POST /v1/txt2img", "POST /v1/img2img",
-    "POST /v1/images/generations", "POST /v1/images/edits",
+GENERATION = ["POST /v1/completions", "POST /v1/chat/completions", "POST /v1/function-calling"]
+POSTS = GENERATION + [
+    "POST /v1/embeddings", "POST /v1/audio/transcriptions", "POST /v1/audio/translations", "POST /v1/txt2img",
+    "POST /v1/img2img", "POST /v1/images/generations", "POST /v1/images/edits",
 ]  # fmt: skip
+SPEECH = ["POST /v1/audio/transcriptions", "POST /v1/audio/translations"]
+BOTH = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 # A path parameter that is any string has no negative form: GETs are fuzzed with valid shapes only.
-RUNS = [(op, GenerationMode.POSITIVE) for op in GETS + POSTS] + [(op, GenerationMode.NEGATIVE) for op in POSTS]
+# The speech endpoints again on Whisper tiny.en, where uploads get past "this model cannot" (cheap:
+# random bytes fail to decode at once). Images stay on the text server: a valid image request
+# would run stable-diffusion.cpp, far beyond this test's budget.
+RUNS = (
+    [("text", op, GenerationMode.POSITIVE) for op in GETS]
+    + [("text", op, mode) for op in POSTS for mode in BOTH]
+    + [("speech", op, mode) for op in SPEECH for mode in BOTH]
+)
 
 
 @pytest.fixture(scope="module")
-def api_schema(live):
-    schema = schemathesis.openapi.from_url(live.url + "/openapi.json")
-    schema.config.update(base_url=live.url)
+def speech(whisper_model) -> Iterator[ServerProcess]:
+    with ServerProcess.nexa(str(whisper_model.path), "-lp", "-mt", "AUDIO", "--compute-type", "int8") as server:
+        yield server
+
+
+def load_schema(url: str) -> Any:
+    schema = schemathesis.openapi.from_url(url + "/openapi.json")
+    schema.config.update(base_url=url)
     return schema
 
 
-def test_every_operation_is_fuzzed(api_schema):
-    served = {result.ok().label for result in api_schema.get_all_operations()}
+def test_every_operation_is_fuzzed(live):
+    served = {result.ok().label for result in load_schema(live.url).get_all_operations()}
     assert served == set(GETS + POSTS)
 
 
@@ -86,9 +103,11 @@ def error_envelope(ctx: Any, response: Any, case: Any) -> None:
     assert isinstance(error["message"], str) and isinstance(error["type"], str), error
 
 
-@pytest.mark.parametrize(("label", "mode"), RUNS, ids=[f"{op} {mode.value}" for op, mode in RUNS])
-def test_fuzz(api_schema, label, mode):
-    operation = api_schema.find_operation_by_label(label)
+@pytest.mark.parametrize(("server", "label", "mode"), RUNS, ids=[" ".join([s, op, m.value]) for s, op, m in RUNS])
+def test_fuzz(request, server, label, mode):
+    url = request.getfixturevalue("live" if server == "text" else "speech").url
+    operation = load_schema(url).find_operation_by_label(label)
+    generates = label in GENERATION
 
     @settings(
         max_examples=EXAMPLES, derandomize=True, database=None, deadline=None, phases=[Phase.explicit, Phase.generate],
@@ -96,9 +115,10 @@ def test_fuzz(api_schema, label, mode):
     )  # fmt: skip
     @given(case=operation.as_strategy(generation_mode=mode), in_range=st.booleans())
     def fuzz(case: Any, in_range: bool) -> None:
-        if in_range and mode == GenerationMode.POSITIVE:
+        if generates and in_range and mode == GenerationMode.POSITIVE:
             into_range(case.body)
-        cap_length(case.body)
+        if generates:
+            cap_length(case.body)
         response = case.call(timeout=60)
         case.validate_response(response, checks=[not_a_server_error, error_envelope])
 
