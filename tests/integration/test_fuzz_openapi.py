@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -28,6 +29,15 @@ from schemathesis.checks import not_a_server_error
 from support.servers import ServerProcess
 
 EXAMPLES = int(os.environ.get("NEXA_FUZZ_EXAMPLES", "50"))
+# The same cases on every run, none kept between runs, no shrinking (minutes of requests).
+BOUNDED = settings(
+    max_examples=EXAMPLES,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
 CAP = 2  # new tokens per request
 LENGTHS = ("max_tokens", "max_new_tokens", "max_completion_tokens")
 # The ranges the text endpoints accept (schemas.text.SamplingFields.sampling); the schema cannot
@@ -109,10 +119,7 @@ def test_fuzz(request, server, label, mode):
     operation = load_schema(url).find_operation_by_label(label)
     generates = label in GENERATION
 
-    @settings(
-        max_examples=EXAMPLES, derandomize=True, database=None, deadline=None, phases=[Phase.explicit, Phase.generate],
-        suppress_health_check=list(HealthCheck),
-    )  # fmt: skip
+    @BOUNDED
     @given(case=operation.as_strategy(generation_mode=mode), in_range=st.booleans())
     def fuzz(case: Any, in_range: bool) -> None:
         if generates and in_range and mode == GenerationMode.POSITIVE:
@@ -121,6 +128,64 @@ def test_fuzz(request, server, label, mode):
             cap_length(case.body)
         response = case.call(timeout=60)
         case.validate_response(response, checks=[not_a_server_error, error_envelope])
+
+    fuzz()
+
+
+# -- JSON schemas: the OpenAPI says `object`, so the fuzz above seldom sends a real one ------------
+
+VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+NUMBERS = st.integers(-3, 40) | st.floats(allow_nan=False, allow_infinity=False) | st.integers()
+TYPES = ["string", "number", "integer", "boolean", "null", "array", "object"]
+
+
+def _schema_node(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    subs = st.lists(inner, min_size=1, max_size=3)
+    keywords: dict[str, st.SearchStrategy[Any]] = {
+        "type": st.sampled_from(TYPES) | st.lists(st.sampled_from(TYPES), max_size=3) | VALUES,
+        "properties": st.dictionaries(st.text(max_size=6), inner, max_size=3),
+        "required": st.lists(st.text(max_size=6), max_size=3) | VALUES,
+        "additionalProperties": st.booleans() | inner,
+        "items": st.booleans() | inner,
+        "prefixItems": subs,
+        "enum": st.lists(VALUES, max_size=4) | VALUES,
+        "const": VALUES,
+        "anyOf": subs, "oneOf": subs, "allOf": subs, "not": inner,
+        "pattern": st.sampled_from(["^a+$", "[", "(a|b)*c", r"\d{2,4}", ".*", "(?=a)"]) | st.text(max_size=6),
+        "format": st.sampled_from(["date", "time", "date-time", "email", "uuid", "ipv4", "bogus"]),
+        "$ref": st.sampled_from(["#", "#/$defs/a", "#/definitions/a", "#/properties/x", "https://example.com/s"]),
+        "$defs": st.dictionaries(st.sampled_from(["a", "b"]), inner, max_size=2),
+        **dict.fromkeys(["minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties"], NUMBERS),
+        **dict.fromkeys(["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"], NUMBERS),
+    }  # fmt: skip
+    return st.fixed_dictionaries({}, optional=keywords)
+
+
+SCHEMAS = st.recursive(st.booleans() | _schema_node(st.nothing()), _schema_node, max_leaves=8)
+
+
+def test_fuzz_json_schemas(live):
+    """Random JSON schemas as response_format and as a tool's parameters: an answer or a 400.
+    Grammar-constrained tokens are slow on a shared CPU: half the cases, one token each (the
+    grammar is built whole all the same)."""
+
+    @settings(BOUNDED, max_examples=max(1, EXAMPLES // 2))
+    @given(schema=SCHEMAS, as_tool=st.booleans())
+    def fuzz(schema: Any, as_tool: bool) -> None:
+        body: dict[str, Any] = {"messages": [{"role": "user", "content": "Fill it in."}], "max_tokens": 1}
+        if as_tool:
+            body["tools"] = [{"type": "function", "function": {"name": "f", "parameters": schema}}]
+            body["tool_choice"] = "required"
+        else:
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+        r = httpx.post(live.url + "/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code in (200, 400), f"{r.status_code} {r.text[:500]} for {body}"
+        if r.status_code == 400:
+            assert set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
 
     fuzz()
 
