@@ -1,6 +1,8 @@
-"""Fuzzing of every operation in /openapi.json against the real SmolLM2 server (schemathesis, issue
-16): no answer is a 5xx, no stream carries a server_error event, and every refusal is OpenAI's
-envelope `{"error": {"message", "type", "param", "code"}}`.
+"""Fuzzing of every operation in /openapi.json against the real SmolLM2 server, and of the speech
+endpoints against Whisper tiny.en (schemathesis, issue 16): no answer is a 5xx, no stream carries
+a server_error event, and every refusal is OpenAI's envelope `{"error": {"message", "type",
+"param", "code"}}`. Random JSON schemas, which the OpenAPI cannot describe, go in as
+response_format and as tool parameters.
 
 Bounded for CI: EXAMPLES cases per operation and mode (schema-valid "positive" bodies, and
 "negative" ones that break the schema), derandomized so every run sends the same requests, no
@@ -9,7 +11,7 @@ shape, not generation: every body is capped at CAP new tokens, and half the posi
 their sampling knobs moved into range so that they reach the model instead of stopping at the
 range checks. `NEXA_FUZZ_EXAMPLES=500` digs deeper by hand.
 
-Each 500 this found has a plain regression test below."""
+Each 500 this found has a plain regression test at the end."""
 
 from __future__ import annotations
 
