@@ -2,7 +2,7 @@
 disconnects and the attacks of issue 16 mixed in; the server must answer each as expected.
 
     .venv/bin/python bench/soak.py [--seconds 180] [--clients 32] [--kinds chat,embeddings,audio,images]
-    .venv/bin/python bench/soak.py --url http://127.0.0.1:8000            # every kind at one server
+    .venv/bin/python bench/soak.py --url http://127.0.0.1:8000 --model chat=smollm2 ...  # one server, every model
     .venv/bin/python bench/soak.py --url chat=http://127.0.0.1:8000 --kinds chat --api-key KEY
 
 One server process per model (chat: SmolLM2, embeddings: MiniLM as GGUF, audio: Whisper tiny.en,
@@ -175,11 +175,13 @@ async def announce(url: str, call: Call, headers: dict[str, str], timeout: float
     return int(status_line.split()[1]), rest.partition("\r\n\r\n")[2]
 
 
-async def plain_chat(http: httpx.AsyncClient, url: str, tally: Tally, timeout: float) -> float | None:
+async def plain_chat(
+    http: httpx.AsyncClient, url: str, plain: dict[str, Any], tally: Tally, timeout: float
+) -> float | None:
     """Seconds the plain short chat took, or None (and a failure) if it did not answer 200."""
     started = time.perf_counter()
     try:
-        r = await http.post(url + "/v1/chat/completions", json=PLAIN, timeout=timeout)
+        r = await http.post(url + "/v1/chat/completions", json=plain, timeout=timeout)
     except httpx.HTTPError as exc:
         tally.failures.append(f"plain chat: {exc!r}")
         return None
@@ -201,13 +203,14 @@ async def soak(args: argparse.Namespace, urls: dict[str, str], kinds: list[str],
     limits = httpx.Limits(max_connections=args.clients * 2 + 8, max_keepalive_connections=args.clients)
     rng = random.Random(args.seed)
     evil = attacks(kinds, args.api_key, work)
+    plain = {**PLAIN, **({"model": args.models["chat"]} if "chat" in args.models else {})}
     tally = Tally()
     figures: dict[str, Any] = {}
     async with httpx.AsyncClient(headers=headers, limits=limits) as http:
         if "chat" in kinds:
             for _ in range(2):  # warm-up
-                await plain_chat(http, urls["chat"], tally, args.timeout)
-            alone = [await plain_chat(http, urls["chat"], tally, args.timeout) for _ in range(args.alone)]
+                await plain_chat(http, urls["chat"], plain, tally, args.timeout)
+            alone = [await plain_chat(http, urls["chat"], plain, tally, args.timeout) for _ in range(args.alone)]
             figures["alone"] = [t for t in alone if t is not None]
         end = time.monotonic() + args.seconds
 
@@ -217,7 +220,7 @@ async def soak(args: argparse.Namespace, urls: dict[str, str], kinds: list[str],
                 if evil and mine.random() < args.attack_share:
                     call = mine.choice(evil)
                 else:
-                    call = workload(kinds, mine)
+                    call = workload(kinds, mine, args.models)
                 await send(http, urls, call, tally, args.timeout)
 
         async def probe() -> None:
@@ -225,7 +228,7 @@ async def soak(args: argparse.Namespace, urls: dict[str, str], kinds: list[str],
             # that it samples the load rather than adding a client of its own.
             figures["loaded"] = []
             while time.monotonic() < end:
-                if (took := await plain_chat(http, urls["chat"], tally, args.timeout)) is not None:
+                if (took := await plain_chat(http, urls["chat"], plain, tally, args.timeout)) is not None:
                     figures["loaded"].append(took)
                 await asyncio.sleep(0.5)
 
@@ -252,6 +255,8 @@ def main() -> int:
         metavar="[KIND=]URL",
         help="use a running server for KIND (or, without KIND=, for every kind) instead of starting one",
     )
+    ap.add_argument("--model", action="append", default=[], metavar="KIND=NAME",
+                    help="name NAME as the model of KIND's requests (for a --url serving several models)")  # fmt: skip
     ap.add_argument("--api-key", help="start the servers with this key (and send it); adds the missing-key attack")
     ap.add_argument("--threads", type=int, help="--threads of each server started (default: the server's own)")
     ap.add_argument("--attack-share", type=float, default=0.1, help="share of requests that are attacks")
@@ -264,6 +269,7 @@ def main() -> int:
     if unknown := set(kinds) - set(KINDS):
         ap.error(f"unknown kinds: {sorted(unknown)}")
     urls: dict[str, str] = {}
+    args.models = dict(item.split("=", 1) for item in args.model)
     for item in args.url:  # KIND=URL, or URL alone for every kind (one server serving every model)
         kind, sep, url = item.partition("=")
         urls.update({kind: url} if sep and kind in KINDS else dict.fromkeys(kinds, item))

@@ -144,9 +144,22 @@ def attacks(kinds: list[str], key: str | None, work: Path) -> list[Call]:
     return out
 
 
-def workload(kinds: list[str], rng: random.Random) -> Call:
+def workload(kinds: list[str], rng: random.Random, models: dict[str, str]) -> Call:
     """One ordinary request: what most clients send most of the time."""
-    kind = rng.choice(kinds)
+    return named(_ordinary(rng.choice(kinds), rng), models.get)
+
+
+def named(call: Call, model: Callable[[str], str | None]) -> Call:
+    """The request names its kind's model, where one is given (a server serving several)."""
+    if name := model(call.kind):
+        if "json" in call.kwargs:
+            call.kwargs["json"]["model"] = name
+        else:
+            call.kwargs["data"] = {**call.kwargs.get("data", {}), "model": name}
+    return call
+
+
+def _ordinary(kind: str, rng: random.Random) -> Call:
     ok = frozenset({200})
     if kind == "chat":
         body = {"messages": [{"role": "user", "content": rng.choice(SENTENCES) + " Tell me more."}],
