@@ -52,7 +52,7 @@ def _render(engine: ChatTemplate, messages: list[ChatMessage], plan: Plan) -> tu
 
 def _native(m: ChatMessage) -> dict[str, Any]:
     d = m.as_template_dict()
-    if m.tool_calls:
+    if m.role == "assistant" and m.tool_calls:  # only these are checked (plan.check_messages)
         # Templates that know tools write the arguments with `| tojson`: they want an object.
         d["tool_calls"] = [
             {
