@@ -176,6 +176,8 @@ def test_errors_take_anthropic_shape(claude: anthropic.Anthropic, live) -> None:
         assert needle in err["error"]["message"], (needle, err)
     r = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"}, timeout=60)
     assert r.status_code == 400 and r.json()["type"] == "error"
+    r = httpx.post(url, content=b"\xbb{}", headers={"content-type": "application/json"}, timeout=60)  # not UTF-8
+    assert r.status_code == 400 and r.json()["type"] == "error", r.text  # found by the fuzz: was a 500
     # Images reach the chat service, which refuses them on a text-only model, still in this shape.
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
     r = httpx.post(url, json={"max_tokens": 8, "messages": [{"role": "user", "content": [image]}]}, timeout=60)

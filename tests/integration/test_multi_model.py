@@ -1,7 +1,8 @@
 """Several models behind one server, on the real small models: chat (SmolLM2), speech (Whisper
 tiny.en) and embeddings (MiniLM) answering interleaved requests, each from the right model;
 --models-dir models loaded on demand, unloaded after --keep-alive, by hand, or to make room under
---max-models; a corrupt model file is a clear error and the next request tries again.
+--max-models (each model in its own worker process, which is gone once its model is unloaded);
+a corrupt model file is a clear error and the next request tries again.
 
 The lease that keeps a streaming model loaded is checked on a fake engine whose stream waits
 for the test (a real stream's length is up to the model)."""
@@ -22,8 +23,9 @@ from fastapi.testclient import TestClient
 
 from minilm_gguf import minilm_gguf
 from nexa.config import Settings
-from nexa.engines.base import Engine, Finish, Task, TextDelta, TextEngine
-from nexa.models.manager import ModelManager, load_in_process
+from nexa.engines.base import Finish, Task, TextDelta, TextEngine
+from nexa.models.manager import ModelManager
+from nexa.models.startup import model_factory
 from nexa.models.store import ModelStore
 from nexa.models.types import ModelType, ResolvedModel
 from nexa.server.app import create_app
@@ -46,6 +48,20 @@ def chat_body(model: str | None, **extra: Any) -> dict[str, Any]:
 
 def states(client: Any) -> dict[str, str]:
     return {m["id"]: m["state"] for m in client.get("/v1/models").json()["data"]}
+
+
+def worker_pid(manager: ModelManager, model_id: str) -> int:
+    slot = manager.pool.slot(model_id)
+    assert slot is not None and slot.engine is not None
+    return int(slot.engine.pid)  # type: ignore[attr-defined]  # a RemoteEngine
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float = 30) -> float:
@@ -140,7 +156,7 @@ def test_a_name_reaches_its_model_and_a_wrong_type_is_400_naming_it(trio: ModelM
 
 def test_models_dir_loads_on_demand_and_unloads_after_keep_alive(smollm2: ResolvedModel, models_dir: Path) -> None:
     settings = Settings(**SMALL, models_dir=str(models_dir), keep_alive=1)
-    manager = ModelManager.load(smollm2, settings)
+    manager = ModelManager.load(smollm2, settings, factory=model_factory(settings))
     client = TestClient(create_app(settings, manager))
     try:
         assert states(client) == {smollm2.name: "loaded", "tiny-chat": "not_loaded"}
@@ -149,7 +165,9 @@ def test_models_dir_loads_on_demand_and_unloads_after_keep_alive(smollm2: Resolv
         r = client.post("/v1/chat/completions", json=chat_body("tiny-chat"))
         assert r.status_code == 200 and r.json()["model"] == "tiny-chat"
         assert states(client)["tiny-chat"] == "loaded"
+        pid = worker_pid(manager, "tiny-chat")
         assert wait_for(lambda: states(client)["tiny-chat"] == "not_loaded") > 0.5  # --keep-alive 1
+        assert process_gone(pid), "the idle model's worker outlived its unload"
         assert states(client)[smollm2.name] == "loaded"  # the command line's model stays
 
         r = client.post("/v1/models/tiny-chat/load", json={"keep_alive": "-1"})
@@ -174,25 +192,19 @@ def test_models_dir_loads_on_demand_and_unloads_after_keep_alive(smollm2: Resolv
 
 
 def test_max_models_evicts_the_least_recently_used_idle_model(smollm2: ResolvedModel, models_dir: Path) -> None:
-    closed: list[str] = []
-
-    def factory(model: ResolvedModel, settings: Settings) -> Engine:
-        engine = load_in_process(model, settings)
-        close = engine.close
-        engine.close = lambda: (closed.append(model.name), close())[1]  # type: ignore[method-assign]
-        return engine
-
     settings = Settings(**SMALL, models_dir=str(models_dir), max_models=1)
-    manager = ModelManager.load(smollm2, settings, factory=factory)
+    manager = ModelManager.load(smollm2, settings, factory=model_factory(settings))
     client = TestClient(create_app(settings, manager))
     try:
+        first = worker_pid(manager, smollm2.name)
         assert client.post("/v1/chat/completions", json=chat_body("tiny-chat")).json()["model"] == "tiny-chat"
         assert states(client) == {smollm2.name: "not_loaded", "tiny-chat": "loaded"}
-        assert closed == [smollm2.name]  # unloaded before the other was loaded
+        assert process_gone(first)  # evicted: its worker has ended
+        second = worker_pid(manager, "tiny-chat")
         r = client.post("/v1/completions", json={"model": smollm2.name, "prompt": "Hi", "max_tokens": 2})
         assert r.status_code == 200 and r.json()["model"] == smollm2.name
         assert states(client) == {smollm2.name: "loaded", "tiny-chat": "not_loaded"}
-        assert closed == [smollm2.name, "tiny-chat"]
+        assert process_gone(second) and worker_pid(manager, smollm2.name) not in (first, second)
     finally:
         manager.close()
 

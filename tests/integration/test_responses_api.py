@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +27,7 @@ from nexa.schemas.responses import ResponseObject, StreamEvent
 from nexa.server.app import create_app
 from projector import ensure_projector
 from support.images import encode, picture
+from support.leaving import count_generation, decoding_stops
 from support.tools import WEATHER
 
 GREEDY: dict[str, Any] = {"temperature": 0, "max_output_tokens": 24}
@@ -173,20 +173,8 @@ def test_stream_matches_the_whole_answer(client, live):
     raw_events(live, input="Name three animals.", **GREEDY)  # the framing and every event's shape, strictly
 
 
-def test_a_client_leaving_stops_the_generation(live, engine, monkeypatch):
-    produced: list[int] = []
-    closed = threading.Event()
-    real = engine.generate
-
-    def counting(prompt, params, cancel):
-        try:
-            for item in real(prompt, params, cancel):
-                produced.append(1)
-                yield item
-        finally:
-            closed.set()
-
-    monkeypatch.setattr(engine, "generate", counting)
+def test_a_client_leaving_stops_the_generation(live, served, monkeypatch):
+    produced, closed = count_generation(monkeypatch, served.engine)
     body = {"input": "Count from 1 to 1000.", "max_output_tokens": 1500, "stream": True, "temperature": 0}
     with httpx.Client(timeout=60) as c, c.stream("POST", f"{live.url}/v1/responses", json=body) as r:
         lines = r.iter_lines()
@@ -194,6 +182,7 @@ def test_a_client_leaving_stops_the_generation(live, engine, monkeypatch):
             next(lines)
     assert closed.wait(timeout=60), "generation kept running after the client left"
     assert len(produced) < 1500
+    assert decoding_stops(served.engine), "the worker kept decoding for a client that left"
 
 
 # -- function tools -----------------------------------------------------------------------------------------------

@@ -486,13 +486,14 @@ def test_registry_json_is_kept_and_entries_it_cannot_read_survive(fake_hub: Fake
     written = registry(store)
     assert set(written[first.name]) == {"type", "location", "run_type", "projector", "source", "size", "refs"}
     foreign = {"type": "gguf", "location": "/elsewhere/m.gguf", "run_type": "NLP"}  # another tool's entry
-    store.registry_path.write_text(json.dumps({**written, "theirs": foreign}))
+    later = {**written[first.name], "run_type": "SOMETHING_NEW"}  # a later nexa's kind of model
+    store.registry_path.write_text(json.dumps({**written, "theirs": foreign, "later": later}))
     second = store.resolve("org/Tiny-GGUF:Q8_0", source="hf")
     after = registry(store)
-    assert after["theirs"] == foreign and after[first.name] == written[first.name]
+    assert after["theirs"] == foreign and after["later"] == later and after[first.name] == written[first.name]
     assert [m["name"] for m in store.list()] == [first.name, second.name]
     store.remove(first.name)
-    assert registry(store)["theirs"] == foreign
+    assert registry(store)["theirs"] == foreign and registry(store)["later"] == later
 
 
 # --- list and remove ----------------------------------------------------------------------------------

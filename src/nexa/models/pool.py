@@ -278,7 +278,8 @@ class ModelPool:
                     del self._slots[s.id]
                 if not due:
                     deadlines = [s.expires for s in self._slots.values() if s.idle and s.expires is not None]
-                    self._wake.wait(timeout=min(deadlines) - now if deadlines else None)
+                    # Capped: a client may ask for a keep_alive of 1e300 s, past what a timed wait takes.
+                    self._wake.wait(timeout=min(min(deadlines) - now, 3600.0) if deadlines else None)
                     continue
             for s in due:
                 log.info("%s: idle past its keep-alive; unloading", s.id)

@@ -82,6 +82,8 @@ class RegistryEntry:
             return None
         if not all(isinstance(ref, str) for ref in raw["refs"]):
             return None
+        if raw["run_type"] not in {t.value for t in ModelType}:  # a later nexa's kind of model: kept, not read
+            return None
         files, projector_size = raw.get("files"), raw.get("projector_size")
         if files is not None and not (
             isinstance(files, dict) and all(isinstance(size, int) for size in files.values())

@@ -111,7 +111,7 @@ class Sources:
             for ref in dict.fromkeys([name, name.rpartition(":")[0] or name]):
                 try:
                     return Found(self.store.resolve(ref, download=False), "store")
-                except StartupError:
+                except (StartupError, OSError, ValueError):  # a client's name that names nothing here
                     pass
             stored = {m.name.removeprefix("onnx:"): m for m in self.stored()}
             hit = match(name, stored)

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 from starlette.responses import StreamingResponse
 
 from nexa.errors import NexaError, Overloaded
@@ -38,6 +39,8 @@ class AnthropicRoute(APIRoute):
                 text = exc.message if not exc.param or exc.param in exc.message else f"{exc.param}: {exc.message}"
                 headers = {"Retry-After": "1"} if isinstance(exc, Overloaded) else None
                 return JSONResponse(messages.error_body(exc.status, text), exc.status, headers=headers)
+            except HTTPException as exc:  # FastAPI's own refusals, such as a body that is not UTF-8 JSON
+                return JSONResponse(messages.error_body(exc.status_code, str(exc.detail)), exc.status_code)
             except Exception as exc:
                 log.exception("unhandled error on %s %s", request.method, request.url.path)
                 return JSONResponse(messages.error_body(500, f"Internal error: {type(exc).__name__}"), 500)
