@@ -304,7 +304,7 @@ def test_body_that_is_not_json_is_400(emb: TestClient) -> None:
 
 def test_models_and_other_endpoints(emb: TestClient) -> None:
     (entry,) = emb.get("/v1/models").json()["data"]
-    assert entry["tasks"] == ["embedding"] and entry["model_type"] == "TEXT_EMBEDDING"
+    assert entry["tasks"] == ["embedding", "rerank"] and entry["model_type"] == "TEXT_EMBEDDING"
     assert entry["embedding_dim"] == 384 and entry["pooling"] == "mean" and entry["max_input_tokens"] == 512
     r = emb.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_task"
