@@ -159,8 +159,9 @@ def test_wrong_types_are_refused_in_the_envelope(rr: TestClient) -> None:
     assert r.status_code == 422 and r.json()["error"]["param"].startswith("documents")
 
 
-def test_chat_and_speech_models_cannot_rerank(rr: TestClient, smollm2: ResolvedModel,
-                                              whisper_model: ResolvedModel) -> None:
+def test_chat_and_speech_models_cannot_rerank(
+    rr: TestClient, smollm2: ResolvedModel, whisper_model: ResolvedModel
+) -> None:
     for name in (smollm2.name, whisper_model.name):
         r = rr.post("/v1/rerank", json={"model": name, "query": CAT, "documents": DOCUMENTS})
         assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_task", r.text
@@ -208,8 +209,7 @@ def test_reranker_is_deterministic_and_batching_changes_nothing(rr: TestClient) 
 def test_reranker_bounds_and_its_one_task(rr: TestClient) -> None:
     cut = ranked(rr, model="reranker", documents=["word " * 600, KITTEN])
     assert cut["usage"]["prompt_tokens"] <= 512 + 64
-    r = rr.post("/v1/rerank", json={"model": "reranker", "query": CAT, "documents": ["word " * 600],
-                                    "truncate": False})
+    r = rr.post("/v1/rerank", json={"model": "reranker", "query": CAT, "documents": ["word " * 600], "truncate": False})
     assert r.status_code == 400 and r.json()["error"]["param"] == "documents", r.text
     r = rr.post("/v1/rerank", json={"model": "reranker", "query": "word " * 510, "documents": [KITTEN]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "query", r.text

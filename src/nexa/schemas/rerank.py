@@ -49,7 +49,8 @@ class RerankRequest(RequestModel):
             raise InvalidRequest(
                 f"'documents' has {len(given)} items; at most {max_documents} are allowed per request "
                 "(--max-embedding-inputs).",
-                param="documents", code="too_many_inputs",
+                param="documents",
+                code="too_many_inputs",
             )
         texts = [d if isinstance(d, str) else d.text for d in given]
         for i, text in enumerate(texts):
