@@ -229,3 +229,17 @@ def test_loader_tells_a_reranker_from_an_embedding_model() -> None:
     for path, engine in ((reranker_gguf(), "RerankerEngine"), (minilm_gguf(), "EmbeddingEngine")):
         call = engine_call(ResolvedModel("m", path, ModelType.TEXT_EMBEDDING), settings)
         assert call.target.endswith(":" + engine)
+
+
+def test_nexa_server_serves_both_kinds_from_the_command_line() -> None:
+    import httpx
+
+    from support.servers import ServerProcess
+
+    reranker = reranker_gguf()
+    with ServerProcess.nexa(str(minilm_gguf()), str(reranker), "-lp", "-mt", "TEXT_EMBEDDING", "-t", "1") as s:
+        body = {"query": CAT, "documents": DOCUMENTS, "top_n": 1}
+        cosine = httpx.post(s.url + "/v1/rerank", json=body, timeout=60).json()
+        assert cosine["method"] == "cosine" and cosine["results"][0]["index"] == DOCUMENTS.index(KITTEN)
+        rank = httpx.post(s.url + "/v1/reranking", json={**body, "model": reranker.stem}, timeout=60).json()
+        assert rank["method"] == "rank" and rank["model"] == reranker.name and len(rank["results"]) == 1
