@@ -139,6 +139,7 @@ def test_onnx_embedding_model_ranks_by_cosine_too() -> None:
         ({"query": CAT, "documents": ["word " * 2000], "truncate": False}, "documents", "documents[0]"),
         ({"query": CAT, "documents": ["word " * 600], "truncate": False}, "documents", "documents[0]"),
         ({"query": "word " * 2000, "documents": DOCUMENTS}, "query", "query"),
+        ({"query": "word " * 600, "documents": DOCUMENTS}, "query", "query is 602 tokens"),
     ],
 )
 def test_bad_requests_are_400_naming_the_field(rr: TestClient, body: dict, param: str, needle: str) -> None:

@@ -121,9 +121,18 @@ class TokenEmbedder:
         self, query: str, documents: Sequence[str], *, truncate: bool = True, cancel: threading.Event | None = None
     ) -> RerankResult:
         """Each document's cosine similarity to the query (in [-1, 1]), in document order; a set
-        `cancel` stops the work between batches with Cancelled."""
-        seqs = [self._tokens("query", query, truncate, "query")]
-        seqs += [self._tokens(f"documents[{i}]", d, truncate, "documents") for i, d in enumerate(documents)]
+        `cancel` stops the work between batches with Cancelled. `truncate` cuts long documents;
+        a query is never cut (a cut query would rank documents against another question)."""
+        q = self.tokenize(query)
+        if not q:
+            raise InvalidRequest("query gives no tokens: send some text.", param="query")
+        if len(q) > self.max_tokens:
+            raise ContextLengthExceeded(
+                f"query is {len(q)} tokens, but this model reads at most {self.max_tokens} tokens per input. "
+                "Shorten it.",
+                param="query",
+            )
+        seqs = [q] + [self._tokens(f"documents[{i}]", d, truncate, "documents") for i, d in enumerate(documents)]
         started = time.perf_counter()
         with self._lock:
             vectors = self._embed_tokens(seqs, cancel)
