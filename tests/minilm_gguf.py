@@ -27,6 +27,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -100,11 +101,15 @@ def _vocab(folder: Path) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
-def convert(folder: Path, out: Path, *, q8: bool = False) -> Path:
+def convert(
+    folder: Path, out: Path, *, q8: bool = False, pooling: Any = None, extra: dict[str, np.ndarray] | None = None
+) -> Path:
     """Write `out` (atomically: parallel test runs may race to build the same cache file).
 
     q8=True stores the weight matrices as Q8_0, as published GGUFs of this model do (the tests
     use float32, which the numpy reference can match; the benchmark can use either).
+    `pooling` (a gguf.PoolingType) replaces the folder's own, and `extra` tensors (GGUF names)
+    are written too: tests/reranker_gguf.py makes a rank-pooling reranker this way.
     """
     import gguf
 
@@ -126,7 +131,7 @@ def convert(folder: Path, out: Path, *, q8: bool = False) -> Path:
     w.add_layer_norm_eps(cfg["layer_norm_eps"])
     w.add_causal_attention(False)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if q8 else gguf.LlamaFileType.ALL_F32)
-    pooling = _pooling(folder)
+    pooling = _pooling(folder) if pooling is None else pooling
     if pooling is not None:
         w.add_pooling_type(pooling)
 
@@ -154,6 +159,8 @@ def convert(folder: Path, out: Path, *, q8: bool = False) -> Path:
                          raw_dtype=gguf.GGMLQuantizationType.Q8_0)
         else:
             w.add_tensor(new, data)
+    for name, data in (extra or {}).items():
+        w.add_tensor(name, np.ascontiguousarray(data, dtype=np.float32))
 
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -233,7 +233,8 @@ class Settings(BaseSettings):
         1024, ge=1, description="most messages in one chat request"
     )
     max_embedding_inputs: Annotated[int, flag("--max-embedding-inputs")] = Field(
-        2048, ge=1, description="most inputs in one embeddings request (OpenAI's limit is 2048)"
+        2048, ge=1, description="most inputs in one embeddings request, and documents in one rerank request "
+        "(OpenAI's limit on inputs is 2048)"
     )
     # Decoding an image of the largest allowed size takes a core for a second or more: a few threads
     # do it for every request, and past them at most --max-queue requests wait (then 503).

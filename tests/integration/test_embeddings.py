@@ -108,7 +108,11 @@ class ReferenceBert:
         return x @ self.w[p + ".weight"].T + self.w[p + ".bias"]
 
     def embed(self, text: str) -> np.ndarray:
-        ids, w = self.ids(text), self.w
+        return self.states(self.ids(text)).mean(0)
+
+    def states(self, ids: list[int]) -> np.ndarray:
+        """The last layer's output for each token (test_rerank.py reads the [CLS] one)."""
+        w = self.w
         n, heads, dim = len(ids), 12, 32
         x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:n]
              + w["embeddings.token_type_embeddings.weight"][0])
@@ -124,7 +128,7 @@ class ReferenceBert:
             h = self._lin(x, p + "intermediate.dense")
             h = 0.5 * h * (1 + self.erf(h / math.sqrt(2)))  # BERT's exact GELU
             x = self._ln(self._lin(h, p + "output.dense") + x, p + "output.LayerNorm")
-        return x.mean(0)
+        return x
 
 
 @pytest.fixture(scope="session")
@@ -304,7 +308,7 @@ def test_body_that_is_not_json_is_400(emb: TestClient) -> None:
 
 def test_models_and_other_endpoints(emb: TestClient) -> None:
     (entry,) = emb.get("/v1/models").json()["data"]
-    assert entry["tasks"] == ["embedding"] and entry["model_type"] == "TEXT_EMBEDDING"
+    assert entry["tasks"] == ["embedding", "rerank"] and entry["model_type"] == "TEXT_EMBEDDING"
     assert entry["embedding_dim"] == 384 and entry["pooling"] == "mean" and entry["max_input_tokens"] == 512
     r = emb.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_task"

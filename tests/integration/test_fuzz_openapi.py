@@ -61,7 +61,7 @@ POSTS = GENERATION + [
     "POST /v1/embeddings", "POST /v1/audio/transcriptions", "POST /v1/audio/translations", "POST /v1/txt2img",
     "POST /v1/img2img", "POST /v1/images/generations", "POST /v1/images/edits", "POST /tokenize", "POST /detokenize",
     "POST /v1/messages/count_tokens", "POST /v1/models/{model_id}/load", "POST /v1/models/{model_id}/unload",
-    "POST /v1/load_model", "POST /v1/unload_model",
+    "POST /v1/load_model", "POST /v1/unload_model", "POST /v1/rerank",
 ]  # fmt: skip
 # Anthropic's routes refuse in Anthropic's error shape.
 ANTHROPIC = ["POST /v1/messages", "POST /v1/messages/count_tokens"]

@@ -266,7 +266,7 @@ def test_embedding_options_and_the_openai_client(emb_app, emb_client, emb_manage
     from openai import OpenAI
 
     (entry,) = emb_client.get("/v1/models").json()["data"]
-    assert entry["tasks"] == ["embedding"] and entry["pooling"] == "mean" and entry["max_input_tokens"] == 256
+    assert entry["tasks"] == ["embedding", "rerank"] and entry["pooling"] == "mean" and entry["max_input_tokens"] == 256
     unit = vectors(emb_client, CAT, normalize=True)[0]
     assert abs(np.linalg.norm(unit) - 1) < 1e-5
     ids = emb_manager.engine.tokenize(CAT)  # type: ignore[attr-defined]

@@ -64,6 +64,7 @@ class Task(str, Enum):
     TOOLS = "tools"
     VISION = "vision"
     EMBEDDING = "embedding"
+    RERANK = "rerank"
     TXT2IMG = "txt2img"
     IMG2IMG = "img2img"
     TRANSCRIBE = "transcribe"

@@ -1,6 +1,7 @@
 """What every embedding engine (llama.cpp's in llama/embedder.py, ONNX's in onnx/embeddings.py)
-shares: the result type and `TokenEmbedder.embed`, which checks, tokenizes and finishes inputs
-and vectors alike, so /v1/embeddings answers the same whichever engine serves the model.
+shares: the result types, `TokenEmbedder.embed`, which checks, tokenizes and finishes inputs
+and vectors alike, so /v1/embeddings answers the same whichever engine serves the model, and
+`TokenEmbedder.rerank`, which scores documents against a query by the cosine of their vectors.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -19,6 +21,14 @@ from nexa.errors import ContextLengthExceeded, InvalidRequest
 class EmbeddingResult:
     vectors: np.ndarray  # (n_inputs, dim) float32, in input order
     prompt_tokens: int  # tokens actually embedded (after truncation)
+    seconds: float = 0.0
+
+
+@dataclass
+class RerankResult:
+    scores: list[float]  # one per document, in document order
+    method: Literal["cosine", "rank"]  # how they were scored: embedding models' cosine, reranker models' rank pooling
+    prompt_tokens: int  # tokens actually read (after truncation)
     seconds: float = 0.0
 
 
@@ -56,12 +66,12 @@ def token_id_input(where: str, item: Sequence[int], n_vocab: int, max_tokens: in
     return tokens[:max_tokens] if truncate else tokens
 
 
-def check_length(where: str, tokens: list[int], max_tokens: int) -> None:
+def check_length(where: str, tokens: list[int], max_tokens: int, param: str = "input") -> None:
     if len(tokens) > max_tokens:
         raise ContextLengthExceeded(
             f"{where} is {len(tokens)} tokens, but this model embeds at most {max_tokens} tokens per "
             f"input. Shorten it, split it, or send \"truncate\": true to embed its first {max_tokens} tokens.",
-            param="input",
+            param=param,
         )
 
 
@@ -99,7 +109,7 @@ class TokenEmbedder:
         """Embed texts or token-id lists (used as given, no special tokens added). A set `cancel`
         stops the work between batches with Cancelled (the client has gone)."""
         check_dimensions(dimensions, self.dim)
-        seqs = [self._tokens(i, x, truncate) for i, x in enumerate(inputs)]
+        seqs = [self._tokens(f"input[{i}]", x, truncate) for i, x in enumerate(inputs)]
         started = time.perf_counter()
         with self._lock:
             vectors = self._embed_tokens(seqs, cancel)
@@ -107,15 +117,38 @@ class TokenEmbedder:
         vectors = finish_vectors(vectors, dimensions, normalize)
         return EmbeddingResult(vectors, sum(len(s) for s in seqs), took)
 
-    def _tokens(self, index: int, item: Input, truncate: bool) -> list[int]:
-        where = f"input[{index}]"
+    def rerank(
+        self, query: str, documents: Sequence[str], *, truncate: bool = True, cancel: threading.Event | None = None
+    ) -> RerankResult:
+        """Each document's cosine similarity to the query (in [-1, 1]), in document order; a set
+        `cancel` stops the work between batches with Cancelled. `truncate` cuts long documents;
+        a query is never cut (a cut query would rank documents against another question)."""
+        q = self.tokenize(query)
+        if not q:
+            raise InvalidRequest("query gives no tokens: send some text.", param="query")
+        if len(q) > self.max_tokens:
+            raise ContextLengthExceeded(
+                f"query is {len(q)} tokens, but this model reads at most {self.max_tokens} tokens per input. "
+                "Shorten it.",
+                param="query",
+            )
+        seqs = [q] + [self._tokens(f"documents[{i}]", d, truncate, "documents") for i, d in enumerate(documents)]
+        started = time.perf_counter()
+        with self._lock:
+            vectors = self._embed_tokens(seqs, cancel)
+        took = time.perf_counter() - started
+        unit = finish_vectors(vectors, None, normalize=True).astype(np.float64)
+        scores = (unit[1:] @ unit[0]).clip(-1.0, 1.0)
+        return RerankResult([float(x) for x in scores], "cosine", sum(len(s) for s in seqs), took)
+
+    def _tokens(self, where: str, item: Input, truncate: bool, param: str = "input") -> list[int]:
         if isinstance(item, str):
             tokens = self.tokenize(item)
             if not tokens:
-                raise InvalidRequest(f"{where} gives no tokens: send some text.", param="input")
+                raise InvalidRequest(f"{where} gives no tokens: send some text.", param=param)
             if len(tokens) > self.max_tokens and truncate:
                 tokens = self._truncate_text(item, tokens)
         else:
             tokens = token_id_input(where, item, self.n_vocab, self.max_tokens, truncate)
-        check_length(where, tokens, self.max_tokens)
+        check_length(where, tokens, self.max_tokens, param)
         return tokens

@@ -17,7 +17,10 @@ from typing import Any
 from nexa.config import Settings
 from nexa.engines.base import Engine, Task
 from nexa.errors import StartupError
+from nexa.models.gguf_header import gguf_pooling_type
 from nexa.models.types import ModelType, ResolvedModel
+
+RANK = 4  # llama.cpp's LLAMA_POOLING_TYPE_RANK (the engines' modules import llama_cpp; this one must not)
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,10 @@ def _embedding(model: ResolvedModel, settings: Settings) -> EngineCall:
             f"{model.path} is a Hugging Face folder; this server runs embedding models as GGUF files. "
             f"Convert it first (llama.cpp's convert_hf_to_gguf.py) and pass the .gguf with -lp -mt TEXT_EMBEDDING."
         )
+    # A reranker is a GGUF embedding model too (same architectures), told apart by its pooling.
+    reranker = gguf_pooling_type(model.path) == RANK
     return EngineCall(
-        "nexa.engines.llama.embedder:EmbeddingEngine",
+        "nexa.engines.llama.reranker:RerankerEngine" if reranker else "nexa.engines.llama.embedder:EmbeddingEngine",
         dict(
             path=model.path,
             name=model.name,

@@ -1,5 +1,5 @@
-"""What a GGUF file is, from its header alone: `general.architecture`, and whether it is a
-vision projector (mmproj) rather than a language model.
+"""What a GGUF file is, from its header alone: `general.architecture`, whether it is a
+vision projector (mmproj) rather than a language model, and how it pools (a reranker pools by rank).
 
 Why not `gguf.GGUFReader` (the `gguf` package is a dependency, and the vision engine uses it on
 projectors): it parses every key/value and every tensor description before it answers, building
@@ -47,13 +47,7 @@ def gguf_architecture(path: Path) -> str | None:
     """
     try:
         with path.open("rb") as f:
-            if f.read(4) != b"GGUF":
-                return None
-            (version,) = struct.unpack("<I", f.read(4))
-            count_fmt = "<I" if version == 1 else "<Q"
-            size = struct.calcsize(count_fmt)
-            struct.unpack(count_fmt, f.read(size))  # tensor count
-            (n_kv,) = struct.unpack(count_fmt, f.read(size))
+            count_fmt, n_kv = _gguf_preamble(f)
             for _ in range(n_kv):
                 key = _gguf_str(f, count_fmt)
                 (vtype,) = struct.unpack("<I", f.read(4))
@@ -63,6 +57,49 @@ def gguf_architecture(path: Path) -> str | None:
     except (OSError, struct.error, UnicodeDecodeError, ValueError):
         return None
     return None
+
+
+_INTEGERS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 10: "<Q", 11: "<q"}
+
+
+def gguf_pooling_type(path: Path) -> int | None:
+    """`{architecture}.pooling_type` (llama.cpp's enum: 1 mean, 2 cls, 3 last, 4 rank), or None.
+
+    Reads no further than the first `tokenizer.` key: converters write the hyper-parameters
+    before the vocabulary, whose strings (up to 256k of them) would each cost a read. A file
+    that put it later reads as None here, and llama.cpp's own check refuses it at load."""
+    arch = None
+    try:
+        with path.open("rb") as f:
+            count_fmt, n_kv = _gguf_preamble(f)
+            for _ in range(n_kv):
+                key = _gguf_str(f, count_fmt)
+                (vtype,) = struct.unpack("<I", f.read(4))
+                if key.startswith("tokenizer."):
+                    return None
+                if key == "general.architecture" and vtype == 8:
+                    arch = _gguf_str(f, count_fmt)
+                elif arch is not None and key == f"{arch}.pooling_type" and vtype in _INTEGERS:
+                    fmt = _INTEGERS[vtype]
+                    (value,) = struct.unpack(fmt, f.read(struct.calcsize(fmt)))
+                    return int(value)
+                else:
+                    _gguf_skip(f, vtype, count_fmt)
+    except (OSError, struct.error, UnicodeDecodeError, ValueError):
+        return None
+    return None
+
+
+def _gguf_preamble(f: BinaryIO) -> tuple[str, int]:
+    """The format of counts in this file's version, and its number of key/values."""
+    if f.read(4) != b"GGUF":
+        raise ValueError("not a GGUF file")
+    (version,) = struct.unpack("<I", f.read(4))
+    count_fmt = "<I" if version == 1 else "<Q"
+    size = struct.calcsize(count_fmt)
+    struct.unpack(count_fmt, f.read(size))  # tensor count
+    (n_kv,) = struct.unpack(count_fmt, f.read(size))
+    return count_fmt, n_kv
 
 
 def _gguf_str(f: BinaryIO, count_fmt: str) -> str:

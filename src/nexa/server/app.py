@@ -28,6 +28,7 @@ from nexa.server.routers import (
     messages,
     metrics,
     models,
+    rerank,
     responses,
     tokenize,
 )
@@ -66,6 +67,7 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
         chat.router,
         functions.router,
         embeddings.router,
+        rerank.router,
         audio.router,
         images.router,
         responses.router,

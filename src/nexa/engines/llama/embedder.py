@@ -20,7 +20,7 @@ import numpy as np
 
 from nexa.config import default
 from nexa.engines.base import Cancelled, Engine, Task
-from nexa.engines.embedding_common import EmbeddingResult, Input, TokenEmbedder
+from nexa.engines.embedding_common import EmbeddingResult, Input, RerankResult, TokenEmbedder
 from nexa.engines.llama.batch import TokenBatch
 from nexa.engines.llama.cpu_buffers import log_weights, report_weights, set_weight_rule
 from nexa.errors import StartupError
@@ -28,6 +28,7 @@ from nexa.errors import StartupError
 log = logging.getLogger("nexa.engine.embeddings")
 
 POOLINGS = {"mean": 1, "cls": 2, "last": 3}  # llama.cpp's enum llama_pooling_type
+RANK = 4  # a reranker's pooling: a classification head's scores per sequence, not a vector
 _POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
 
 # One llama_decode packs at most this many tokens. Attention spans the whole batch (masked
@@ -44,6 +45,8 @@ class LlamaEmbedder(TokenEmbedder):
     `model` shares weights already loaded (a llama_cpp LlamaModel, e.g. the chat engine's);
     otherwise the file at `path` is loaded here. `pooling` is "mean", "cls", "last" or None for
     the model's own pooling type, falling back to mean for models that have none (chat models).
+    With `rank`, a model that pools by rank is accepted, and each sequence gives its head's
+    scores (`dim` of them) instead of a vector (llama/reranker.py).
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class LlamaEmbedder(TokenEmbedder):
         model: Any = None,
         batch_tokens: int = BATCH_TOKENS,
         repack: bool = default("repack"),
+        rank: bool = False,
     ):
         import llama_cpp
         from llama_cpp import _internals
@@ -78,11 +82,11 @@ class LlamaEmbedder(TokenEmbedder):
             self.weights = report.buffers
             log_weights(self.path.name, report, repack)
         self._model = model
-        self._vocab = model.vocab
+        self.vocab = model.vocab  # llama.cpp's vocabulary pointer: its BOS/EOS/SEP and whether it adds them
         self.n_vocab = model.n_vocab()
 
         chosen = self._pooling(pooling)
-        if chosen not in (1, 2, 3):
+        if chosen not in (1, 2, 3) and not (rank and chosen == RANK):
             raise StartupError(
                 f"{self.path.name} pools its embeddings as {_POOLING_NAMES.get(chosen, chosen)!r}, which does not "
                 f"give one vector per input (a reranker?). Serve an embedding or chat model instead."
@@ -108,10 +112,13 @@ class LlamaEmbedder(TokenEmbedder):
         # Registers itself with the model, which frees it first whenever the model is closed.
         self._ctx = _internals.LlamaContext(model=model, params=cp, verbose=False)
         self.n_seq_max = cp.n_seq_max
-        try:
-            self.dim = int(llama_cpp.llama_model_n_embd_out(model.model))
-        except AttributeError:  # pragma: no cover - older bindings
-            self.dim = model.n_embd()
+        if chosen == RANK:
+            self.dim = int(llama_cpp.llama_model_n_cls_out(model.model))
+        else:
+            try:
+                self.dim = int(llama_cpp.llama_model_n_embd_out(model.model))
+            except AttributeError:  # pragma: no cover - older bindings
+                self.dim = model.n_embd()
         self._lock = threading.Lock()
         self._batch = TokenBatch(n_batch)
         log.info(
@@ -133,6 +140,15 @@ class LlamaEmbedder(TokenEmbedder):
     def tokenize(self, text: str) -> list[int]:
         return self._model.tokenize(text.encode("utf-8"), add_bos=True, special=False)
 
+    def plain_tokens(self, text: str) -> list[int]:
+        """`text`'s tokens without the special tokens that `tokenize` puts around them."""
+        return self._model.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def pooled(self, seqs: list[list[int]], cancel: threading.Event | None = None) -> np.ndarray:
+        """What llama.cpp pools for each token sequence, taken as given: (len(seqs), dim)."""
+        with self._lock:
+            return self._embed_tokens(seqs, cancel)
+
     def describe(self) -> dict[str, Any]:
         info = {"embedding_dim": self.dim, "pooling": self.pooling, "max_input_tokens": self.max_tokens}
         return {**info, "weights": self.weights} if self._owns_model else info
@@ -146,7 +162,7 @@ class LlamaEmbedder(TokenEmbedder):
 
     def _truncate_text(self, text: str, full: list[int]) -> list[int]:
         # Find where the plain tokens sit inside the full ones.
-        plain = self._model.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        plain = self.plain_tokens(text)
         head = next((h for h in range(len(full) - len(plain) + 1) if full[h : h + len(plain)] == plain), 0)
         tail = full[head + len(plain) :]
         keep = max(0, self.max_tokens - head - len(tail))
@@ -188,9 +204,10 @@ class LlamaEmbedder(TokenEmbedder):
 
 
 class EmbeddingEngine(Engine):
-    """TEXT_EMBEDDING models: a GGUF embedding model served by LlamaEmbedder."""
+    """TEXT_EMBEDDING models: a GGUF embedding model served by LlamaEmbedder, which also reranks
+    by cosine similarity."""
 
-    tasks = frozenset({Task.EMBEDDING})
+    tasks = frozenset({Task.EMBEDDING, Task.RERANK})
 
     def __init__(
         self,
@@ -210,6 +227,9 @@ class EmbeddingEngine(Engine):
 
     def embed(self, inputs: Sequence[Input], **options: Any) -> EmbeddingResult:
         return self._embedder.embed(inputs, **options)
+
+    def rerank(self, query: str, documents: Sequence[str], **options: Any) -> RerankResult:
+        return self._embedder.rerank(query, documents, **options)
 
     def describe(self) -> dict[str, Any]:
         return {"n_ctx": self._embedder.max_tokens, **self._embedder.describe()}

@@ -80,9 +80,10 @@ def _max_length(folder: Path) -> int | None:
 
 
 class OnnxEmbeddingEngine(TokenEmbedder, Engine):
-    """TEXT_EMBEDDING models as ONNX encoders; thread-safe (calls take turns on the session)."""
+    """TEXT_EMBEDDING models as ONNX encoders; thread-safe (calls take turns on the session).
+    Reranks by cosine similarity (TokenEmbedder.rerank)."""
 
-    tasks = frozenset({Task.EMBEDDING})
+    tasks = frozenset({Task.EMBEDDING, Task.RERANK})
 
     def __init__(
         self,

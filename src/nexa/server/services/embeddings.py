@@ -30,7 +30,9 @@ async def embed(request: Request, engine: Any, body: EmbeddingRequest) -> Embedd
     return result
 
 
-def bounded(inputs: list[str | list[int]], engine: Any, truncate: bool) -> list[str | list[int]]:
+def bounded(
+    inputs: list[str | list[int]], engine: Any, truncate: bool, field: str = "input"
+) -> list[str | list[int]]:
     """Each input cut or refused by its length before it is tokenized, so that the work of a
     request is bounded by its number of inputs times the tokens the model embeds per input.
 
@@ -49,10 +51,10 @@ def bounded(inputs: list[str | list[int]], engine: Any, truncate: bool) -> list[
         if len(item) > limit and not truncate:
             unit = "characters" if isinstance(item, str) else "token ids"
             raise ContextLengthExceeded(
-                f"input[{i}] is {len(item)} {unit}, more than the {max_tokens} tokens this model embeds per "
+                f"{field}[{i}] is {len(item)} {unit}, more than the {max_tokens} tokens this model embeds per "
                 f"input can hold. Shorten it, split it, or send \"truncate\": true to embed its first {max_tokens} "
                 "tokens.",
-                param="input",
+                param=field,
             )
         out.append(item[:limit])
     return out
