@@ -28,6 +28,7 @@ from nexa.server.routers import (
     messages,
     metrics,
     models,
+    playground,
     responses,
     tokenize,
 )
@@ -71,6 +72,7 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
         responses.router,
         messages.router,
         tokenize.router,
+        playground.router,
     ):
         app.include_router(router)
     install_openapi(app)
