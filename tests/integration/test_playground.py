@@ -111,7 +111,7 @@ def test_chat_streams_markdown_shows_errors_and_stop_really_cancels(page: Page, 
     page.fill("#chat-input", "Hi")
     page.click("#chat-send")
     expect(page.locator("#error")).to_contain_text("temperature must be between 0.0 and 2.0")
-    expect(page.locator("#chat-log .msg.user")).to_have_count(1)
+    expect(page.locator("#chat-log .msg.assistant.failed")).to_contain_text("temperature must be between")
 
     page.fill("#chat-temperature", "0")
     page.fill("#chat-max-tokens", "24")

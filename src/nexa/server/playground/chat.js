@@ -100,6 +100,7 @@ async function send(text) {
   let usage = null;
   let textSoFar = "";
   const calls = [];
+  let failure = "";
   const draw = () => { out.innerHTML = renderMarkdown(textSoFar) + toolCallsHtml(calls); };
   try {
     const response = await api("/v1/chat/completions", {
@@ -133,13 +134,15 @@ async function send(text) {
       reply.querySelector(".who").textContent = "assistant (stopped)";
     } else {
       reply.classList.add("failed");
+      failure = error.message;
       showError(error);
     }
   } finally {
     controller = null;
     busy(false);
     draw();
-    if (!textSoFar && !calls.length && !reply.classList.contains("done")) out.innerHTML = '<span class="muted">(no answer)</span>';
+    if (failure) out.insertAdjacentHTML("beforeend", `<p class="failure">${escapeHtml(failure)}</p>`);
+    else if (!textSoFar && !calls.length && !reply.classList.contains("done")) out.innerHTML = '<span class="muted">(no answer)</span>';
     stats(started, first, tokens, performance.now(), usage);
     const kept = { role: "assistant", content: textSoFar };
     if (calls.length) kept.tool_calls = calls.filter(Boolean);
