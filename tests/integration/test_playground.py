@@ -9,6 +9,7 @@ fails these tests, never skips them."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -24,7 +25,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 import nexa
 from minilm_gguf import minilm_gguf
 from sdxs_checkpoint import ensure_checkpoint
-from support.audio import wer
+from support.audio import wer, words
 from support.servers import ServerProcess
 
 CHROMIUM = os.environ.get("NEXA_CHROMIUM", "/usr/bin/chromium")
@@ -57,7 +58,9 @@ def own_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @contextmanager
-def browser_page(tmp_path: Path, origin: str, viewport: tuple[int, int] = (1280, 860)) -> Iterator[Page]:
+def browser_page(
+    tmp_path: Path, origin: str, viewport: tuple[int, int] = (1280, 860), flags: tuple[str, ...] = ()
+) -> Iterator[Page]:
     """A page in a fresh Chromium profile; afterwards, every request it made stayed on `origin`."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no Chromium at {CHROMIUM}: install Debian's package (`apt-get install -y chromium`, as the "
@@ -66,7 +69,7 @@ def browser_page(tmp_path: Path, origin: str, viewport: tuple[int, int] = (1280,
     errors: list[str] = []
     with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="chromium-") as profile:
         context = p.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=ARGS,
+            profile, executable_path=CHROMIUM, headless=True, args=[*ARGS, *flags],
             viewport={"width": viewport[0], "height": viewport[1]}, accept_downloads=True,
         )  # fmt: skip
         context.on("request", lambda request: requests.append(request.url))
@@ -150,6 +153,33 @@ def test_chat_streams_markdown_shows_errors_and_stop_really_cancels(page: Page, 
     expect(page.locator("#chat-log .msg")).to_have_count(6)
 
 
+def test_chat_json_schema_and_tool_calls(page: Page, server: ServerProcess) -> None:
+    page.goto(server.url)
+    open_tab(page, "chat")
+    page.fill("#chat-temperature", "0")
+    page.fill("#chat-max-tokens", "64")
+    schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
+    page.fill("#chat-schema", json.dumps(schema))
+    page.fill("#chat-input", "How old is the oldest tree? Answer in JSON.")
+    page.click("#chat-send")
+    answer = page.locator("#chat-log .msg.assistant").last
+    expect(answer).to_have_class(re.compile(r"\bdone\b"))
+    assert isinstance(json.loads(answer.locator(".body").inner_text())["age"], int)
+
+    page.click("#chat-clear")
+    expect(page.locator("#chat-log .msg")).to_have_count(0)
+    page.fill("#chat-schema", "")
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}  # fmt: skip
+    page.fill("#chat-tools", json.dumps([tool]))
+    page.select_option("#chat-tool-choice", "required")
+    page.fill("#chat-input", "What is the weather in Paris?")
+    page.click("#chat-send")
+    answer = page.locator("#chat-log .msg.assistant").last
+    expect(answer).to_have_class(re.compile(r"\bdone\b"))
+    expect(answer.locator(".tool-call").first).to_contain_text(re.compile(r"get_weather\(\{.*\"city\""))
+
+
 def test_models_tab_loads_the_image_model_and_images_come_out(page: Page, server: ServerProcess, tmp_path) -> None:
     page.goto(server.url)
     expect(page.locator("#tabs [data-tab=images]")).to_be_disabled()  # no image model loaded yet
@@ -189,6 +219,11 @@ def test_models_tab_loads_the_image_model_and_images_come_out(page: Page, server
     assert page.evaluate("() => window.progressShown")  # the bar was up while sampling
     expect(figure.first).to_contain_text("img2img · 128x128 · seed 42")
 
+    open_tab(page, "server")
+    row.get_by_role("button", name="Unload").click()
+    expect(row.locator("td.state")).to_have_text("not_loaded")
+    expect(page.locator("#tabs [data-tab=images]")).to_be_disabled()
+
 
 def test_speech_upload_shows_the_transcript_segments_and_subtitles(page: Page, server: ServerProcess) -> None:
     page.goto(server.url)
@@ -205,6 +240,24 @@ def test_speech_upload_shows_the_transcript_segments_and_subtitles(page: Page, s
     srt = Path(download.value.path()).read_text()
     assert re.match(r"1\n00:00:00,000 --> 00:00:\d\d,\d{3}\n\S", srt), srt
     assert wer(SPEECH, " ".join(line for line in srt.splitlines()[2::4])) < 0.3
+
+
+def test_speech_recorded_from_the_microphone(server: ServerProcess, tmp_path: Path) -> None:
+    # Chromium's fake microphone plays a file in a loop, and grants access without asking.
+    microphone = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                  f"--use-file-for-fake-audio-capture={AUDIO / 's1.wav'}")  # fmt: skip
+    with browser_page(tmp_path, server.url, flags=microphone) as page:
+        page.goto(server.url)
+        open_tab(page, "speech")
+        page.click("#speech-record")
+        expect(page.locator("#speech-record")).to_have_text("Stop recording")
+        page.wait_for_timeout(7000)  # the 3 s sentence at least once whole, wherever the loop starts
+        page.click("#speech-record")
+        expect(page.locator("#speech-source")).to_have_text(re.compile(r"recording\.(webm|ogg)"))
+        page.click("#speech-go")
+        expect(page.locator("#speech-result")).to_be_visible()
+        heard = set(words(page.locator("#speech-text").inner_text()))
+        assert len(heard & set(words(SPEECH))) >= 6, heard
 
 
 def test_embeddings_similarity_matrix(page: Page, server: ServerProcess) -> None:

@@ -54,7 +54,10 @@ function request() {
   const schema = optionalJson("chat-schema", "The JSON schema");
   if (schema !== undefined) body.response_format = { type: "json_schema", json_schema: { name: "playground", schema } };
   const tools = optionalJson("chat-tools", "The tool definitions");
-  if (tools !== undefined) body.tools = tools;
+  if (tools !== undefined) {
+    body.tools = tools;
+    body.tool_choice = $("chat-tool-choice").value;
+  }
   return body;
 }
 
