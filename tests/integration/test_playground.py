@@ -24,6 +24,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 import nexa
 from minilm_gguf import minilm_gguf
+from projector import ensure_projector
 from sdxs_checkpoint import ensure_checkpoint
 from support.audio import wer, words
 from support.servers import ServerProcess
@@ -41,10 +42,13 @@ expect.set_options(timeout=SLOW)
 
 @pytest.fixture(scope="module")
 def server(smollm2, whisper_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Chat, speech and embeddings named on the command line; the image model in --models-dir,
-    not loaded until the page asks."""
+    """Chat, speech and embeddings named on the command line; an image and a vision model in
+    --models-dir, not loaded until the page asks."""
     models = tmp_path_factory.mktemp("playground-models")
     (models / "sdxs.safetensors").symlink_to(ensure_checkpoint(TEST_MODELS))
+    (models / "vision").mkdir()  # SmolLM2 with a random llava projector beside it: a vision model
+    (models / "vision" / "smollm2.gguf").symlink_to(smollm2.path)
+    (models / "vision" / "mmproj.gguf").symlink_to(ensure_projector())
     args = [str(smollm2.path), str(whisper_model.path), str(minilm_gguf()), "-lp", "--models-dir", str(models),
             "--output-dir", str(tmp_path_factory.mktemp("playground-images")), "-c", "2048", "-np", "1"]  # fmt: skip
     with ServerProcess.nexa(*args, env=own_cache(tmp_path_factory), start_timeout_s=300) as process:
@@ -178,6 +182,28 @@ def test_chat_json_schema_and_tool_calls(page: Page, server: ServerProcess) -> N
     answer = page.locator("#chat-log .msg.assistant").last
     expect(answer).to_have_class(re.compile(r"\bdone\b"))
     expect(answer.locator(".tool-call").first).to_contain_text(re.compile(r"get_weather\(\{.*\"city\""))
+
+
+def test_chat_attaches_an_image_on_a_vision_model(page: Page, server: ServerProcess, tmp_path: Path) -> None:
+    page.goto(server.url)
+    open_tab(page, "server")
+    row = page.locator("#models-table tr[data-model=vision]")
+    row.get_by_role("button", name="Load").click()
+    expect(row.locator("td.state")).to_have_text("loaded")
+    open_tab(page, "chat")
+    expect(page.locator("#chat-attach-label")).to_be_hidden()  # the default model sees no images
+    page.select_option("#chat-model", "vision")
+    expect(page.locator("#chat-attach-label")).to_be_visible()
+    picture = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), (220, 20, 20)).save(picture)
+    page.set_input_files("#chat-attach", str(picture))
+    expect(page.locator("#chat-attached")).to_have_text("red.png")
+    page.fill("#chat-max-tokens", "8")
+    page.fill("#chat-input", "What colour is this picture?")
+    page.click("#chat-send")
+    expect(page.locator("#chat-log .msg.assistant").last).to_have_class(re.compile(r"\bdone\b"))
+    expect(page.locator("#chat-log .msg.user").last).to_contain_text("[image attached]")
+    expect(page.locator("#chat-attached")).to_have_text("")  # sent with that message only
 
 
 def test_models_tab_loads_the_image_model_and_images_come_out(page: Page, server: ServerProcess, tmp_path) -> None:
