@@ -8,6 +8,7 @@ const $ = (id) => document.getElementById(id);
 let messages = []; // the conversation as sent to the server
 let controller = null; // the stream in flight
 let attachment = null; // a data: URL of the image to send with the next message
+let known = []; // the server's models, for what the chosen one can do
 
 function bubble(role, html = "") {
   const div = document.createElement("div");
@@ -189,17 +190,23 @@ export function init() {
     attachment = file ? await readImage(file) : null;
     $("chat-attached").textContent = file ? file.name : "";
   });
-  $("chat-model").addEventListener("change", () => models());
+  $("chat-model").addEventListener("change", showAttach);
 }
 
-let known = [];
+// Image attachments only where the chosen model sees images.
+function showAttach() {
+  const model = known.find((m) => m.id === $("chat-model").value);
+  const sees = Boolean(model?.tasks.includes("vision"));
+  $("chat-attach-label").hidden = !sees;
+  if (!sees) {
+    attachment = null;
+    $("chat-attach").value = "";
+    $("chat-attached").textContent = "";
+  }
+}
 
 export function models(app) {
-  if (app) {
-    known = app.models;
-    app.select($("chat-model"), "chat", "NLP");
-  }
-  // Image attachments only where the chosen model sees images.
-  const model = known.find((m) => m.id === $("chat-model").value);
-  $("chat-attach-label").hidden = !model?.tasks.includes("vision");
+  known = app.models;
+  app.select($("chat-model"), "chat", "NLP");
+  showAttach();
 }
