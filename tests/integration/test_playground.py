@@ -1,6 +1,7 @@
 """The playground at / in a real browser: Debian's Chromium driven by Playwright, against a real
-`nexa server` on the real small models (SmolLM2 for chat, Whisper tiny.en, MiniLM embeddings,
-and the random SD checkpoint in --models-dir, loaded from the page's Models tab).
+`nexa server` on the real small models (SmolLM2 for chat, Whisper tiny.en, MiniLM embeddings;
+the random SD checkpoint and SmolLM2 with a random vision projector in --models-dir, loaded from
+the page's Models tab), and a second server that requires an API key.
 
 Every test records each request the page makes and fails if one leaves the server's origin,
 fails on any uncaught script error, and saves a screenshot in its tmp dir. Chromium comes from
