@@ -59,9 +59,11 @@ def test_any_configured_key_passes_in_either_header(keyed: TestClient, headers: 
     assert r.status_code == 200 and r.json()["object"] == "chat.completion"
 
 
-def test_health_and_the_welcome_page_stay_public_the_docs_do_not(keyed: TestClient) -> None:
+def test_health_and_the_playground_stay_public_the_docs_do_not(keyed: TestClient) -> None:
     assert keyed.get("/health").status_code == 200
     assert keyed.get("/").status_code == 200
+    assert keyed.get("/playground/app.js").status_code == 200  # a page cannot send a key for its scripts
+    assert keyed.get("/playground/missing.js").status_code == 404
     for path in ("/docs", "/openapi.json"):
         assert keyed.get(path).status_code == 401
         assert keyed.get(path, headers={"x-api-key": "key-one"}).status_code == 200

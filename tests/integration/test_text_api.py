@@ -299,7 +299,7 @@ def test_models_health_root_and_docs(client, engine):
     assert models["object"] == "list" and models["data"][0]["id"] == engine.name
     assert client.get(f"/v1/models/{engine.name}").json()["n_ctx"] == engine.n_ctx
     assert client.get("/health").json()["status"] == "ok"
-    assert "Welcome to Nexa AI" in client.get("/").text
+    assert "<title>nexa playground</title>" in client.get("/").text  # the playground replaced the welcome page
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/completions", "/v1/chat/completions", "/v1/models"} <= set(paths)

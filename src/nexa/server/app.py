@@ -28,6 +28,7 @@ from nexa.server.routers import (
     messages,
     metrics,
     models,
+    playground,
     rerank,
     responses,
     tokenize,
@@ -73,6 +74,7 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
         responses.router,
         messages.router,
         tokenize.router,
+        playground.router,
     ):
         app.include_router(router)
     install_openapi(app)

@@ -23,8 +23,14 @@ from nexa.server.errors import envelope
 # Pages served from this machine may call the API from any port.
 LOCAL_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
-# Without a key these stay reachable: load balancers' health checks and the welcome page.
+# Without a key these stay reachable: load balancers' health checks and the playground page with
+# its own files (a page cannot send a key with its <script> tags; it asks for one on a 401).
 PUBLIC_PATHS = ("/health", "/")
+PUBLIC_PREFIXES = ("/playground/",)
+
+
+def _public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
 def is_loopback(host: str) -> bool:
@@ -83,7 +89,7 @@ class RequireKey:
         return found
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or not self.keys or _public(scope["path"]):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)

@@ -1,0 +1,165 @@
+// Models & server: GET /v1/models with load/unload buttons (POST /v1/models/{id}/load|unload),
+// the server's version (from /openapi.json) and each loaded engine's settings, and /metrics
+// polled every 2 s into a small chart while the tab is open.
+import { api, json, showError } from "./api.js";
+
+const $ = (id) => document.getElementById(id);
+const POLL_MS = 2000;
+const POINTS = 60;
+const BASIC = new Set(["id", "object", "created", "owned_by", "tasks", "model_type", "path", "size", "state",
+  "origin", "default", "pid"]);
+let history = []; // { running, waiting, rate }
+let timer = null;
+let version = null;
+
+function size(bytes) {
+  if (!bytes) return "";
+  return bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(1)} GiB` : `${(bytes / 2 ** 20).toFixed(0)} MiB`;
+}
+
+function details(model) {
+  const facts = Object.entries(model).filter(([k]) => !BASIC.has(k))
+    .map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`);
+  return [model.origin, size(model.size), model.pid ? `pid ${model.pid}` : "", ...facts].filter(Boolean).join(" · ");
+}
+
+function row(app, model) {
+  const tr = document.createElement("tr");
+  tr.dataset.model = model.id;
+  const cells = [model.id + (model.default ? " (default)" : ""), model.model_type ?? "", model.tasks.join(", "),
+    model.state ?? "", details(model)];
+  for (const text of cells) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    tr.append(td);
+  }
+  tr.children[3].className = `state ${model.state}`;
+  tr.children[4].className = "details";
+  const action = model.state === "not_loaded" ? "load" : model.state === "loaded" ? "unload" : null;
+  const td = document.createElement("td");
+  if (action) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = action === "load" ? "small" : "small secondary";
+    button.textContent = action === "load" ? "Load" : "Unload";
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      button.textContent = action === "load" ? "Loading…" : "Unloading…";
+      showError(null);
+      try {
+        await json(`/v1/models/${encodeURIComponent(model.id)}/${action}`, {});
+      } catch (error) {
+        showError(error);
+      }
+      await app.refresh();
+    });
+    td.append(button);
+  }
+  tr.append(td);
+  return tr;
+}
+
+function facts(app) {
+  const loaded = app.models.filter((m) => m.state === "loaded");
+  const entries = [
+    ["version", version ?? "…"],
+    ["default model", app.models.find((m) => m.default)?.id ?? "none"],
+    ["loaded", `${loaded.length} of ${app.models.length} servable`],
+  ];
+  $("server-info").replaceChildren(...entries.flatMap(([k, v]) => {
+    const dt = document.createElement("dt");
+    dt.textContent = k;
+    const dd = document.createElement("dd");
+    dd.textContent = v;
+    return [dt, dd];
+  }));
+}
+
+// The Prometheus text of /metrics: the unlabelled figure (the default model) plus the labelled ones.
+export function parseMetrics(text) {
+  const sums = {};
+  for (const line of text.split("\n")) {
+    const m = line.match(/^nexa_(\w+)(?:\{[^}]*\})?\s+(\S+)$/);
+    if (m) sums[m[1]] = (sums[m[1]] ?? 0) + Number(m[2]);
+  }
+  return sums;
+}
+
+function draw() {
+  const canvas = $("metrics-chart");
+  const g = canvas.getContext("2d");
+  const { width, height } = canvas;
+  g.clearRect(0, 0, width, height);
+  g.strokeStyle = "#ddd";
+  g.beginPath();
+  for (let y = 0; y <= 4; y++) {
+    g.moveTo(0, (height - 1) * y / 4 + 0.5);
+    g.lineTo(width, (height - 1) * y / 4 + 0.5);
+  }
+  g.stroke();
+  const series = [["running", "#d9480f"], ["waiting", "#7048e8"], ["rate", "#1971c2"]];
+  for (const [name, color] of series) {
+    const top = Math.max(1, ...history.map((p) => p[name]));
+    g.strokeStyle = color;
+    g.lineWidth = 2;
+    g.beginPath();
+    history.forEach((p, i) => {
+      const x = (width * i) / (POINTS - 1);
+      const y = height - 2 - ((height - 4) * p[name]) / top;
+      i ? g.lineTo(x, y) : g.moveTo(x, y);
+    });
+    g.stroke();
+  }
+}
+
+async function poll() {
+  try {
+    const m = parseMetrics(await (await api("/metrics")).text());
+    const point = { running: m.requests_running ?? 0, waiting: m.requests_waiting ?? 0,
+      rate: m.generation_tokens_per_second ?? 0 };
+    history = [...history, point].slice(-POINTS);
+    $("metrics-now").textContent = `${point.running} running · ${point.waiting} waiting · ` +
+      `${point.rate.toFixed(1)} tokens/s · ${m.models_loaded ?? 0} models loaded · ` +
+      `${((m.resident_memory_bytes ?? 0) / 2 ** 20).toFixed(0)} MiB resident · up ${(m.uptime_seconds ?? 0).toFixed(0)} s`;
+    draw();
+  } catch (error) {
+    $("metrics-now").textContent = `metrics unavailable: ${error.message}`;
+  }
+}
+
+export function init(app) {
+  $("models-refresh").addEventListener("click", () => app.refresh());
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) stop();
+    else if (!$("server").hidden) start();
+  });
+}
+
+function start() {
+  if (!timer) {
+    poll();
+    timer = setInterval(() => ($("server").hidden ? stop() : poll()), POLL_MS);
+  }
+}
+
+function stop() {
+  clearInterval(timer);
+  timer = null;
+}
+
+export async function shown(app) {
+  start();
+  if (version === null) {
+    try {
+      version = (await json("/openapi.json")).info.version;
+    } catch {
+      version = "unknown";
+    }
+    facts(app);
+  }
+}
+
+export function models(app) {
+  $("models-table").tBodies[0].replaceChildren(...app.models.map((m) => row(app, m)));
+  facts(app);
+}
