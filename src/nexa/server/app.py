@@ -29,6 +29,7 @@ from nexa.server.routers import (
     metrics,
     models,
     responses,
+    speech,
     tokenize,
 )
 from nexa.server.security import install as install_security
@@ -71,6 +72,7 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
         responses.router,
         messages.router,
         tokenize.router,
+        speech.router,
     ):
         app.include_router(router)
     install_openapi(app)
