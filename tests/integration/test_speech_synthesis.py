@@ -51,8 +51,9 @@ ROUND_TRIP = [
     "Four hours of steady work faced us.",
 ]
 VOICES = ["jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo"]
-# Measured here (2 cores, Whisper in float32): jf_alpha 14.1%, jf_gongitsune 1.6%, jf_nezumi 1.6%,
-# jf_tebukuro 9.4%, jm_kumo 3.1%; 5.9% over all five. The bounds leave a few words of room for another
+# Measured here (2 cores, Whisper in float32): jf_alpha 12.5%, jf_gongitsune 1.6%, jf_nezumi 1.6%,
+# jf_tebukuro 3.1%, jm_kumo 3.1%; 4.4% over all five (sentence by sentence, as a stream speaks them:
+# jf_alpha 14.1%, jf_tebukuro 9.4%, 5.9% over all). The bounds leave a few words of room for another
 # CPU's int8 arithmetic, and still catch a broken voice, a wrong sample rate or garbled audio.
 MAX_WER = 0.10  # over all voices
 MAX_WER_ONE_VOICE = 0.20  # the bound
@@ -170,7 +171,7 @@ def test_default_format_is_mp3(tts: TestClient) -> None:
     assert decode(r.content)[1] == RATE
 
 
-def test_streamed_audio_is_the_same_speech_sent_in_pieces(tts_live: LiveServer) -> None:
+def test_streamed_audio_comes_a_sentence_at_a_time(tts_live: LiveServer) -> None:
     text = "One sentence comes first. Another one follows it. The last one ends the stream."
     body = {"input": text, "voice": VOICE, "response_format": "pcm"}
     with httpx.Client(base_url=tts_live.url, timeout=TIMEOUT) as http:
@@ -179,12 +180,13 @@ def test_streamed_audio_is_the_same_speech_sent_in_pieces(tts_live: LiveServer) 
             assert r.status_code == 200 and r.headers.get("transfer-encoding") == "chunked"
             pieces = [chunk for chunk in r.iter_raw() if chunk]
         assert len(pieces) >= 3  # a sentence at a time
-        assert len(b"".join(pieces)) == len(whole)
+        # The same speech, but spoken sentence by sentence (a whole answer is one Kokoro call here).
+        assert abs(len(b"".join(pieces)) - len(whole)) < 0.15 * len(whole)
         with http.stream("POST", "/v1/audio/speech", json={**body, "response_format": "mp3",
                                                            "stream_format": "audio"}) as r:
             mp3 = r.read()
     samples, rate, _ = decode(mp3)
-    assert rate == RATE and abs(len(samples) - len(whole) / 2) < 0.1 * RATE
+    assert rate == RATE and abs(len(samples) - len(b"".join(pieces)) / 2) < 0.1 * RATE
 
 
 def test_speed_changes_the_duration(tts: TestClient) -> None:

@@ -1,9 +1,11 @@
 """Text to speech: Kokoro-82M (int8 ONNX) through kokoro-onnx on onnxruntime.
 
-The engine yields 16-bit PCM one sentence at a time, so a streamed answer starts after the first
-sentence and a client that goes away stops the work at the next one; a whole answer is the same
-pieces joined. Encoding into wav/mp3/opus... is the HTTP layer's (server/services/speech_audio.py):
-PCM bytes are small and always travel back from a worker process.
+The engine yields 16-bit PCM a piece at a time and a client that goes away stops the work at the
+next piece. A streamed answer comes a sentence at a time, so it starts after the first sentence; a
+whole answer comes in runs of sentences up to PIECE_CHARS long, each one kokoro-onnx call as a direct
+caller would make it (fewer, longer inference runs cost less per second of speech). Encoding into
+wav/mp3/opus... is the HTTP layer's (server/services/speech_audio.py): PCM bytes are small and
+always travel back from a worker process.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ SPEEDS = (0.25, 4.0)  # what OpenAI's `speed` accepts
 # faster or slower request is made up by FFmpeg's atempo, which keeps the pitch.
 MODEL_SPEEDS = (0.5, 2.0)
 SENTENCE_PAUSE_S = 0.25  # kokoro-onnx's own pause between the batches it joins
+PIECE_CHARS = 400  # about as much English as fits Kokoro's 510 phonemes (kokoro-onnx splits what does not)
 # A sentence ends at . ! ? (and their CJK forms) followed by space, or at a line break.
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
 
@@ -55,9 +58,10 @@ class SpeechEngine(Engine):
     voices: tuple[str, ...] = ()
 
     def speak(
-        self, text: str, voice: str, speed: float, cancel: threading.Event, *, lang: str = "en-us"
+        self, text: str, voice: str, speed: float, cancel: threading.Event, *, lang: str = "en-us",
+        stream: bool = False,
     ) -> Iterator[SpeechAudio]:
-        """`lang`: espeak-ng's name of the language the text is in."""
+        """`lang`: espeak-ng's name of the language the text is in; `stream`: a sentence at a time."""
         raise NotImplementedError
 
     def check_voice(self, voice: str) -> None:
@@ -70,6 +74,19 @@ class SpeechEngine(Engine):
 
 def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def pieces(text: str, stream: bool) -> list[str]:
+    """The text in the pieces the engine speaks: sentences, or for a whole answer runs of them."""
+    if stream:
+        return sentences(text)
+    runs: list[str] = []
+    for sentence in sentences(text):
+        if runs and len(runs[-1]) + 1 + len(sentence) <= PIECE_CHARS:
+            runs[-1] += " " + sentence
+        else:
+            runs.append(sentence)
+    return runs
 
 
 class KokoroEngine(SpeechEngine):
@@ -99,7 +116,8 @@ class KokoroEngine(SpeechEngine):
             self._kokoro = None  # type: ignore[assignment]
 
     def speak(
-        self, text: str, voice: str, speed: float, cancel: threading.Event, *, lang: str = "en-us"
+        self, text: str, voice: str, speed: float, cancel: threading.Event, *, lang: str = "en-us",
+        stream: bool = False,
     ) -> Iterator[SpeechAudio]:
         self.check_voice(voice)
         model_speed = min(max(speed, MODEL_SPEEDS[0]), MODEL_SPEEDS[1])
@@ -107,13 +125,13 @@ class KokoroEngine(SpeechEngine):
         pause = np.zeros(int(SENTENCE_PAUSE_S * self.sample_rate / speed), dtype=np.float32)
         spoken = 0
         with self._turns():
-            for sentence in sentences(text):
+            for piece in pieces(text, stream):
                 if cancel.is_set():
                     return
                 try:
-                    audio, _ = self._kokoro.create(sentence, voice=voice, speed=model_speed, lang=lang)
+                    audio, _ = self._kokoro.create(piece, voice=voice, speed=model_speed, lang=lang)
                 except ValueError:  # nothing speakable in it (only symbols): the others still are
-                    log.debug("no phonemes in %r", sentence)
+                    log.debug("no phonemes in %r", piece)
                     continue
                 samples = np.concatenate([pause, audio]) if spoken else np.asarray(audio, dtype=np.float32)
                 pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")

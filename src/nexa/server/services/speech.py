@@ -1,8 +1,8 @@
 """Text to speech behind /v1/audio/speech (OpenAI) and /v1/txt2speech (the original Nexa server).
 
-The engine yields PCM a sentence at a time (in a worker thread, or a worker process); a whole
-answer is encoded once all of it is there, a streamed one (`stream_format: "audio"`) piece by
-piece as it comes. The first piece is awaited before a stream's headers go out, so a refusal
+The engine yields PCM a piece at a time (in a worker thread, or a worker process); a whole
+answer is encoded once all of it is there, a streamed one (`stream_format: "audio"`) a sentence
+at a time as it comes. The first piece is awaited before a stream's headers go out, so a refusal
 that only the model can make (an unknown voice, nothing speakable) is still a 400. A client
 that goes away stops the synthesis at the next sentence.
 """
@@ -66,15 +66,17 @@ def check(body: SpeechRequest) -> None:
         )
 
 
-def _pieces(engine: SpeechEngine, text: str, voice: str, speed: float, lang: str) -> AsyncIterator[SpeechAudio]:
-    return iterate_in_thread(lambda cancel: engine.speak(text, voice, speed, cancel, lang=lang))
+def _pieces(
+    engine: SpeechEngine, text: str, voice: str, speed: float, lang: str, stream: bool = False
+) -> AsyncIterator[SpeechAudio]:
+    return iterate_in_thread(lambda cancel: engine.speak(text, voice, speed, cancel, lang=lang, stream=stream))
 
 
 async def speech(request: Request, body: SpeechRequest) -> Response:
     check(body)
     engine: SpeechEngine = await engine_for(request, Task.SPEECH, "/v1/audio/speech", body.model, body.keep_alive)
     fmt = FORMATS[body.response_format]
-    pieces = _pieces(engine, body.input, body.voice, body.speed, "en-us")
+    pieces = _pieces(engine, body.input, body.voice, body.speed, "en-us", stream=body.stream_format is not None)
     if body.stream_format is None:
         audio = await collect(request, pieces)
         data = await in_thread(encode, b"".join(a.pcm for a in audio), body.response_format, engine.sample_rate)
