@@ -54,6 +54,7 @@ GENERATION = ["POST /v1/completions", "POST /v1/chat/completions", "POST /v1/fun
 POSTS = GENERATION + [
     "POST /v1/embeddings", "POST /v1/audio/transcriptions", "POST /v1/audio/translations", "POST /v1/txt2img",
     "POST /v1/img2img", "POST /v1/images/generations", "POST /v1/images/edits",
+    "POST /v1/audio/speech", "POST /v1/txt2speech",
 ]  # fmt: skip
 SPEECH = ["POST /v1/audio/transcriptions", "POST /v1/audio/translations"]
 BOTH = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)

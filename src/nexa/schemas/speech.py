@@ -54,7 +54,7 @@ class Txt2SpeechRequest(RequestModel):
         "en", description="en (en-us) or en-gb", json_schema_extra={"enum": list(TXT2SPEECH_LANGUAGES)}
     )
     output_dir: str | None = None
-    voice: str | None = Field(None, description="One of the model's voices; empty: its first")
+    voice: str | None = Field(None, description="One of the model's voices; empty: its default_voice")
     speed: float = Field(1.0, description="0.25 to 4.0", json_schema_extra={"minimum": 0.25, "maximum": 4.0})
 
 

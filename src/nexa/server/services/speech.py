@@ -109,7 +109,7 @@ async def txt2speech(request: Request, body: Txt2SpeechRequest) -> Txt2SpeechRes
             param="language",
         )
     engine: SpeechEngine = await engine_for(request, Task.SPEECH, "/v1/txt2speech", body.model, body.keep_alive)
-    voice = body.voice or engine.voices[0]
+    voice = body.voice or engine.default_voice
     audio = await collect(request, _pieces(engine, body.text, voice, body.speed, lang))
     pcm = await in_thread(resample, b"".join(a.pcm for a in audio), engine.sample_rate, body.sampling_rate)
     wav = encode(pcm, "wav", body.sampling_rate)  # a header on bytes in hand: no thread needed
