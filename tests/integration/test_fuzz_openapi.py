@@ -1,8 +1,8 @@
-"""Fuzzing of every operation in /openapi.json against the real SmolLM2 server, and of the speech
-endpoints against Whisper tiny.en (schemathesis, issue 16): no answer is a 5xx, no stream carries
-a server_error event, and every refusal is OpenAI's envelope `{"error": {"message", "type",
-"param", "code"}}`. Random JSON schemas, which the OpenAPI cannot describe, go in as
-response_format and as tool parameters.
+"""Fuzzing of every operation in /openapi.json against the real SmolLM2 server, of the speech
+endpoints against Whisper tiny.en and of speech synthesis against Kokoro (schemathesis, issue 16):
+no answer is a 5xx, no stream carries a server_error event, and every refusal is OpenAI's
+envelope `{"error": {"message", "type", "param", "code"}}`. Random JSON schemas, which the OpenAPI
+cannot describe, go in as response_format and as tool parameters.
 
 Bounded for CI: EXAMPLES cases per operation and mode (schema-valid "positive" bodies, and
 "negative" ones that break the schema), derandomized so every run sends the same requests, no
@@ -57,6 +57,7 @@ POSTS = GENERATION + [
     "POST /v1/audio/speech", "POST /v1/txt2speech",
 ]  # fmt: skip
 SPEECH = ["POST /v1/audio/transcriptions", "POST /v1/audio/translations"]
+TTS = ["POST /v1/audio/speech", "POST /v1/txt2speech"]  # and again on `nexa server kokoro`
 BOTH = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 # A path parameter that is any string has no negative form: GETs are fuzzed with valid shapes only.
 # The speech endpoints again on Whisper tiny.en, where uploads get past "this model cannot" (cheap:
@@ -66,12 +67,19 @@ RUNS = (
     [("text", op, GenerationMode.POSITIVE) for op in GETS]
     + [("text", op, mode) for op in POSTS for mode in BOTH]
     + [("speech", op, mode) for op in SPEECH for mode in BOTH]
+    + [("tts", op, mode) for op in TTS for mode in BOTH]
 )
 
 
 @pytest.fixture(scope="module")
 def speech(whisper_model) -> Iterator[ServerProcess]:
     with ServerProcess.nexa(str(whisper_model.path), "-lp", "-mt", "AUDIO", "--compute-type", "int8") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tts() -> Iterator[ServerProcess]:
+    with ServerProcess.nexa("kokoro") as server:
         yield server
 
 
@@ -118,7 +126,7 @@ def error_envelope(ctx: Any, response: Any, case: Any) -> None:
 
 @pytest.mark.parametrize(("server", "label", "mode"), RUNS, ids=[" ".join([s, op, m.value]) for s, op, m in RUNS])
 def test_fuzz(request, server, label, mode):
-    url = request.getfixturevalue("live" if server == "text" else "speech").url
+    url = request.getfixturevalue({"text": "live"}.get(server, server)).url
     operation = load_schema(url).find_operation_by_label(label)
     generates = label in GENERATION
 
