@@ -1,8 +1,8 @@
-"""Fuzzing of every operation in /openapi.json against the real SmolLM2 server, and of the speech
-endpoints against Whisper tiny.en (schemathesis, issue 16): no answer is a 5xx, no stream carries
-a server_error event, and every refusal is OpenAI's envelope `{"error": {"message", "type",
-"param", "code"}}`. Random JSON schemas, which the OpenAPI cannot describe, go in as
-response_format and as tool parameters.
+"""Fuzzing of every operation in /openapi.json against the real SmolLM2 server, of the speech
+endpoints against Whisper tiny.en and of speech synthesis against Kokoro (schemathesis, issue 16):
+no answer is a 5xx, no stream carries a server_error event, and every refusal is OpenAI's
+envelope `{"error": {"message", "type", "param", "code"}}`. Random JSON schemas, which the OpenAPI
+cannot describe, go in as response_format and as tool parameters.
 
 Bounded for CI: EXAMPLES cases per operation and mode (schema-valid "positive" bodies, and
 "negative" ones that break the schema), derandomized so every run sends the same requests, no
@@ -62,10 +62,12 @@ POSTS = GENERATION + [
     "POST /v1/img2img", "POST /v1/images/generations", "POST /v1/images/edits", "POST /tokenize", "POST /detokenize",
     "POST /v1/messages/count_tokens", "POST /v1/models/{model_id}/load", "POST /v1/models/{model_id}/unload",
     "POST /v1/load_model", "POST /v1/unload_model", "POST /v1/rerank",
+    "POST /v1/audio/speech", "POST /v1/txt2speech",
 ]  # fmt: skip
 # Anthropic's routes refuse in Anthropic's error shape.
 ANTHROPIC = ["POST /v1/messages", "POST /v1/messages/count_tokens"]
 SPEECH = ["POST /v1/audio/transcriptions", "POST /v1/audio/translations"]
+TTS = ["POST /v1/audio/speech", "POST /v1/txt2speech"]  # and again on `nexa server kokoro`
 BOTH = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 PATH_ONLY = ["POST /v1/models/{model_id}/unload"]  # no body: as the GETs below, nothing negative to send
 # A path parameter that is any string has no negative form: GETs are fuzzed with valid shapes only.
@@ -76,12 +78,19 @@ RUNS = (
     [("text", op, GenerationMode.POSITIVE) for op in GETS]
     + [("text", op, mode) for op in POSTS for mode in (BOTH if op not in PATH_ONLY else BOTH[:1])]
     + [("speech", op, mode) for op in SPEECH for mode in BOTH]
+    + [("tts", op, mode) for op in TTS for mode in BOTH]
 )
 
 
 @pytest.fixture(scope="module")
 def speech(whisper_model) -> Iterator[ServerProcess]:
     with ServerProcess.nexa(str(whisper_model.path), "-lp", "-mt", "AUDIO", "--compute-type", "int8") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tts() -> Iterator[ServerProcess]:
+    with ServerProcess.nexa("kokoro") as server:
         yield server
 
 
@@ -132,7 +141,7 @@ def error_envelope(ctx: Any, response: Any, case: Any) -> None:
 
 @pytest.mark.parametrize(("server", "label", "mode"), RUNS, ids=[" ".join([s, op, m.value]) for s, op, m in RUNS])
 def test_fuzz(request, server, label, mode):
-    url = request.getfixturevalue("live" if server == "text" else "speech").url
+    url = request.getfixturevalue({"text": "live"}.get(server, server)).url
     operation = load_schema(url).find_operation_by_label(label)
     generates = label in GENERATION
 

@@ -69,6 +69,7 @@ class Task(str, Enum):
     IMG2IMG = "img2img"
     TRANSCRIBE = "transcribe"
     TRANSLATE = "translate"
+    SPEECH = "speech"  # text to speech
 
 
 class Engine:

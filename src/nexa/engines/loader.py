@@ -95,6 +95,13 @@ def _whisper(model: ResolvedModel, settings: Settings) -> EngineCall:
     )
 
 
+def _kokoro(model: ResolvedModel, settings: Settings) -> EngineCall:
+    return EngineCall(
+        "nexa.engines.speech:KokoroEngine",
+        dict(folder=model.path, name=model.name, n_threads=settings.n_threads, max_queue=settings.max_queue),
+    )
+
+
 # Extra files a split checkpoint may need (ResolvedModel.extra_files key -> StableDiffusion argument).
 _SD_EXTRA_ARGS = {
     "vae": "vae_path",
@@ -163,6 +170,7 @@ ENGINES: dict[ModelType, Callable[[ResolvedModel, Settings], EngineCall]] = {
     ModelType.TEXT_EMBEDDING: _embedding,
     ModelType.AUDIO: _whisper,
     ModelType.COMPUTER_VISION: _diffusion,
+    ModelType.TTS: _kokoro,
 }
 
 

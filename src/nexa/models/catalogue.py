@@ -49,7 +49,15 @@ class PypiSource:
     member: str  # path inside the wheel; a trailing "/" means a folder
 
 
-Source = HfSource | PypiSource
+@dataclass(frozen=True)
+class InstalledSource:
+    """A model that installed Python packages (nexa's own dependencies) carry, assembled into the cache."""
+
+    package: str
+    version: str
+
+
+Source = HfSource | PypiSource | InstalledSource
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,8 @@ def _parse_source(raw: dict[str, Any]) -> Source:
         return HfSource(**raw["hf"])
     if "pypi" in raw:
         return PypiSource(**raw["pypi"])
+    if "installed" in raw:
+        return InstalledSource(**raw["installed"])
     raise ValueError(f"catalogue source has no known kind: {raw!r}")
 
 

@@ -9,6 +9,7 @@ from nexa.errors import StartupError
 from nexa.models import download as dl
 from nexa.models.catalogue import DIFFUSION_EXTS, GGUF_EXTS
 from nexa.models.gguf_header import is_projector, split_projectors
+from nexa.models.installed import MODEL_FILE, VOCAB_FILE, VOICES_FILE, is_kokoro_folder
 from nexa.models.types import ModelType, ResolvedModel
 
 log = logging.getLogger("nexa.store")
@@ -34,6 +35,12 @@ def resolve_local(ref: str | None, model_type: ModelType | None) -> ResolvedMode
         model_type = ModelType.NLP
     if model_type == ModelType.AUDIO:
         return _whisper_folder(path)
+    if model_type == ModelType.TTS:
+        if not is_kokoro_folder(path):
+            raise StartupError(
+                f"-mt TTS needs a Kokoro folder holding {MODEL_FILE}, {VOICES_FILE} and {VOCAB_FILE}: {path}"
+            )
+        return ResolvedModel(name=path.name, path=path, model_type=model_type)
     exts = DIFFUSION_EXTS if model_type == ModelType.COMPUTER_VISION else GGUF_EXTS
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(exts))

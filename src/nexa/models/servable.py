@@ -20,6 +20,7 @@ from nexa.errors import StartupError
 from nexa.models import download as dl
 from nexa.models.catalogue import DIFFUSION_EXTS
 from nexa.models.gguf_header import gguf_architecture, is_projector
+from nexa.models.installed import is_kokoro_folder
 from nexa.models.local import resolve_local
 from nexa.models.types import ModelType, ResolvedModel
 
@@ -137,7 +138,8 @@ class Sources:
 def dir_model(path: Path) -> ResolvedModel | None:
     """The model a --models-dir entry holds, named by its file stem (or folder name), or None.
 
-    The type comes from the files, as far as they tell: a CTranslate2 folder is speech, a
+    The type comes from the files, as far as they tell: a CTranslate2 folder is speech, a Kokoro
+    folder text to speech, a
     .safetensors/.ckpt file an image model, a GGUF whose architecture only embeds an embedding
     model, a folder with a model GGUF and a projector a vision model; any other GGUF is text."""
     try:
@@ -156,6 +158,8 @@ def dir_model(path: Path) -> ResolvedModel | None:
             return None
         if (path / "model.bin").is_file():
             return ResolvedModel(path.name, path, ModelType.AUDIO)
+        if is_kokoro_folder(path):
+            return ResolvedModel(path.name, path, ModelType.TTS)
         ggufs = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".gguf")
         models = [p for p in ggufs if not is_projector(p)]
         if not models:

@@ -8,13 +8,14 @@ from pathlib import Path
 
 
 class ModelType(str, Enum):
-    """The `-mt` choices of the Nexa server API (plus TEXT_EMBEDDING, which the original accepted too)."""
+    """The `-mt` choices of the Nexa server API (plus TEXT_EMBEDDING and TTS, which the original named too)."""
 
     NLP = "NLP"
     COMPUTER_VISION = "COMPUTER_VISION"
     MULTIMODAL = "MULTIMODAL"
     AUDIO = "AUDIO"
     TEXT_EMBEDDING = "TEXT_EMBEDDING"
+    TTS = "TTS"  # text to speech (the original's name for the kind; its server could not load one)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from nexa.server.routers import (
     playground,
     rerank,
     responses,
+    speech,
     tokenize,
 )
 from nexa.server.security import install as install_security
@@ -75,6 +76,7 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
         messages.router,
         tokenize.router,
         playground.router,
+        speech.router,
     ):
         app.include_router(router)
     install_openapi(app)
