@@ -125,6 +125,7 @@ def test_another_sites_page_cannot_read_the_answer(default_app: TestClient) -> N
     assert "access-control-allow-origin" not in r.headers
     r = preflight(default_app, EVIL)
     assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
+    assert r.json()["error"]["code"] == "cors_refused"  # the envelope, as every refusal
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from nexa.config import Settings
 from nexa.server.errors import envelope
@@ -128,6 +128,20 @@ class CheckHost:
         await _refuse(403, message, "host_not_allowed")(scope, receive, send)
 
 
+class Cors(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight in the error envelope like every other refusal
+    (Starlette answers it in plain text)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        text = bytes(response.body).decode()
+        message = f"{text}: this origin may not call the server (add it with --cors-origin)."
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+        return _refuse(400, message, "cors_refused", headers)
+
+
 def install(app: FastAPI, settings: Settings) -> None:
     """Add the three checks; call before any middleware that should see their refusals (logs)."""
     app.add_middleware(RequireKey, keys=api_keys(settings))
@@ -135,7 +149,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     # Credentials stay off: even `--cors-origin '*'` cannot let a page ride a user's cookies.
     origins = [*settings.cors_origins, *([own] if own else [])]
     app.add_middleware(
-        CORSMiddleware,
+        Cors,
         allow_origins=origins,
         allow_origin_regex=LOCAL_ORIGINS,
         allow_methods=["*"],
