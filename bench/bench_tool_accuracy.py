@@ -7,14 +7,15 @@ serve the same GGUF over OpenAI's /v1/chat/completions, one after the other:
 - the peer: `python -m llama_cpp.server --chat_format chatml-function-calling` (or --peer-url).
 
 Each case of ../shared/data/function-calling (BFCL's live_simple, 258 cases with one function,
-and the first 200 of live_multiple, several functions offered; see its README.md) is sent
-twice: with OpenAI's default request fields (parallel_tool_calls not sent, so parallel calls
-are allowed) and with `parallel_tool_calls: false`; tool_choice is "required" unless --tool-choice
+and the first 200 of live_multiple, several functions offered; see its README.md) is sent twice:
+with OpenAI's default request fields (parallel_tool_calls not sent, so parallel calls are
+allowed) and with `parallel_tool_calls: false`; tool_choice is "required" unless --tool-choice
 says otherwise ("auto" asks each server to decide between a call and text; llama_cpp.server
-reads a tool_choice left out as "no call", so "unsent" scores its plain chat). Answers are scored by BFCL's AST rules
-(tool_ast.py). We print per category and mode: the share of right answers, of answers calling
-the right function, of answers with any call, of answers repeating a call, of answers cut by
-max_tokens, the median latency, and ours / the peer.
+reads a tool_choice left out as "no call", so "unsent" scores its plain chat; it refuses
+"required", so the peer is sent the one function by name, or "auto" among several). Answers are
+scored by BFCL's AST rules (tool_ast.py). We print per category and mode: the share of right
+answers, of answers calling the right function, of answers with any call, of answers repeating a
+call, of answers cut by max_tokens, the median latency, and ours / the peer.
 
     .venv/bin/pip install -e '.[bench,test]'
     .venv/bin/python bench/bench_tool_accuracy.py --limit 20      # 20 cases of each file
@@ -62,13 +63,19 @@ class Outcome:
     why: str
 
 
-def ask(client: httpx.Client, url: str, case: Case, mode: str, args: argparse.Namespace) -> Outcome:
+def ask(client: httpx.Client, url: str, case: Case, mode: str, args: argparse.Namespace, peer: bool) -> Outcome:
     body: dict[str, Any] = {
-        "model": "bench", "messages": case.messages, "tools": case.tools,
+        # No "model": each server answers with the one it serves.
+        "messages": case.messages, "tools": case.tools,
         "temperature": 0, "repeat_penalty": 1.0, "max_tokens": args.max_tokens, **MODES[mode],
     }
     if args.tool_choice != "unsent":
         body["tool_choice"] = args.tool_choice
+    if peer and args.tool_choice == "required":
+        # chatml-function-calling refuses "required" (an assertion, so a 500): the nearest it
+        # takes is the one function named, or "auto" among several.
+        one = case.tools[0]["function"]["name"]
+        body["tool_choice"] = {"type": "function", "function": {"name": one}} if len(case.tools) == 1 else "auto"
     sent = time.perf_counter()
     try:
         r = client.post(f"{url}/v1/chat/completions", json=body)
@@ -101,7 +108,7 @@ def run(name: str, url: str, cases: list[Case], args: argparse.Namespace) -> lis
     with httpx.Client(timeout=httpx.Timeout(args.request_timeout, connect=10)) as client:
         for mode in args.modes:
             for case in cases:
-                o = ask(client, url, case, mode, args)
+                o = ask(client, url, case, mode, args, name == "peer")
                 out.append(o)
                 log.info("%-6s %-7s %-24s %5.1fs %s %s", name, mode, case.id, o.latency_s,
                          "right" if o.right else "wrong", o.why)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from nexa.structured.builder import LIMITS
 from support.sse import sse_chunks
 from support.tools import TOOLS, WEATHER
 
@@ -79,3 +80,25 @@ def test_auto_calls_where_a_tool_clearly_applies(client):
         data = chat(client, messages=[{"role": "user", "content": content}], tools=[WEATHER], max_tokens=200, **GREEDY)
         assert [name for name, _ in calls_of(data)] == ["get_weather"], data
         assert data["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_arrays_without_max_items_stay_bounded(client):
+    # BFCL's case that ran to max_tokens in 94 s: an array of stops holding "Santa Barbara" 16 times.
+    trip = {
+        "type": "function",
+        "function": {
+            "name": "plan_trip",
+            "description": "Plan a road trip through the given stops",
+            "parameters": {
+                "type": "object",
+                "properties": {"stops": {"type": "array", "items": {"type": "string"}}},
+                "required": ["stops"],
+            },
+        },
+    }
+    messages = [{"role": "user", "content": "Plan a road trip from Los Angeles to Santa Barbara."}]
+    data = chat(client, messages=messages, tools=[trip], tool_choice="required", max_tokens=400, **GREEDY)
+    calls = calls_of(data)
+    assert calls and data["choices"][0]["finish_reason"] == "tool_calls"
+    no_repeats(calls)
+    assert all(len(args["stops"]) <= LIMITS.max_items for _, args in calls)
