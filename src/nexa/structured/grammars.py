@@ -16,7 +16,7 @@ grammar covers the arguments alone: the model decodes only what it has to decide
 
 Parallel calls and "auto" are also decoded in stages (nexa.server.services.calls), each under
 a grammar of its own: the choice between a call and text (`decision`), one call (`one_call`),
-another call or the end (`next_call`), a text answer (`text_answer`).
+a text answer (`text_answer`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ class AnswerGrammar:
     suffix: str = ""
     # The stages, where the answer may hold several calls or text (None: one pass under `text`).
     one_call: str | None = None
-    next_call: str | None = None
     text_answer: str | None = None
 
 
@@ -119,7 +118,7 @@ def plan_grammar(plan: Plan, fmt: ResponseFormat | None) -> AnswerGrammar | None
     if not plan.parallel and plan.choice != "auto":
         return AnswerGrammar(whole)
     return AnswerGrammar(
-        whole, one_call=b.render(call), next_call=b.render(f"({nl} {call})?"), text_answer=b.render(other)
+        whole, one_call=b.render(call), text_answer=b.render(other)
     )
 
 

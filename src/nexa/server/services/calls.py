@@ -136,7 +136,7 @@ async def staged(
 async def _staged(
     request: Request, engine: TextEngine, prompt: list[int], params: SamplingParams, plan: Plan
 ) -> AsyncGenerator[TextDelta | Finish]:
-    assert plan.one_call is not None and plan.next_call is not None
+    assert plan.one_call is not None
     stages = _Stages(request, engine, prompt, params)
     if plan.choice == "auto":
         decided = await stages.collect("", decision_grammar(plan), DECISION_TOKENS)
