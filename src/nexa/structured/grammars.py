@@ -13,6 +13,10 @@ Hermes/Qwen-style models), where each name is tied to its own tool's argument sc
 When the answer is exactly one call of a known function (a named tool_choice, or "required"
 with one tool and no parallel calls), the call's fixed opening goes into the prompt and the
 grammar covers the arguments alone: the model decodes only what it has to decide.
+
+Parallel calls and "auto" are also decoded in stages (nexa.server.services.calls), each under
+a grammar of its own: the choice between a call and text (`decision`), one call (`one_call`),
+a text answer (`text_answer`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ if TYPE_CHECKING:  # plan.py builds its grammar here: a runtime import would be 
 
 MAX_CALLS = 4  # calls in one answer when parallel calls are allowed: a bound keeps it finite
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+# Where the prompt is our own (a template that knows no tools), a text answer under "auto" opens
+# with this word, so that the first decision is between two short openings both named in the
+# prompt, as llama-cpp-python's chatml-function-calling does; it is never sent to the client.
+MESSAGE = "message:"
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,9 @@ class AnswerGrammar:
     # to add to the output; the grammar then covers the arguments alone.
     prefill: str = ""
     suffix: str = ""
+    # The stages, where the answer may hold several calls or text (None: one pass under `text`).
+    one_call: str | None = None
+    text_answer: str | None = None
 
 
 def response_rule(b: GrammarBuilder, fmt: ResponseFormat | None) -> str | None:
@@ -101,11 +112,14 @@ def plan_grammar(plan: Plan, fmt: ResponseFormat | None) -> AnswerGrammar | None
     body = f'"{{" ws "\\"name\\"" ws ":" ws ({heads}) ws "}}"'
     call = b.rule("call", f"{literal(CALL_OPEN)} {nl}? {body} {nl}? {literal(CALL_CLOSE)}")
     calls = f"{call} ({nl}? {call}){{0,{MAX_CALLS - 1}}}" if plan.parallel else call
-    if plan.choice != "auto":
-        return AnswerGrammar(b.render(calls))
-    # The text branch may not start with "<", so the first character tells a call from text.
-    other = json_rule or b.rule("text", r"[^<] [^\x00]*")
-    return AnswerGrammar(b.render(f"({calls}) | {other}"))
+    # The text branch may not start with "<" (nor a blank), so the first character tells a call from text.
+    other = json_rule or b.rule("text", r"[^<\x09-\x0D ] [^\x00]*")
+    whole = b.render(calls) if plan.choice != "auto" else b.render(f"({calls}) | {other}")
+    if not plan.parallel and plan.choice != "auto":
+        return AnswerGrammar(whole)
+    return AnswerGrammar(
+        whole, one_call=b.render(call), text_answer=b.render(other)
+    )
 
 
 def _schema_param(plan: Plan, i: int) -> str:

@@ -57,6 +57,14 @@ class Plan:
     # by token, and its fixed closing is added to the output (see plan_grammar).
     prefill: str = ""
     suffix: str = ""
+    # Decoding in stages (see AnswerGrammar): None where the answer is one pass under `grammar`.
+    one_call: str | None = None
+    text_answer: str | None = None
+    native: bool = False  # the chat template shows the tools in its own form (set by prompting.render)
+
+    @property
+    def staged(self) -> bool:
+        return self.calls and self.one_call is not None
 
     @property
     def calls(self) -> bool:
@@ -103,6 +111,7 @@ def plan_chat(body: ChatRequest, *, always_call: bool = False) -> Plan | None:
     grammar = plan_grammar(plan, body.response_format)
     if grammar is not None:
         plan.grammar, plan.prefill, plan.suffix = grammar.text, grammar.prefill, grammar.suffix
+        plan.one_call, plan.text_answer = grammar.one_call, grammar.text_answer
         if body.stop:
             raise InvalidRequest(
                 "stop cannot be combined with tools or a JSON response_format: a stop string could cut the JSON short.",

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from nexa.errors import InvalidRequest
 from nexa.schemas.text import ChatMessage
-from nexa.structured.grammars import CALL_CLOSE, CALL_OPEN
+from nexa.structured.grammars import CALL_CLOSE, CALL_OPEN, MESSAGE
 from nexa.structured.plan import NO_PARAMETERS, Plan, Tool, call_arguments
 
 RESULT_OPEN, RESULT_CLOSE = "<tool_response>", "</tool_response>"
@@ -46,6 +46,7 @@ def _render(engine: ChatTemplate, messages: list[ChatMessage], plan: Plan) -> tu
     except InvalidRequest:  # the template refuses tool roles: it knows nothing of tools
         with_tools = plain = None
     if with_tools is not None and plain is not None and with_tools[0] != plain[0]:
+        plan.native = True
         return with_tools if shown else plain
     return engine.render_chat(generic_messages(messages, plan))
 
@@ -117,11 +118,11 @@ def tools_note(plan: Plan) -> str:
         f'{CALL_OPEN}\n{{"name": "function_name", "arguments": {{"argument": "value"}}}}\n{CALL_CLOSE}',
     ]
     if plan.choice == "auto":
-        lines.append("If no function fits the request, answer in plain text instead.")
+        lines.append(f"If no function fits the request, reply with {MESSAGE} and then your answer in plain text.")
     elif plan.choice == "named":
         lines.append(f"Answer with a call to {plan.named}.")
     else:
         lines.append("Answer with a function call.")
-    if plan.parallel and plan.choice != "named" and len(plan.tools) > 1:
-        lines.append("For several calls, write one tool_call block per call.")
+    if plan.parallel and plan.choice != "named":
+        lines.append("Make one call, or several if the request needs several: one tool_call block per call.")
     return "\n".join(lines)

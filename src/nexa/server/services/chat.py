@@ -21,8 +21,9 @@ from nexa.schemas.tools import FunctionCallingRequest
 from nexa.server.image_input import ImagePolicy, load_images
 from nexa.server.leases import engine_for
 from nexa.server.services import tools
+from nexa.server.services.calls import staged
 from nexa.server.services.compiling import compile_in_thread
-from nexa.server.services.generation import ChatReply, chat_logprobs, generate, generate_all
+from nexa.server.services.generation import ChatReply, chat_logprobs, collect_items, generate
 from nexa.server.threads import in_thread
 from nexa.structured import prompting
 from nexa.structured.plan import Plan, plan_chat
@@ -93,12 +94,15 @@ async def _answer(
     reply = ChatReply.new(engine.name)
     logprobs = params.logprobs is not None
     calls = plan if plan is not None and plan.calls else None
-    if body.stream:
+    if calls is not None and calls.staged:
+        items = await staged(request, engine, tokens, params, calls)
+    else:
         items = await generate(request, engine, tokens, params)
+    if body.stream:
         if calls is not None:
             return tools.stream(calls, items, reply, body.include_usage, logprobs)
         return _stream(items, reply, body.include_usage, logprobs)
-    out = await generate_all(request, engine, tokens, params)
+    out = await collect_items(request, items)
     if calls is not None:
         return tools.response(calls, out, reply, logprobs)
     assert out.finish is not None

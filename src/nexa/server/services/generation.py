@@ -56,9 +56,14 @@ class Collected:
 
 
 async def generate_all(request: Request, engine: TextEngine, prompt: list[int], params: SamplingParams) -> Collected:
+    return await collect_items(request, await generate(request, engine, prompt, params))
+
+
+async def collect_items(request: Request, items: AsyncIterator[TextDelta | Finish]) -> Collected:
+    """A generation's items gathered into one text (stopped if the client goes away)."""
     out = Collected()
     parts: list[str] = []
-    for item in await collect(request, await generate(request, engine, prompt, params)):
+    for item in await collect(request, items):
         if isinstance(item, TextDelta):
             parts.append(item.text)
             out.logprobs.extend(item.logprobs)
