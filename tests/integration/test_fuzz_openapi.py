@@ -51,7 +51,7 @@ RANGES: dict[str, tuple[float, float]] = {
 }  # fmt: skip
 GETS = [
     "GET /health", "GET /metrics", "GET /v1/models", "GET /v1/models/{model_id}", "GET /v1/files/{name}",
-    "GET /v1/list_models",
+    "GET /v1/list_models", "GET /v1/server",
 ]  # fmt: skip
 GENERATION = [
     "POST /v1/completions", "POST /v1/chat/completions", "POST /v1/function-calling", "POST /v1/responses",

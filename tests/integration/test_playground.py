@@ -212,6 +212,9 @@ def test_models_tab_loads_the_image_model_and_images_come_out(page: Page, server
     expect(page.locator("#tabs [data-tab=images]")).to_be_disabled()  # no image model loaded yet
     open_tab(page, "server")
     expect(page.locator("#server-info")).to_contain_text(nexa.__version__)
+    expect(page.locator("#server-info")).to_contain_text("n_ctx2048")  # -c 2048, from GET /v1/server
+    page.get_by_text("all settings").click()
+    expect(page.locator("#server-settings")).to_contain_text('"models_dir"')
     expect(page.locator("#metrics-now")).to_contain_text("tokens/s")
     row = page.locator("#models-table tr[data-model=sdxs]")
     expect(row.locator("td.state")).to_have_text("not_loaded")

@@ -11,6 +11,7 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
+import nexa
 from nexa.cli import build_parser, main, settings_from_args
 from nexa.config import Settings
 from nexa.errors import StartupError
@@ -57,6 +58,15 @@ def test_any_configured_key_passes_in_either_header(keyed: TestClient, headers: 
     assert keyed.get("/v1/models", headers=headers).status_code == 200
     r = keyed.post("/v1/chat/completions", json=CHAT, headers=headers)
     assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+
+
+def test_the_server_settings_need_the_key_and_never_show_it(keyed: TestClient) -> None:
+    assert_envelope(keyed.get("/v1/server"), 401, "invalid_api_key")
+    r = keyed.get("/v1/server", headers={"Authorization": "Bearer key-two"})
+    assert r.status_code == 200 and r.json()["version"] == nexa.__version__
+    settings = r.json()["settings"]
+    assert settings["n_ctx"] == keyed.app.state.settings.n_ctx and "max_body_bytes" in settings  # type: ignore[attr-defined]
+    assert "api_key" not in settings and "api_key_file" not in settings and "key-" not in r.text
 
 
 def test_health_and_the_playground_stay_public_the_docs_do_not(keyed: TestClient) -> None:

@@ -3,7 +3,7 @@ models (ours and the original Nexa server's), and /health."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict
 
@@ -73,3 +73,10 @@ class Health(ResponseModel):
     status: Literal["ok"] = "ok"
     model: str  # the default model
     models: list[LoadedModel] = []
+
+
+class ServerInfo(ResponseModel):
+    """GET /v1/server: what a person trying the server wants to see of it."""
+
+    version: str
+    settings: dict[str, Any]  # every setting (flag, NEXA_* variable or default) but the secret ones

@@ -1,5 +1,5 @@
 // Models & server: GET /v1/models with load/unload buttons (POST /v1/models/{id}/load|unload),
-// the server's version (from /openapi.json) and each loaded engine's settings, and /metrics
+// the server's version and settings (GET /v1/server) and each loaded engine's own, and /metrics
 // polled every 2 s into a small chart while the tab is open.
 import { api, json, showError } from "./api.js";
 
@@ -11,6 +11,9 @@ const BASIC = new Set(["id", "object", "created", "owned_by", "tasks", "model_ty
 let history = []; // { running, waiting, rate }
 let timer = null;
 let version = null;
+let settings = {};
+// The settings shown at a glance; the rest are under "all settings".
+const SHOWN = ["n_ctx", "parallel", "n_threads", "max_queue", "keep_alive", "max_models", "max_memory", "workers"];
 
 function size(bytes) {
   if (!bytes) return "";
@@ -65,6 +68,7 @@ function facts(app) {
     ["version", version ?? "…"],
     ["default model", app.models.find((m) => m.default)?.id ?? "none"],
     ["loaded", `${loaded.length} of ${app.models.length} servable`],
+    ...SHOWN.filter((k) => k in settings).map((k) => [k, String(settings[k] ?? "none")]),
   ];
   $("server-info").replaceChildren(...entries.flatMap(([k, v]) => {
     const dt = document.createElement("dt");
@@ -73,6 +77,7 @@ function facts(app) {
     dd.textContent = v;
     return [dt, dd];
   }));
+  $("server-settings").textContent = JSON.stringify(settings, null, 2);
 }
 
 // The Prometheus text of /metrics: the unlabelled figure (the default model) plus the labelled ones.
@@ -151,7 +156,7 @@ export async function shown(app) {
   start();
   if (version === null) {
     try {
-      version = (await json("/openapi.json")).info.version;
+      ({ version, settings } = await json("/v1/server"));
     } catch {
       version = "unknown";
     }
