@@ -52,6 +52,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("server", help="serve a model over HTTP (OpenAI- and Nexa-compatible)")
+    _add_server_arguments(s)
+    r = sub.add_parser(
+        "serve-ray",
+        help="serve the same API from replicas on Ray Serve, routed by model and prompt (pip install 'nexa[ray]')",
+        description="Deploy `nexa server` as a Ray Serve application: --replicas copies, each with --threads CPUs "
+        "and at most --max-models models loaded (those its requests name), behind Ray Serve's HTTP proxy on "
+        "--host/--port. Takes every `nexa server` option. Ctrl-C deletes the application.",
+    )
+    _add_server_arguments(r)
+    r.add_argument("--ray-address", metavar="ADDRESS", default=None,
+                   help="the Ray cluster to deploy on (default: RAY_ADDRESS, else a local Ray started now)")
+    r.add_argument("--replicas", type=int, default=1, metavar="N", help="replicas (default: 1; the least with "
+                   "--max-replicas)")
+    r.add_argument("--max-replicas", type=int, default=None, metavar="N",
+                   help="let Ray Serve autoscale between --replicas and N by the requests in flight")
+    r.add_argument("--no-prefix-routing", dest="prefix_routing", action="store_false",
+                   help="route chats like any request (the less loaded of two replicas), not by their prompt's start")
+
+    p = sub.add_parser("pull", help="download a model into the cache")
+    p.add_argument("model_path")
+    _add_source_flags(p)
+    sub.add_parser("list", help="list cached models")
+    r = sub.add_parser("remove", help="delete a cached model")
+    r.add_argument("model_path")
+    return parser
+
+
+def _add_server_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "models",
         nargs="*",
@@ -67,14 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
         flag = cli_flag(name)
         if flag is not None:
             s.add_argument(*flag.names, **_flag_options(name, info, flag))
-
-    p = sub.add_parser("pull", help="download a model into the cache")
-    p.add_argument("model_path")
-    _add_source_flags(p)
-    sub.add_parser("list", help="list cached models")
-    r = sub.add_parser("remove", help="delete a cached model")
-    r.add_argument("model_path")
-    return parser
 
 
 def _value_type(info: FieldInfo) -> Any:
@@ -306,6 +326,20 @@ def serve(settings: Settings) -> None:
     uvicorn.run(app, **common)  # type: ignore[arg-type]
 
 
+def serve_ray(args: argparse.Namespace) -> None:
+    settings = settings_from_args(args)
+    _log_to_stderr(settings.log_level)
+    if args.replicas < 1 or (args.max_replicas is not None and args.max_replicas < args.replicas):
+        raise StartupError("--replicas must be at least 1, and --max-replicas at least --replicas.")
+    if settings.reload:
+        raise StartupError("--reload is for `nexa server`; redeploy with `nexa serve-ray` instead.")
+    try:
+        from nexa.server.ray_app import RayOptions, run
+    except ImportError as exc:
+        raise StartupError(f"`nexa serve-ray` needs Ray Serve ({exc}): pip install 'nexa[ray]'.") from None
+    run(settings, RayOptions(args.ray_address, args.replicas, args.max_replicas, args.prefix_routing))
+
+
 def _log_to_stderr(level: str) -> None:
     log_format = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     logging.basicConfig(level=level.upper(), format=log_format, stream=sys.stderr)
@@ -318,6 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = settings_from_args(args)
             _log_to_stderr(settings.log_level)
             serve(settings)
+            return 0
+        if args.command == "serve-ray":
+            serve_ray(args)
             return 0
         _log_to_stderr("info")
         if args.command == "pull":

@@ -115,6 +115,26 @@ class ModelManager:
         manager.preload()
         return manager
 
+    @classmethod
+    def unloaded(cls, settings: Settings) -> ModelManager:
+        """Every model the command line names, known (the first the default) and none loaded: a
+        Ray Serve replica loads the models its requests name, as Ray's multiplexing sends them."""
+        from nexa.models.store import ModelStore
+
+        store = ModelStore(onnx=settings.onnx)
+        models = [resolve_model(settings, store)]
+        source = settings.source
+        models += [store.resolve(ref, source=source, model_type=type_of(ref, settings)) for ref in settings.models]
+        manager = cls(settings=settings, factory=model_factory(settings), store=store)
+        default = models[0]  # with its own settings (--projector), as `load` keeps it
+        manager.default_id = default.name
+        manager.known[default.name] = Known(
+            default.name, default, settings, -1, COMMAND_LINE, model_tasks(default, settings)
+        )
+        for model in models[1:]:
+            manager._remember(model, COMMAND_LINE)
+        return manager
+
     def preload(self) -> None:
         """Load the command line's other models now, in this thread, as far as the limits leave room."""
         for known in list(self.known.values())[1:]:

@@ -50,3 +50,9 @@ def sse_response(chunks: AsyncIterator[BaseModel | dict[str, Any]]) -> Streaming
 
 def _error(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": ErrorBody(message=message, type=type_, param=param, code=code)}
+
+
+def error_events(message: str, type_: str, code: str | None = None) -> bytes:
+    """An error event and the end of the stream, for a stream cut short outside the app (nexa on Ray
+    Serve: the replica that produced it died)."""
+    return _frame(_error(message, type_, None, code)) + b"data: [DONE]\n\n"
