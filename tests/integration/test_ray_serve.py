@@ -19,40 +19,41 @@ import httpx
 import openai
 import pytest
 import ray
-from minilm_gguf import minilm_gguf
 from ray import serve
-from support.servers import HOST, free_port
 
+from minilm_gguf import minilm_gguf
 from nexa.config import Settings
 from nexa.models.types import ResolvedModel
 from nexa.server.ray_app import APP_NAME, REPLICA_HEADER, RayOptions, deploy
+from support.servers import HOST, free_port
 
 pytestmark = pytest.mark.slow
+SMOLLM2 = "SmolLM2-135M-Instruct"  # not an id the replicas serve: every replica answers it with its default
 
 SYSTEM = "You are a careful assistant for a shipping company. " * 12  # ~600 characters: a routing key
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[None]:
+def cluster() -> Iterator[int]:
+    """Ray's HTTP port: Ray Serve keeps the one it started with when the application is redeployed."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, logging_level="WARNING")
-    yield
+    yield free_port()
     serve.shutdown()
     ray.shutdown()
 
 
-def start(smollm2: ResolvedModel, options: RayOptions, *more: Path, max_models: int | None = None) -> str:
+def start(port: int, smollm2: ResolvedModel, options: RayOptions, *more: Path, max_models: int | None = None) -> str:
     settings = Settings(
         model=str(smollm2.path), models=[str(m) for m in more], source="local", n_threads=1, n_ctx=2048,
-        host=HOST, port=free_port(), max_models=max_models,
+        host=HOST, port=port, max_models=max_models,
     )
-    url = deploy(settings, options)
-    return url
+    return deploy(settings, options)
 
 
 @pytest.fixture(scope="module")
-def url(cluster: None, smollm2: ResolvedModel) -> str:
-    return start(smollm2, RayOptions(replicas=2))
+def url(cluster: int, smollm2: ResolvedModel) -> str:
+    return start(cluster, smollm2, RayOptions(replicas=2))
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +61,13 @@ def client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
 
 
-def chat(client: openai.OpenAI, question: str, system: str = SYSTEM, **options) -> tuple[str, str]:
+def chat(
+    client: openai.OpenAI, question: str, system: str = SYSTEM, max_tokens: int = 8, model: str = SMOLLM2
+) -> tuple[str, str]:
     """(answer, the replica that gave it)."""
     raw = client.chat.completions.with_raw_response.create(
-        model="SmolLM2-135M-Instruct", max_tokens=8, temperature=0,
-        messages=[{"role": "system", "content": system}, {"role": "user", "content": question}], **options,
+        model=model, max_tokens=max_tokens, temperature=0,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
     )
     return raw.parse().choices[0].message.content or "", raw.headers[REPLICA_HEADER]
 
@@ -150,21 +153,27 @@ def test_killed_replica_is_replaced_and_others_go_on(client: openai.OpenAI) -> N
     assert doomed not in seen
 
 
-def test_two_models_on_the_replicas_that_hold_them(cluster: None, smollm2: ResolvedModel) -> None:
+def test_two_models_on_the_replicas_that_hold_them(cluster: int, smollm2: ResolvedModel) -> None:
     # One model per replica (--max-models 1), two models: each stays on the replica that loaded it.
-    url = start(smollm2, RayOptions(replicas=2, prefix_routing=False), minilm_gguf(), max_models=1)
+    url = start(cluster, smollm2, RayOptions(replicas=2, prefix_routing=False), minilm_gguf(), max_models=1)
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
     embedder = minilm_gguf().stem
 
     def embed() -> str:
-        raw = client.embeddings.with_raw_response.create(model=embedder, input="a cat")
+        raw = client.embeddings.with_raw_response.create(model=embedder, input="a cat")  # a short name
         assert len(raw.parse().data[0].embedding) == 384
         return raw.headers[REPLICA_HEADER]
 
-    chat(client, "Hi.")
+    # A replica reports what it loads to Ray Serve's controller, which tells the router: give it
+    # a moment after each first load (routing before that picks the replica with fewest models).
+    # Requests name the models as GET /v1/models lists them (file names here): a name the replicas
+    # do not serve goes without a model id, to any replica, which answers with its default model.
+    chatter = smollm2.path.name
+    chat(client, "Hi.", model=chatter)
+    time.sleep(2)
     embed()
-    time.sleep(2)  # each replica reports what it loaded to Ray Serve's controller, which tells the router
-    chats = {chat(client, "Hi.", f"{n} " + SYSTEM)[1] for n in range(3)}
+    time.sleep(2)
+    chats = {chat(client, "Hi.", f"{n} " + SYSTEM, model=chatter)[1] for n in range(3)}
     embeds = {embed() for _ in range(3)}
     assert len(chats) == 1 and len(embeds) == 1 and chats != embeds
     assert serve.status().applications[APP_NAME].status == "RUNNING"

@@ -24,13 +24,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import ray
 from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve.config import RequestRouterConfig
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -38,13 +37,14 @@ from nexa.config import Settings
 from nexa.errors import NexaError
 from nexa.models.servable import match
 from nexa.server.errors import envelope
-from nexa.server.ray_routing import PrefixRouter, request_keys
+from nexa.server.ray_routing import request_keys
 from nexa.server.sse import error_events
 
 log = logging.getLogger("nexa.ray")
 
 APP_NAME = "nexa"
 REPLICA_HEADER = "x-nexa-replica"  # which replica answered: for logs, tests and the curious
+PREFIX_ROUTER = "nexa.server.ray_routing.PrefixRouter"  # imported where requests are routed, by Ray
 REPLICA_DIED = "The replica serving this request stopped (Ray Serve is replacing it); retry the request."
 
 
@@ -179,7 +179,7 @@ class Router:
         # (the default model, or a 404 with --strict-model).
         model = (match(name, self.ids) or "") if name else ""
         handle = self.replicas.options(stream=True, multiplexed_model_id=model)
-        stream = handle.handle.remote(request_parts(request), body, prefix=prefix)
+        stream = cast(DeploymentResponseGenerator, handle.handle.remote(request_parts(request), body, prefix=prefix))
         try:
             status, headers = await stream.__anext__()
         except RayActorError as exc:
@@ -217,12 +217,13 @@ def application(settings: Settings, options: RayOptions) -> Any:
             "min_replicas": options.replicas, "max_replicas": options.max_replicas,
         }}
     if options.prefix_routing:
-        scaling["request_router_config"] = RequestRouterConfig(request_router_class=PrefixRouter)
+        scaling["request_router_config"] = {"request_router_class": PREFIX_ROUTER}
     per_replica = settings.max_models or 1 + len(settings.models)
-    replicas = Replica.options(ray_actor_options={"num_cpus": settings.n_threads}, **scaling).bind(
-        settings.to_env(), per_replica
-    )
-    return Router.bind(replicas)
+    # Each replica asks Ray for the CPUs its engines use, so Ray places them where cores are free.
+    replicas = Replica.options(  # type: ignore[attr-defined]  # serve.deployment made it a Deployment
+        ray_actor_options={"num_cpus": settings.n_threads}, **scaling
+    ).bind(settings.to_env(), per_replica)
+    return Router.bind(replicas)  # type: ignore[attr-defined]
 
 
 def deploy(settings: Settings, options: RayOptions) -> str:
