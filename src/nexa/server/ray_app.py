@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -224,6 +225,18 @@ def application(settings: Settings, options: RayOptions) -> Any:
         ray_actor_options={"num_cpus": settings.n_threads}, **scaling
     ).bind(settings.to_env(), per_replica)
     return Router.bind(replicas)  # type: ignore[attr-defined]
+
+
+def app_builder(args: dict[str, str]) -> Any:
+    """The same application from `nexa serve-ray`'s arguments, for Ray's own deployment tools:
+    `serve run nexa.server.ray_app:app_builder argv="MODEL --threads 2 --replicas 2"`, or a Serve
+    config file (KubeRay's RayService) with `import_path` and `args: {argv: ...}`. Ray's HTTP options
+    come from Ray's config there, not from --host/--port."""
+    from nexa.cli import build_parser, settings_from_args
+
+    parsed = build_parser().parse_args(["serve-ray", *shlex.split(args.get("argv", ""))])
+    options = RayOptions(None, parsed.replicas, parsed.max_replicas, parsed.prefix_routing)
+    return application(settings_from_args(parsed), options)
 
 
 def deploy(settings: Settings, options: RayOptions) -> str:
