@@ -2,7 +2,8 @@
 
 1. Throughput: aggregate streaming tokens/s of 2 single-thread replicas behind Ray Serve (router,
    proxy and all) against one 2-thread `nexa server`, for the same concurrent clients, each chat
-   with a prompt of its own.
+   with a prompt of its own; and one 1-thread `nexa server`, to tell how much of the difference is
+   llama.cpp's threads waiting for each other on a machine that other work shares.
 2. Prefix-aware routing: the time to first token of repeated chats over more long system prompts
    (~1k tokens each) than one replica's slots hold, in shuffled order, with PrefixRouter against
    Ray Serve's default routing (the less loaded of two random replicas). With prefix routing each
@@ -10,7 +11,7 @@
    prompt and its slots keep evicting them. Target: <= 0.5x.
 
     .venv/bin/pip install -e '.[ray]'
-    .venv/bin/python bench/bench_ray.py [--clients 4] [--rounds 2] [--prefixes 8] [--repeats 3]
+    .venv/bin/python bench/bench_ray.py [--clients 4] [--rounds 2] [--prefixes 8] [--repeats 3] [--throughput-only]
 
 A local Ray of --cpus CPUs (default 2) is started and shut down here. A script, not a test: it
 prints figures and asserts nothing about them.
@@ -101,16 +102,22 @@ def main() -> None:
     parser.add_argument("--prefixes", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--throughput-only", action="store_true", help="skip the prefix-routing comparison")
     args = parser.parse_args()
     common = ["--nctx", "2048", "--parallel", str(PARALLEL)]
 
-    single = ServerProcess.nexa("--threads", str(args.cpus), *common)
-    single.start()
-    try:
-        one = throughput(single.url, args.clients, args.rounds, "single")
-    finally:
-        single.stop()
-    print(f"nexa server, {args.cpus} threads: {one:.1f} tok/s aggregate ({args.clients} clients)")
+    # The peer: one server with every CPU. Also one with a single thread, which tells how much of
+    # the gap is llama.cpp's threads waiting for each other on a busy machine.
+    for threads in (args.cpus, 1):
+        single = ServerProcess.nexa("--threads", str(threads), *common)
+        single.start()
+        try:
+            rate = throughput(single.url, args.clients, args.rounds, f"single{threads}")
+        finally:
+            single.stop()
+        print(f"nexa server, {threads} thread(s): {rate:.1f} tok/s aggregate ({args.clients} clients)", flush=True)
+        if threads == args.cpus:
+            one = rate
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
@@ -122,13 +129,15 @@ def main() -> None:
     try:
         settings = Settings(n_threads=1, n_ctx=2048, parallel=PARALLEL, host=HOST, port=free_port())
         results = {}
-        for prefix_routing in (True, False):
+        for prefix_routing in (True,) if args.throughput_only else (True, False):
             url = deploy(settings, RayOptions(replicas=args.cpus, prefix_routing=prefix_routing))
             stream_chat(url, [{"role": "user", "content": "Hi."}], 2)  # both replicas up
             if prefix_routing:
                 many = throughput(url, args.clients, args.rounds, "ray")
                 print(f"Ray Serve, {args.cpus} replicas x 1 thread: {many:.1f} tok/s aggregate "
                       f"({many / one:.2f}x nexa server)")
+            if args.throughput_only:
+                return
             results[prefix_routing] = prefix_ttft(url, args.prefixes, args.repeats, seed=1)
             name = "prefix-aware" if prefix_routing else "default"
             print(f"{name} routing: median TTFT of repeated long-prefix chats {results[prefix_routing] * 1000:.0f} ms")

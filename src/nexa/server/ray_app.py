@@ -187,6 +187,9 @@ class Router:
             log.warning("%s %s: its replica died: %s", request.method, request.url.path, exc)
             return JSONResponse(envelope(REPLICA_DIED, "server_error", None, "replica_died"), 503,
                                 headers={"Retry-After": "1"})
+        except Exception as exc:  # the replica failed outside the app (the app answers its own errors)
+            log.error("%s %s failed on its replica: %s", request.method, request.url.path, exc)
+            return JSONResponse(envelope(f"Internal error: {type(exc).__name__}", "server_error"), 500)
         events = any(k.lower() == "content-type" and v.startswith("text/event-stream") for k, v in headers)
 
         async def rest() -> AsyncIterator[bytes]:
