@@ -108,6 +108,7 @@ def main() -> None:
 
     # The peer: one server with every CPU. Also one with a single thread, which tells how much of
     # the gap is llama.cpp's threads waiting for each other on a busy machine.
+    rates: dict[int, float] = {}
     for threads in (args.cpus, 1):
         single = ServerProcess.nexa("--threads", str(threads), *common)
         single.start()
@@ -116,8 +117,8 @@ def main() -> None:
         finally:
             single.stop()
         print(f"nexa server, {threads} thread(s): {rate:.1f} tok/s aggregate ({args.clients} clients)", flush=True)
-        if threads == args.cpus:
-            one = rate
+        rates[threads] = rate
+    one = rates[args.cpus]
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
@@ -134,8 +135,8 @@ def main() -> None:
             stream_chat(url, [{"role": "user", "content": "Hi."}], 2)  # both replicas up
             if prefix_routing:
                 many = throughput(url, args.clients, args.rounds, "ray")
-                print(f"Ray Serve, {args.cpus} replicas x 1 thread: {many:.1f} tok/s aggregate "
-                      f"({many / one:.2f}x nexa server)")
+                print(f"Ray Serve, {args.cpus} replicas x 1 thread: {many:.1f} tok/s aggregate ({many / one:.2f}x "
+                      f"nexa server with {args.cpus} threads, {many / rates[1]:.2f}x with 1)", flush=True)
             if args.throughput_only:
                 return
             results[prefix_routing] = prefix_ttft(url, args.prefixes, args.repeats, seed=1)
