@@ -152,9 +152,14 @@ def _diffusion(model: ResolvedModel, settings: Settings) -> EngineCall:
 
 def _onnx(model: ResolvedModel, settings: Settings) -> EngineCall:
     """`nexa server onnx`: the folder's layout picks the onnxruntime engine (engines/onnx)."""
-    from nexa.engines.onnx import GENAI, fitting_layout
+    from nexa.engines.onnx import DIFFUSION, GENAI, fitting_layout
 
     layout = fitting_layout(model)
+    if layout.kind == DIFFUSION:
+        return EngineCall(
+            "nexa.engines.onnx.diffusion:OnnxDiffusionEngine",
+            dict(folder=layout.root, name=model.name, n_threads=settings.n_threads, max_queue=settings.max_queue),
+        )
     common = dict(name=model.name, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     if layout.kind == GENAI:
         return EngineCall("nexa.engines.onnx.text:OnnxTextEngine", dict(folder=model.path, **common))

@@ -61,7 +61,8 @@ class ClipTokenizer:
             raise StartupError(f"{folder} needs CLIP's vocab.json and merges.txt")
         vocab: dict[str, int] = json.loads(vocab_path.read_text(encoding="utf-8"))
         lines = merges_path.read_text(encoding="utf-8").splitlines()
-        merges = [tuple(line.split(" ", 1)) for line in lines if line and not line.startswith("#version")]
+        pairs = [line.split(" ", 1) for line in lines if line and not line.startswith("#version")]
+        merges = [(a, b) for a, b in pairs]
         specials = {**_json(folder / "special_tokens_map.json"), **_json(folder / "tokenizer_config.json")}
 
         def special(key: str, fallback: str) -> int:

@@ -6,8 +6,10 @@ library is imported. Layouts recognised:
 - onnxruntime-genai text models: genai_config.json beside the decoder .onnx and tokenizer files;
 - sentence-embedding encoders: an .onnx encoder (model.onnx or onnx/model.onnx) with a
   Hugging Face tokenizer.json, as sentence-transformers and optimum export them;
+- Stable Diffusion pipelines as diffusers and optimum export them: model_index.json beside
+  text_encoder/, unet/, vae_decoder/, vae_encoder/ (each a model.onnx), tokenizer/ and scheduler/;
 - layouts we recognise only to refuse clearly: optimum Whisper (encoder_model.onnx +
-  decoder_model*.onnx), diffusers ONNX pipelines (model_index.json + unet/model.onnx).
+  decoder_model*.onnx).
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ from pathlib import Path, PurePosixPath
 
 GENAI = "genai"
 ENCODER = "encoder"
+DIFFUSION = "diffusion"
+
+# A diffusers/optimum ONNX Stable Diffusion pipeline: these files, each under the folder.
+DIFFUSION_FILES = (
+    "model_index.json", "text_encoder/model.onnx", "unet/model.onnx", "vae_decoder/model.onnx",
+    "vae_encoder/model.onnx", "tokenizer/vocab.json", "tokenizer/merges.txt", "scheduler/scheduler_config.json",
+)
 
 # Plain (float) exports first: optimum and sentence-transformers name their quantized or
 # graph-optimised variants model_O1..O4 / model_qint8_* / model_quantized, which are picked
@@ -37,7 +46,7 @@ _ENCODER_SIDE_FILES = (
 
 @dataclass(frozen=True)
 class Layout:
-    kind: str  # GENAI or ENCODER
+    kind: str  # GENAI, ENCODER or DIFFUSION
     root: Path  # the folder the engine loads
     model_file: Path | None = None  # ENCODER: the .onnx graph
 
@@ -52,10 +61,14 @@ def describe_folder(folder: Path, limit: int = 12) -> str:
 def unsupported_reason(folder: Path) -> str | None:
     """Why a recognisable but unserved ONNX layout cannot be served, or None."""
     if (folder / "model_index.json").is_file() or (folder / "unet" / "model.onnx").is_file():
-        return (
-            "an ONNX diffusion pipeline (model_index.json / unet/model.onnx); the ONNX variant does not serve "
-            "images: drop `onnx` and serve a Stable Diffusion GGUF or safetensors file instead"
-        )
+        missing = [f for f in DIFFUSION_FILES if not (folder / f).is_file()]
+        if missing:
+            return (
+                f"a diffusion pipeline without {', '.join(missing)}; the ONNX variant serves Stable Diffusion "
+                "exported with `optimum-cli export onnx --model REPO OUT` (text_encoder, unet, vae_decoder, "
+                "vae_encoder, tokenizer and scheduler)"
+            )
+        return None
     names = {p.name for p in folder.rglob("*.onnx")}
     if "encoder_model.onnx" in names and any(n.startswith("decoder_model") for n in names):
         return (
@@ -85,6 +98,8 @@ def detect(folder: Path) -> Layout | None:
         return None
     if unsupported_reason(folder) is not None:
         return None
+    if (folder / "model_index.json").is_file():
+        return Layout(DIFFUSION, folder)
     if (folder / "genai_config.json").is_file():
         return Layout(GENAI, folder)
     if (folder / "tokenizer.json").is_file():
@@ -104,11 +119,15 @@ def choose_repo_files(files: list[str], selector: str | None = None) -> tuple[st
     """Which files of a repository listing make one ONNX model: (folder inside the repo, files).
 
     `selector` is a folder (for repositories holding several genai builds, e.g.
-    cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4) or an .onnx file (an encoder variant).
-    Without one: the genai folder built for CPU, else the plain encoder export. Raises
+    cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4, or a Stable Diffusion pipeline) or an .onnx
+    file (an encoder variant). Without one: a Stable Diffusion pipeline at the top, else the genai
+    folder built for CPU, else the plain encoder export. Raises
     ValueError saying what the repository holds when nothing fits.
     """
     sel = selector.strip("/") if selector else None
+    pipeline = _diffusion_files(files, sel or "")
+    if pipeline:
+        return sel or "", pipeline
     genai = sorted(str(PurePosixPath(f).parent) for f in files if PurePosixPath(f).name == "genai_config.json")
     if sel and not sel.endswith(".onnx"):
         genai = [g for g in genai if g == sel or (g == "." and sel in ("", "."))]
@@ -140,3 +159,26 @@ def choose_repo_files(files: list[str], selector: str | None = None) -> tuple[st
     keep |= {f for f in files if f.startswith(graph + "_data") or f.startswith(graph + ".data")}
     keep |= {f for f in files if PurePosixPath(f).parent.name.endswith("_Pooling") and f.endswith("config.json")}
     return "", sorted(f for f in files if f in keep)
+
+
+def _diffusion_files(files: list[str], folder: str) -> list[str]:
+    """A Stable Diffusion pipeline's files under `folder` (model_index.json there), else []: each
+    part's model.onnx with its external weights and config, the tokenizer and the scheduler; not
+    the repository's PyTorch weights or other exports."""
+    prefix = folder + "/" if folder else ""
+    if prefix + "model_index.json" not in files:
+        return []
+    graph_files = ("model.onnx", "config.json", "weights.pb")  # weights.pb: diffusers' old converter
+    keep = []
+    for f in files:
+        if not f.startswith(prefix):
+            continue
+        rel = f[len(prefix):]
+        part, _, name = rel.partition("/")
+        if rel == "model_index.json" or (part in ("tokenizer", "scheduler") and "/" not in name):
+            keep.append(f)
+        elif part in ("text_encoder", "unet", "vae_decoder", "vae_encoder") and (
+            name in graph_files or name.startswith(("model.onnx_data", "model.onnx.data"))
+        ):
+            keep.append(f)
+    return sorted(keep)
