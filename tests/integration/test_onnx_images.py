@@ -146,6 +146,21 @@ def test_pixels_match_diffusers_onnx_pipeline(sd_dir: Path, engine: OnnxDiffusio
     assert np.abs(ours - (ref * 255).round().astype(int)).max() <= 2
 
 
+def test_mask_keeps_what_is_black_and_repaints_what_is_white(engine: OnnxDiffusionEngine) -> None:
+    init = Image.open(io.BytesIO(png((220, 30, 30), stripes=True)))
+    common: dict[str, Any] = dict(prompt="a painting", width=128, height=128, steps=3, seed=2, sampler="euler",
+                                  init_image=init)
+
+    def made(**kwargs: Any) -> np.ndarray:
+        return np.asarray(engine.generate(**{**common, **kwargs})[0][0])
+
+    untouched = made(strength=0.0)  # no step runs: the input through the VAE
+    assert np.array_equal(made(strength=1.0, mask_image=Image.new("L", (128, 128), 0)), untouched)
+    repainted = made(strength=1.0)
+    assert np.array_equal(made(strength=1.0, mask_image=Image.new("L", (128, 128), 255)), repainted)
+    assert not np.array_equal(repainted, untouched)
+
+
 # -- over HTTP, from `nexa server onnx FOLDER` ------------------------------------------------------
 
 

@@ -84,3 +84,24 @@ def test_choose_repo_files_picks_one_build() -> None:
     assert "onnx/model_O4.onnx" in choose_repo_files(st, "onnx/model_O4.onnx")[1]
     with pytest.raises(ValueError, match="no genai_config.json"):
         choose_repo_files(["model.safetensors", "tokenizer.json"])
+
+
+def test_choose_repo_files_takes_a_stable_diffusion_pipeline_and_not_its_other_weights() -> None:
+    onnx = ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json", "tokenizer/merges.txt",
+            "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json", "text_encoder/model.onnx",
+            "text_encoder/config.json", "unet/model.onnx", "unet/model.onnx_data", "unet/config.json",
+            "vae_decoder/model.onnx", "vae_decoder/config.json", "vae_encoder/model.onnx", "vae_encoder/config.json"]
+    others = ["README.md", "unet/diffusion_pytorch_model.safetensors", "vae/config.json", "safety_checker/model.onnx",
+              "feature_extractor/preprocessor_config.json", "v1-5-pruned.ckpt"]
+    assert choose_repo_files(onnx + others) == ("", sorted(onnx))
+    # A pipeline in a folder of the repository, named as REPO:FOLDER.
+    nested = ["README.md", *(f"onnx/{f}" for f in onnx)]
+    assert choose_repo_files(nested, "onnx") == ("onnx", sorted(nested[1:]))
+
+
+def test_a_diffusers_folder_without_onnx_graphs_says_how_to_export_it(tmp_path: Path) -> None:
+    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
+    with pytest.raises(StartupError, match="optimum-cli export onnx"):
+        _load(tmp_path)

@@ -19,6 +19,7 @@ import nexa
 from nexa.cli import build_parser, main, settings_from_args
 from nexa.config import SETTINGS_ENV, Settings, cli_flag, default, env_name
 from nexa.engines.loader import EngineCall, engine_call
+from nexa.engines.onnx.layout import DIFFUSION_FILES
 from nexa.errors import StartupError
 from nexa.models.types import ModelType, ResolvedModel
 
@@ -31,9 +32,12 @@ ONNX = ("OnnxTextEngine", "OnnxEmbeddingEngine")
 # Setting -> {engine class: the constructor argument it becomes}.
 ENGINE_FIELDS: dict[str, dict[str, str]] = {
     "n_ctx": {e: "n_ctx" for e in (*GGUF, *ONNX)},
-    "n_threads": {**{e: "n_threads" for e in (*GGUF, *ONNX, "DiffusionEngine")}, "WhisperEngine": "cpu_threads"},
+    "n_threads": {
+        **{e: "n_threads" for e in (*GGUF, *ONNX, "DiffusionEngine", "OnnxDiffusionEngine")},
+        "WhisperEngine": "cpu_threads",
+    },
     "parallel": {e: "parallel" for e in LLAMA},
-    "max_queue": {e: "max_queue" for e in LLAMA},
+    "max_queue": {e: "max_queue" for e in (*LLAMA, "OnnxDiffusionEngine")},
     "n_gpu_layers": {e: "n_gpu_layers" for e in GGUF},
     "repack": {e: "repack" for e in GGUF},
     "whisper_compute_type": {"WhisperEngine": "compute_type"},
@@ -105,6 +109,11 @@ def engine_calls(tmp_path: Path, settings: Settings) -> dict[str, EngineCall]:
     onnx = settings.model_copy(update={"onnx": True})
     calls.append(engine_call(ResolvedModel("genai", genai, ModelType.NLP), onnx))
     calls.append(engine_call(ResolvedModel("encoder", encoder, ModelType.TEXT_EMBEDDING), onnx))
+    pipeline = tmp_path / "sd-onnx"
+    for name in DIFFUSION_FILES:
+        (pipeline / name).parent.mkdir(parents=True, exist_ok=True)
+        (pipeline / name).write_bytes(b"")
+    calls.append(engine_call(ResolvedModel("sd-onnx", pipeline, ModelType.NLP), onnx))  # the layout, not -mt
     return {call.target.split(":")[1]: call for call in calls}
 
 
