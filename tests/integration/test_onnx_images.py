@@ -167,6 +167,7 @@ def test_mask_keeps_what_is_black_and_repaints_what_is_white(engine: OnnxDiffusi
 def test_models_lists_an_image_model(http: httpx.Client) -> None:
     (entry,) = http.get("/v1/models").json()["data"]
     assert entry["tasks"] == ["img2img", "txt2img"] and entry["runtime"] == "onnxruntime"
+    assert entry["model_type"] == "COMPUTER_VISION"  # from the folder: the server was started without -mt
     assert entry["samplers"] == ["euler", "euler_a"] and entry["sampler"] == "euler"  # PNDM runs as Euler
 
 

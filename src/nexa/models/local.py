@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from nexa.engines.onnx.layout import DIFFUSION, detect
 from nexa.engines.speech import MODEL_FILE, VOCAB_FILE, VOICES_FILE, is_kokoro_folder
 from nexa.errors import StartupError
 from nexa.models import download as dl
@@ -16,12 +17,16 @@ log = logging.getLogger("nexa.store")
 
 
 def resolve_local_onnx(ref: str | None, model_type: ModelType | None) -> ResolvedModel:
-    """An ONNX model is a folder; which engine fits it is the ONNX loader's call (engines/onnx)."""
+    """An ONNX model is a folder; which engine fits it is the ONNX loader's call (engines/onnx).
+    Without -mt a Stable Diffusion pipeline is an image model, anything else NLP as before."""
     path = Path(ref or "").expanduser().resolve()
     if not ref or not path.is_dir():
         what = "a file" if path.is_file() else "not found"
         raise StartupError(f"`nexa server onnx -lp` needs an ONNX model folder; {path} is {what}")
-    return ResolvedModel(name=path.name, path=path, model_type=model_type or ModelType.NLP)
+    if model_type is None:
+        layout = detect(path)
+        model_type = ModelType.COMPUTER_VISION if layout and layout.kind == DIFFUSION else ModelType.NLP
+    return ResolvedModel(name=path.name, path=path, model_type=model_type)
 
 
 def resolve_local(ref: str | None, model_type: ModelType | None) -> ResolvedModel:
