@@ -23,6 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+import fakehub
 from nexa.config import Settings
 from nexa.engines.onnx.diffusion import ClipTokenizer, OnnxDiffusionEngine, initial_noise
 from nexa.errors import StartupError
@@ -33,6 +34,8 @@ from nexa.schemas.images import NexaImages, OpenAIImages
 from nexa.server.app import create_app
 from onnx_diffusion import sd_tiny_onnx
 from support.servers import ServerProcess
+
+fake_hub = fakehub.fake_hub  # the fixture: a local stand-in for the Hugging Face hub
 
 SMALL = {"width": 128, "height": 128, "sample_steps": 2, "cfg_scale": 5.0}
 TIMEOUT = 120.0
@@ -326,3 +329,20 @@ def test_incomplete_or_other_folders_are_refused_with_the_reason(sd_dir: Path, t
     (tmp_path / "notes" / "readme.md").write_text("hi")
     with pytest.raises(StartupError, match="not an ONNX Stable Diffusion pipeline: found readme.md"):
         _load(tmp_path / "notes", ModelType.COMPUTER_VISION)
+
+
+def test_a_hub_repository_downloads_only_the_onnx_pipeline(sd_dir: Path, fake_hub: fakehub.FakeHub) -> None:
+    files = {str(p.relative_to(sd_dir)): p.read_bytes() for p in sd_dir.rglob("*") if p.is_file()}
+    files.update({"unet/diffusion_pytorch_model.safetensors": b"not needed" * 100, "README.md": b"hi"})
+    fake_hub.add_hf_repo("org/tiny-sd-onnx", files)
+    model = ModelStore(onnx=True).resolve("org/tiny-sd-onnx", source="hf")
+    assert (model.path / "unet" / "model.onnx").is_file() and (model.path / "tokenizer" / "merges.txt").is_file()
+    assert not (model.path / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    manager = ModelManager.load(model, Settings(onnx=True, n_threads=2))
+    try:
+        engine = manager.engine
+        assert isinstance(engine, OnnxDiffusionEngine)
+        images, _ = engine.generate(prompt="a fox", width=64, height=64, steps=1, seed=1)
+        assert images[0].size == (64, 64)
+    finally:
+        manager.close()
