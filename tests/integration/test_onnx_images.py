@@ -319,12 +319,30 @@ def _load(path: Path, model_type: ModelType = ModelType.NLP) -> None:
     ModelManager.load(ResolvedModel(name=path.name, path=path, model_type=model_type), Settings(onnx=True))
 
 
+def _unet_stand_in(path: Path, channels: int, extra: dict[str, list[int]]) -> None:
+    """A graph with a UNet's inputs (and more), for the checks made when a pipeline loads."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    shapes = {"sample": [1, channels, 8, 8], "timestep": [1], "encoder_hidden_states": [1, 77, 32], **extra}
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in shapes.items()]
+    out = helper.make_tensor_value_info("out_sample", TensorProto.FLOAT, shapes["sample"])
+    graph = helper.make_graph([helper.make_node("Identity", ["sample"], ["out_sample"])], "unet", inputs, [out])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
 def test_incomplete_or_other_folders_are_refused_with_the_reason(sd_dir: Path, tmp_path: Path) -> None:
     partial = tmp_path / "partial"
     shutil.copytree(sd_dir, partial)
     shutil.rmtree(partial / "vae_encoder")
     with pytest.raises(StartupError, match="diffusion pipeline without vae_encoder/model.onnx"):
         _load(partial)
+    for inputs, why in (({"text_embeds": [1, 1280], "time_ids": [1, 6]}, "an SDXL UNet"), ({}, "9 latent channels")):
+        other = tmp_path / why.replace(" ", "-")
+        shutil.copytree(sd_dir, other)
+        _unet_stand_in(other / "unet" / "model.onnx", channels=4 if inputs else 9, extra=inputs)
+        with pytest.raises(StartupError, match=why):
+            _load(other)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.md").write_text("hi")
     with pytest.raises(StartupError, match="not an ONNX Stable Diffusion pipeline: found readme.md"):
