@@ -262,7 +262,7 @@ class OnnxDiffusionEngine(Engine):
             mean, logvar = np.split(out, 2, axis=1)
             std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
             out = mean + std * rng.standard_normal(mean.shape, dtype=np.float32)
-        # Else a latent already sampled in the graph (diffusers' old converter, optimum before 1.23),
+        # Else a latent already sampled in the graph (diffusers' old converter, older optimum exports),
         # with onnxruntime's own unseeded noise: such img2img results vary from run to run.
         return ((out - self.shift) * self.scaling).astype(np.float32)
 
