@@ -345,7 +345,12 @@ class ModelManager:
     def loaded(self) -> list[dict[str, Any]]:
         """The models loaded or loading, for /health."""
         return [
-            {"id": slot.id, "state": slot.state, "pid": getattr(slot.engine, "pid", None)}
+            {
+                "id": slot.id,
+                "state": slot.state,
+                "pid": getattr(slot.engine, "pid", None),
+                "offload": getattr(slot.engine, "offload", None),
+            }
             for slot in self.pool.slots()
         ]
 

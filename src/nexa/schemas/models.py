@@ -67,6 +67,9 @@ class LoadedModel(ResponseModel):
     id: str
     state: State
     pid: int | None
+    # Where it runs once loaded: {"n_gpu_layers", "gpu_layers", "layers", "devices"} for llama.cpp
+    # models, {"device", "compute_type"} for Whisper; None while loading or where not said.
+    offload: dict[str, Any] | None = None
 
 
 class Health(ResponseModel):
