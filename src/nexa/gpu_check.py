@@ -28,7 +28,7 @@ def _version(package: str) -> str:
 def llama_lines() -> list[str]:
     import llama_cpp
 
-    from nexa.engines.llama.gpu import describe_layers, devices, gpu_offload
+    from nexa.engines.llama.gpu import describe_layers, devices
 
     built = bool(llama_cpp.llama_supports_gpu_offload())
     lines = [f"llama.cpp (llama-cpp-python {_version('llama_cpp_python')}): GPU offload "
@@ -38,8 +38,7 @@ def llama_lines() -> list[str]:
                      f"{d.total_mib / 1024:.1f} GiB free")  # fmt: skip
     if built and not devices():
         lines.append("  no GPU device found (driver missing, or CUDA_VISIBLE_DEVICES empty?)")
-    lines.append(f"  -ngl auto (the default) puts {describe_layers('auto')} on the GPU; "
-                 f"GPU offload usable: {'yes' if gpu_offload() else 'no'}")  # fmt: skip
+    lines.append(f"  -ngl auto (the default): {describe_layers('auto')}")
     return lines
 
 

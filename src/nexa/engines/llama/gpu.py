@@ -85,10 +85,10 @@ def describe_layers(setting: int | str) -> str:
 
     n = gpu_layers(setting)
     if not llama_cpp.llama_supports_gpu_offload():
-        return "no layers (this llama.cpp build has no GPU offload)"
+        return "no layers on the GPU (this llama.cpp build has no GPU offload)"
     if not devices():
-        return "no layers (no GPU device found)"
-    return "every layer" if n == ALL else "no layers" if n == 0 else f"the last {n} layers"
+        return "no layers on the GPU (no GPU device found)"
+    return "every layer on the GPU" if n == ALL else f"{n} layers on the GPU (of the model's layers + 1)"
 
 
 @dataclass
