@@ -1,18 +1,17 @@
 #!/usr/bin/env bash
-# Lays out .gpu/ (ignored through .git/info/exclude, carried to the device by `run`'s carry) for
+# Lays out .gpu/ (ignored by .gitignore, carried to the device by `run`'s carry) for
 # bench/gpu/gpu_check.sh:
 #   .gpu/payload.tar.gz    llama.cpp as llama-cpp-python 0.3.36 vendors it (other backends, docs,
 #                          tests, model vocabularies, UI sources stripped), llama-cpp-python's own
 #                          Python package llama_cpp/, and nexa's src/nexa from the project checkout
 #   .gpu/smollm2_meta.gguf SmolLM2-135M-Instruct's metadata (tokenizer, chat template), no tensors
 #   .gpu/whl/              cp312 wheels the device lacks (fastapi, starlette, pydantic, uvicorn...)
-# Usage, from the checkout root: bash PATH/TO/prepare.sh [SMOLLM2_GGUF]
+# Usage, from the checkout root: bash bench/gpu/prepare.sh SMOLLM2_GGUF
 set -eu
 ROOT=$(git rev-parse --show-toplevel); HERE=$(cd "$(dirname "$0")" && pwd)
 MAIN=$ROOT
 C=${NEXA_GPU_CACHE:-$HOME/.cache/nexa/gpu}; S=$C/gpu-stage; G=$ROOT/.gpu
 MODEL=${1:?give the SmolLM2-135M-Instruct Q4_1 GGUF path (the one the store fetched)}
-grep -qx '/.gpu/' "$ROOT/.git/info/exclude" 2>/dev/null || echo '/.gpu/' >> "$ROOT/.git/info/exclude"
 mkdir -p "$C/sdist" "$G/whl"
 ls "$C"/sdist/llama_cpp_python-0.3.36.tar.gz >/dev/null 2>&1 \
   || pip download -q --no-deps --no-binary :all: --dest "$C/sdist" llama-cpp-python==0.3.36
