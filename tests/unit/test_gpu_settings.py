@@ -143,3 +143,12 @@ def test_llama_cpps_info_lines_need_debug(monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch.setattr(logging.getLogger(), "level", root_level)
         native_log.quiet_info()
         assert logger.level == expected
+
+
+def test_whisper_device_auto_follows_ctranslate2_and_cuda_insists() -> None:
+    from nexa.engines.whisper import whisper_device
+
+    # ctranslate2 sees no CUDA device here: auto runs on the CPU, cuda refuses to start.
+    assert (whisper_device("auto"), whisper_device("cpu")) == ("cpu", "cpu")
+    with pytest.raises(StartupError, match="--whisper-device cuda, but ctranslate2 finds no CUDA GPU"):
+        whisper_device("cuda")
