@@ -26,7 +26,7 @@ from nexa.models.types import ModelType, ResolvedModel
 SRC = Path(nexa.__file__).parent
 
 LLAMA = ("LlamaEngine", "VisionEngine")
-GGUF = (*LLAMA, "EmbeddingEngine")
+GGUF = (*LLAMA, "EmbeddingEngine")  # RerankerEngine takes the same arguments (checked below)
 ONNX = ("OnnxTextEngine", "OnnxEmbeddingEngine")
 
 # Setting -> {engine class: the constructor argument it becomes}.
@@ -39,6 +39,9 @@ ENGINE_FIELDS: dict[str, dict[str, str]] = {
     "parallel": {e: "parallel" for e in LLAMA},
     "max_queue": {e: "max_queue" for e in (*LLAMA, "OnnxDiffusionEngine")},
     "n_gpu_layers": {e: "n_gpu_layers" for e in GGUF},
+    "main_gpu": {e: "main_gpu" for e in GGUF},
+    "tensor_split": {e: "tensor_split" for e in GGUF},
+    "whisper_device": {"WhisperEngine": "device"},
     "repack": {e: "repack" for e in GGUF},
     "whisper_compute_type": {"WhisperEngine": "compute_type"},
     "whisper_batch_size": {"WhisperEngine": "batch_size"},
@@ -125,8 +128,9 @@ def test_every_engine_setting_reaches_its_engines(tmp_path: Path) -> None:
     projector = tmp_path / "mmproj.gguf"
     projector.write_bytes(b"GGUF")
     custom = dict(
-        n_ctx=333, n_threads=7, parallel=3, max_queue=5, n_gpu_layers=0, repack=False,
-        whisper_compute_type="float32", whisper_batch_size=2, projector=str(projector),
+        n_ctx=333, n_threads=7, parallel=3, max_queue=5, n_gpu_layers=0, main_gpu=1, tensor_split=(3.0, 1.0),
+        repack=False, whisper_device="cpu", whisper_compute_type="float32", whisper_batch_size=2,
+        projector=str(projector),
     )  # fmt: skip
     assert set(custom) == set(ENGINE_FIELDS)
     assert all(value != default(field) for field, value in custom.items())  # each one off its default
@@ -151,6 +155,14 @@ def test_the_loader_fills_every_constructor_argument(tmp_path: Path) -> None:
         if parameters.pop("kwargs", None) is not None:  # VisionEngine passes the rest to LlamaEngine
             parameters.update(inspect.signature(LlamaEngine).parameters)
         assert set(parameters) == set(call.kwargs), name
+
+
+def test_the_reranker_takes_what_the_embedding_engine_takes() -> None:
+    # The loader picks one of the two from the GGUF's pooling type, with the same arguments.
+    from nexa.engines.llama.embedder import EmbeddingEngine
+    from nexa.engines.llama.reranker import RerankerEngine
+
+    assert inspect.signature(RerankerEngine).parameters == inspect.signature(EmbeddingEngine).parameters
 
 
 # -- the command line and NEXA_* variables ----------------------------------------------------
@@ -193,6 +205,10 @@ def sample(name: str, tmp_path: Path) -> tuple[list[str], Any]:
         "max_models": (["2"], 2),
         "max_memory": (["8GB"], 8 * 10**9),
         "keep_alive": (["90s"], 90.0),
+        "n_gpu_layers": (["12"], 12),
+        "main_gpu": (["1"], 1),
+        "tensor_split": (["3,1"], (3.0, 1.0)),
+        "whisper_device": (["cuda"], "cuda"),
     }
     if name in special:
         return special[name]

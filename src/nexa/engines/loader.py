@@ -29,6 +29,11 @@ class EngineCall:
     kwargs: dict[str, Any]
 
 
+def _placement(settings: Settings) -> dict[str, Any]:
+    """Where a GGUF's layers go (engines/llama/gpu.py); "auto" is resolved where llama.cpp is loaded."""
+    return dict(n_gpu_layers=settings.n_gpu_layers, main_gpu=settings.main_gpu, tensor_split=settings.tensor_split)
+
+
 def _llama(model: ResolvedModel, settings: Settings) -> EngineCall:
     return EngineCall(
         "nexa.engines.llama.engine:LlamaEngine",
@@ -38,7 +43,7 @@ def _llama(model: ResolvedModel, settings: Settings) -> EngineCall:
             chat_format=model.chat_format,
             n_ctx=settings.n_ctx,
             n_threads=settings.n_threads,
-            n_gpu_layers=settings.n_gpu_layers,
+            **_placement(settings),
             parallel=settings.parallel,
             max_queue=settings.max_queue,
             repack=settings.repack,
@@ -75,7 +80,7 @@ def _embedding(model: ResolvedModel, settings: Settings) -> EngineCall:
             name=model.name,
             n_ctx=settings.n_ctx,
             n_threads=settings.n_threads,
-            n_gpu_layers=settings.n_gpu_layers,
+            **_placement(settings),
             repack=settings.repack,
         ),
     )
@@ -87,6 +92,7 @@ def _whisper(model: ResolvedModel, settings: Settings) -> EngineCall:
         dict(
             path=model.path,
             name=model.name,
+            device=settings.whisper_device,
             compute_type=settings.whisper_compute_type,
             cpu_threads=settings.n_threads,
             batch_size=settings.whisper_batch_size,

@@ -82,10 +82,19 @@ class TranscriptInfo:
     batched: bool
 
 
-def _device() -> str:
+def whisper_device(setting: str = "auto") -> str:
+    """--whisper-device as ctranslate2's device: auto is cuda where ctranslate2 sees a GPU."""
     import ctranslate2
 
-    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    gpus = ctranslate2.get_cuda_device_count()
+    if setting == "cuda" and gpus == 0:
+        raise StartupError(
+            "--whisper-device cuda, but ctranslate2 finds no CUDA GPU (a driver, and CUDA 12's cuBLAS and cuDNN 9 "
+            "libraries, are needed; see `nexa gpu`): use --whisper-device cpu or auto."
+        )
+    if setting == "auto":
+        return "cuda" if gpus > 0 else "cpu"
+    return setting
 
 
 # On a CPU, small Whisper models run in float32 and larger ones in int8. int8 kernels differ
@@ -125,6 +134,7 @@ class WhisperEngine(Engine):
         path: Path,
         *,
         name: str,
+        device: str = default("whisper_device"),
         compute_type: str | None = default("whisper_compute_type"),
         cpu_threads: int = default("n_threads"),
         batch_size: int = default("whisper_batch_size"),
@@ -134,7 +144,7 @@ class WhisperEngine(Engine):
 
         self.name = name
         self.path = path
-        self.device = _device()
+        self.device = whisper_device(device)
         self.compute_type = choose_compute_type(self.device, compute_type, Path(path))
         self.batch_size = batch_size
         started = time.perf_counter()
@@ -154,6 +164,7 @@ class WhisperEngine(Engine):
         # CTranslate2 runs one call at a time per worker; the lock makes that explicit and
         # keeps the batched pipeline's per-call state (last_speech_timestamp) from mixing.
         self._turns = Turns(max_queue)
+        self.offload = {"device": self.device, "compute_type": self.compute_type}
         log.info(
             "whisper %s on %s (%s), %s, loaded in %.1fs", name, self.device, self.compute_type,
             "multilingual" if self.multilingual else "English-only", time.perf_counter() - started,
