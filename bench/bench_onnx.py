@@ -16,7 +16,7 @@ The engines run in this process, one request at a time, alternating between them
 other load on the machine hits both alike; the HTTP layer in front of them is the same code
 for both, so it is left out. A script, not a test: it prints figures and asserts nothing.
 
-    .venv/bin/python bench/bench_onnx.py [--reps 5] [--max-tokens 128] [--threads N] [--only images]
+    .venv/bin/python bench/bench_onnx.py [--reps 5] [--max-tokens 128] [--threads N] [--images-only]
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    ap.add_argument("--only", choices=["text", "embeddings", "images"], help="run one part")
+    ap.add_argument("--images-only", action="store_true", help="only the Stable Diffusion part")
     ap.add_argument("--sd", type=Path, help="a Stable Diffusion ONNX pipeline folder (default: the tests' tiny one)")
     ap.add_argument("--steps", type=int, default=20, help="image sampling steps")
     ap.add_argument("--size", type=int, default=256, help="image width and height")
@@ -176,29 +176,28 @@ def main() -> None:
 
     print(f"threads: {args.threads}; load average before start: {os.getloadavg()[0]:.2f} "
           f"(figures are only comparable on an idle machine)")
-    if args.only in (None, "text"):
-        smol = smollm2_onnx()
-        texts: dict[str, TextEngine] = {
-            "GGUF Q4_1 (llama.cpp)": LlamaEngine(smollm2_gguf(), name="gguf", n_ctx=2048, n_threads=args.threads),
-            "ONNX int4 (onnxruntime-genai)": OnnxTextEngine(smol, name="onnx", n_ctx=2048, n_threads=args.threads),
-        }
-        bench_text(texts, args.reps, args.max_tokens)
-        for engine in texts.values():
-            engine.close()
-
-    if args.only in (None, "embeddings"):
-        folder = minilm_onnx()
-        layout = detect(folder)
-        assert layout is not None and layout.model_file is not None
-        embedders = {
-            "GGUF f32 (llama.cpp)": EmbeddingEngine(minilm_gguf(), name="gguf", n_threads=args.threads),
-            "ONNX f32 (onnxruntime)": OnnxEmbeddingEngine(folder, layout.model_file, name="onnx",
-                                                          n_threads=args.threads),
-        }
-        bench_embeddings(embedders, args.reps)
-
-    if args.only in (None, "images"):
+    if args.images_only:
         bench_images(args.sd or sd_tiny_onnx(), args.threads, args.reps, args.steps, args.size)
+        return
+    smol = smollm2_onnx()
+    texts: dict[str, TextEngine] = {
+        "GGUF Q4_1 (llama.cpp)": LlamaEngine(smollm2_gguf(), name="gguf", n_ctx=2048, n_threads=args.threads),
+        "ONNX int4 (onnxruntime-genai)": OnnxTextEngine(smol, name="onnx", n_ctx=2048, n_threads=args.threads),
+    }
+    bench_text(texts, args.reps, args.max_tokens)
+    for engine in texts.values():
+        engine.close()
+
+    folder = minilm_onnx()
+    layout = detect(folder)
+    assert layout is not None and layout.model_file is not None
+    embedders = {
+        "GGUF f32 (llama.cpp)": EmbeddingEngine(minilm_gguf(), name="gguf", n_threads=args.threads),
+        "ONNX f32 (onnxruntime)": OnnxEmbeddingEngine(folder, layout.model_file, name="onnx",
+                                                      n_threads=args.threads),
+    }
+    bench_embeddings(embedders, args.reps)
+    bench_images(args.sd or sd_tiny_onnx(), args.threads, args.reps, args.steps, args.size)
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 
