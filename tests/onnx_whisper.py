@@ -259,6 +259,10 @@ def _decoder_step(model: Any, with_past: bool) -> Any:
         return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], heads * head_dim)
 
     class Step(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.whisper = model  # registered, so the weights become the graph's initializers
+
         def forward(self, input_ids: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
             if with_past:
                 past = rest
@@ -305,7 +309,7 @@ def _export(module: Any, args: tuple[Any, ...], path: Path, inputs: list[str], o
 def export_whisper(ct2_folder: Path, out: Path) -> Path:
     import torch
 
-    model = hf_whisper(ct2_folder)
+    model = hf_whisper(ct2_folder).requires_grad_(False)
     cfg = model.config
     layers, heads = cfg.decoder_layers, cfg.decoder_attention_heads
     head_dim = cfg.d_model // heads
@@ -314,6 +318,10 @@ def export_whisper(ct2_folder: Path, out: Path) -> Path:
     tmp.mkdir(parents=True)
 
     class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.whisper = model
+
         def forward(self, input_features: torch.Tensor) -> torch.Tensor:
             return model.model.encoder(input_features=input_features).last_hidden_state
 

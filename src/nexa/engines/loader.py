@@ -16,6 +16,7 @@ from typing import Any
 
 from nexa.config import Settings
 from nexa.engines.base import Engine, Task
+from nexa.engines.speech import is_kokoro_folder
 from nexa.errors import StartupError
 from nexa.models.gguf_header import gguf_pooling_type
 from nexa.models.types import ModelType, ResolvedModel
@@ -158,9 +159,20 @@ def _diffusion(model: ResolvedModel, settings: Settings) -> EngineCall:
 
 def _onnx(model: ResolvedModel, settings: Settings) -> EngineCall:
     """`nexa server onnx`: the folder's layout picks the onnxruntime engine (engines/onnx)."""
-    from nexa.engines.onnx import GENAI, fitting_layout
+    from nexa.engines.onnx import GENAI, WHISPER, fitting_layout
 
+    # Kokoro is an ONNX model already: the same engine serves both variants (a Kokoro folder
+    # without -mt too, as -lp defaults to NLP).
+    if model.model_type == ModelType.TTS or (model.model_type == ModelType.NLP and is_kokoro_folder(model.path)):
+        return _kokoro(model, settings)
     layout = fitting_layout(model)
+    if layout.kind == WHISPER:
+        assert layout.model_file is not None
+        return EngineCall(
+            "nexa.engines.onnx.whisper:OnnxWhisperEngine",
+            dict(folder=layout.root, graphs=layout.model_file.parent, name=model.name, n_threads=settings.n_threads,
+                 max_queue=settings.max_queue),
+        )
     common = dict(name=model.name, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     if layout.kind == GENAI:
         return EngineCall("nexa.engines.onnx.text:OnnxTextEngine", dict(folder=model.path, **common))

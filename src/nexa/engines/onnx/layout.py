@@ -6,8 +6,10 @@ library is imported. Layouts recognised:
 - onnxruntime-genai text models: genai_config.json beside the decoder .onnx and tokenizer files;
 - sentence-embedding encoders: an .onnx encoder (model.onnx or onnx/model.onnx) with a
   Hugging Face tokenizer.json, as sentence-transformers and optimum export them;
-- layouts we recognise only to refuse clearly: optimum Whisper (encoder_model.onnx +
-  decoder_model*.onnx), diffusers ONNX pipelines (model_index.json + unet/model.onnx).
+- Whisper as optimum exports it: encoder_model.onnx + decoder_model*.onnx (at the top or in
+  onnx/) beside a config.json whose model_type is "whisper", and tokenizer.json;
+- layouts we recognise only to refuse clearly: other optimum sequence-to-sequence exports,
+  diffusers ONNX pipelines (model_index.json + unet/model.onnx).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 GENAI = "genai"
 ENCODER = "encoder"
+WHISPER = "whisper"
 
 # Plain (float) exports first: optimum and sentence-transformers name their quantized or
 # graph-optimised variants model_O1..O4 / model_qint8_* / model_quantized, which are picked
@@ -37,9 +40,9 @@ _ENCODER_SIDE_FILES = (
 
 @dataclass(frozen=True)
 class Layout:
-    kind: str  # GENAI or ENCODER
+    kind: str  # GENAI, ENCODER or WHISPER
     root: Path  # the folder the engine loads
-    model_file: Path | None = None  # ENCODER: the .onnx graph
+    model_file: Path | None = None  # ENCODER: the .onnx graph; WHISPER: encoder_model.onnx
 
 
 def describe_folder(folder: Path, limit: int = 12) -> str:
@@ -58,9 +61,18 @@ def unsupported_reason(folder: Path) -> str | None:
         )
     names = {p.name for p in folder.rglob("*.onnx")}
     if "encoder_model.onnx" in names and any(n.startswith("decoder_model") for n in names):
+        if whisper_graphs(folder) is not None:
+            return None
+        if model_type(folder) == "whisper":
+            return (
+                "an optimum Whisper export without the graphs the engine runs: it needs encoder_model.onnx and "
+                "decoder_model.onnx or decoder_model_merged.onnx side by side (at the top or in onnx/), and "
+                "tokenizer.json; re-export it with `optimum-cli export onnx --model openai/whisper-tiny.en OUT`"
+            )
         return (
-            "an optimum sequence-to-sequence export (encoder_model.onnx + decoder_model*.onnx, e.g. Whisper); "
-            "the ONNX variant does not serve speech: drop `onnx` and serve a faster-whisper model instead"
+            f"an optimum sequence-to-sequence export (encoder_model.onnx + decoder_model*.onnx) of a "
+            f"{model_type(folder) or 'model without config.json'}; the ONNX variant serves Whisper exports of this "
+            f"layout (config.json with model_type \"whisper\"), no other sequence-to-sequence model"
         )
     if any(n.startswith("decoder_model") for n in names):
         return (
@@ -79,12 +91,36 @@ def unsupported_reason(folder: Path) -> str | None:
     return None
 
 
+def model_type(folder: Path) -> str | None:
+    """config.json's model_type (as transformers and optimum write it), if readable."""
+    try:
+        kind = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(kind) if kind else None
+
+
+def whisper_graphs(folder: Path) -> Path | None:
+    """The folder holding an optimum Whisper export's graphs (the top, or onnx/ as the hub's
+    onnx-community repositories have it), when the folder is one; else None."""
+    if model_type(folder) != "whisper" or not (folder / "tokenizer.json").is_file():
+        return None
+    for graphs in (folder, folder / "onnx"):
+        decoders = ("decoder_model.onnx", "decoder_model_merged.onnx")
+        if (graphs / "encoder_model.onnx").is_file() and any((graphs / d).is_file() for d in decoders):
+            return graphs
+    return None
+
+
 def detect(folder: Path) -> Layout | None:
     """The engine layout a local folder fits, or None (see unsupported_reason/describe_folder)."""
     if not folder.is_dir():
         return None
     if unsupported_reason(folder) is not None:
         return None
+    graphs = whisper_graphs(folder)
+    if graphs is not None:
+        return Layout(WHISPER, folder, graphs / "encoder_model.onnx")
     if (folder / "genai_config.json").is_file():
         return Layout(GENAI, folder)
     if (folder / "tokenizer.json").is_file():
