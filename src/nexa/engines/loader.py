@@ -16,7 +16,6 @@ from typing import Any
 
 from nexa.config import Settings
 from nexa.engines.base import Engine, Task
-from nexa.engines.speech import is_kokoro_folder
 from nexa.errors import StartupError
 from nexa.models.gguf_header import gguf_pooling_type
 from nexa.models.types import ModelType, ResolvedModel
@@ -161,10 +160,8 @@ def _onnx(model: ResolvedModel, settings: Settings) -> EngineCall:
     """`nexa server onnx`: the folder's layout picks the onnxruntime engine (engines/onnx)."""
     from nexa.engines.onnx import GENAI, WHISPER, fitting_layout
 
-    # Kokoro is an ONNX model already: the same engine serves both variants (a Kokoro folder
-    # without -mt too, as -lp defaults to NLP).
-    if model.model_type == ModelType.TTS or (model.model_type == ModelType.NLP and is_kokoro_folder(model.path)):
-        return _kokoro(model, settings)
+    if model.model_type == ModelType.TTS:
+        return _kokoro(model, settings)  # Kokoro is an ONNX model already: one engine serves both variants
     layout = fitting_layout(model)
     if layout.kind == WHISPER:
         assert layout.model_file is not None

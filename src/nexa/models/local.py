@@ -21,7 +21,18 @@ def resolve_local_onnx(ref: str | None, model_type: ModelType | None) -> Resolve
     if not ref or not path.is_dir():
         what = "a file" if path.is_file() else "not found"
         raise StartupError(f"`nexa server onnx -lp` needs an ONNX model folder; {path} is {what}")
-    return ResolvedModel(name=path.name, path=path, model_type=model_type or ModelType.NLP)
+    return ResolvedModel(name=path.name, path=path, model_type=model_type or _onnx_folder_type(path))
+
+
+def _onnx_folder_type(path: Path) -> ModelType:
+    """Without -mt: what the folder says it is where it says so (a Whisper export, a Kokoro
+    folder), so /v1/models and the routing see the right type; else NLP, as -lp defaults to."""
+    from nexa.engines.onnx.layout import WHISPER, detect  # pure Python
+
+    if is_kokoro_folder(path):
+        return ModelType.TTS
+    layout = detect(path)
+    return ModelType.AUDIO if layout is not None and layout.kind == WHISPER else ModelType.NLP
 
 
 def resolve_local(ref: str | None, model_type: ModelType | None) -> ResolvedModel:
