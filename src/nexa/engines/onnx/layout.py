@@ -87,7 +87,11 @@ def unsupported_reason(folder: Path) -> str | None:
         except (OSError, ValueError):
             return "an onnxruntime-genai folder whose genai_config.json cannot be read as JSON"
         if "whisper" in str(kind).lower():
-            return "an onnxruntime-genai Whisper model; the ONNX variant does not serve speech yet"
+            return (
+                "an onnxruntime-genai Whisper model; the ONNX variant serves Whisper as optimum exports it "
+                "(encoder_model.onnx + decoder_model*.onnx): "
+                "`optimum-cli export onnx --model openai/whisper-tiny.en OUT`"
+            )
     return None
 
 
@@ -118,9 +122,9 @@ def detect(folder: Path) -> Layout | None:
         return None
     if unsupported_reason(folder) is not None:
         return None
-    graphs = whisper_graphs(folder)
-    if graphs is not None:
-        return Layout(WHISPER, folder, graphs / "encoder_model.onnx")
+    speech = whisper_graphs(folder)
+    if speech is not None:
+        return Layout(WHISPER, folder, speech / "encoder_model.onnx")
     if (folder / "genai_config.json").is_file():
         return Layout(GENAI, folder)
     if (folder / "tokenizer.json").is_file():

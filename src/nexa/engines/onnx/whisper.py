@@ -106,15 +106,15 @@ class OnnxWhisperEngine(SpeechToTextEngine):
             return ort.InferenceSession(str(graphs / file), opts, providers=["CPUExecutionProvider"])
 
         self._encoder = session("encoder_model.onnx")
-        # The cache: a decoder for one token given the past, or the merged graph that does both;
-        # a lone decoder_model.onnx works too, re-reading the whole sequence at every token.
-        merged = (graphs / "decoder_model_merged.onnx").is_file()
-        self._decoder = session("decoder_model_merged.onnx" if merged else "decoder_model.onnx")
-        self._merged = merged
-        self._with_past = None if merged or not (graphs / "decoder_with_past_model.onnx").is_file() else (
-            session("decoder_with_past_model.onnx"))
+        # The cache: decoder_model.onnx for the prompt then decoder_with_past_model.onnx for one
+        # token at a time, else the merged graph that does both; a lone decoder_model.onnx works
+        # too, re-reading the whole sequence at every token.
+        with_past = (graphs / "decoder_model.onnx").is_file() and (graphs / "decoder_with_past_model.onnx").is_file()
+        self._merged = not with_past and (graphs / "decoder_model_merged.onnx").is_file()
+        self._decoder = session("decoder_model_merged.onnx" if self._merged else "decoder_model.onnx")
+        self._with_past = session("decoder_with_past_model.onnx") if with_past else None
         self._float = _ORT_FLOATS.get(self._encoder.get_inputs()[0].type, np.float32)
-        self.graphs = "merged" if merged else "with_past" if self._with_past is not None else "no_cache"
+        self.graphs = "merged" if self._merged else "with_past" if self._with_past is not None else "no_cache"
         self._turns = Turns(max_queue)
         log.info(
             "ONNX whisper %s (%s decoder), %s, loaded in %.1fs", name, self.graphs,
@@ -124,10 +124,11 @@ class OnnxWhisperEngine(SpeechToTextEngine):
     def _special_tokens(self) -> dict[str, int]:
         names = ("<|endoftext|>", "<|startoftranscript|>", "<|startofprev|>", "<|notimestamps|>",
                  "<|translate|>", "<|transcribe|>")
-        ids = {n: self._tokenizer.token_to_id(n) for n in names}
-        missing = [n for n, i in ids.items() if i is None]
+        found = {n: self._tokenizer.token_to_id(n) for n in names}
+        missing = [n for n, i in found.items() if i is None]
         if missing:
             raise StartupError(f"{self.folder}/tokenizer.json lacks Whisper's special tokens {missing}")
+        ids = {n: int(i) for n, i in found.items() if i is not None}
         no_speech = self._tokenizer.token_to_id("<|nospeech|>") or self._tokenizer.token_to_id("<|nocaptions|>")
         ids["no_speech"] = no_speech if no_speech is not None else -1
         return ids
@@ -181,7 +182,8 @@ class OnnxWhisperEngine(SpeechToTextEngine):
             if cancel is not None and cancel.is_set():
                 log.info("%s stopped early, at %.1fs of %.1fs audio", opts.task, end, duration)
             else:
-                log.debug("%s %.1fs of audio in %.2fs (RTF %.3f)", opts.task, duration, took, took / max(duration, 1e-9))
+                log.debug("%s %.1fs of audio in %.2fs (RTF %.3f)", opts.task, duration, took,
+                          took / max(duration, 1e-9))
 
     def _segments(
         self, features: np.ndarray, language: str, opts: SpeechOptions, cancel: threading.Event | None
@@ -213,11 +215,11 @@ class OnnxWhisperEngine(SpeechToTextEngine):
                 seek += size  # silence (or noise): nothing to say for this window
                 continue
             pieces, seek = self._split(tokens, seek, size)
+            window_end = offset + size * HOP / self.sampling_rate
             for piece in pieces:
                 text = self._text(piece)
-                start = offset + (piece[0] - self._timestamp_begin) * TIME_PRECISION if piece[0] >= self._timestamp_begin else offset
-                end = offset + (piece[-1] - self._timestamp_begin) * TIME_PRECISION if piece[-1] >= self._timestamp_begin else offset + size * HOP / self.sampling_rate
-                end = min(end, offset + size * HOP / self.sampling_rate)  # never past the audio
+                start, end = self._time(piece[0], offset, offset), self._time(piece[-1], offset, window_end)
+                end = min(end, window_end)  # never past the audio
                 if not text.strip() or end <= start:
                     continue
                 seg = Segment(
@@ -250,6 +252,12 @@ class OnnxWhisperEngine(SpeechToTextEngine):
             return pieces, seek + size
         # The last segment did not end in this window: start the next window at its start.
         return pieces, seek + (tokens[last - 1] - tb) * 2
+
+    def _time(self, token: int, offset: float, otherwise: float) -> float:
+        """A timestamp token's time in the upload; `otherwise` for a text token."""
+        if token < self._timestamp_begin:
+            return otherwise
+        return offset + (token - self._timestamp_begin) * TIME_PRECISION
 
     def _text(self, tokens: list[int]) -> str:
         return self._tokenizer.decode([t for t in tokens if t < self._ids["<|endoftext|>"]])
