@@ -362,6 +362,65 @@ def export_whisper(ct2_folder: Path, out: Path) -> Path:
     return out
 
 
+def merge_decoders(decoder: Path, with_past: Path, out: Path) -> None:
+    """decoder_model_merged.onnx as optimum's merge makes it: one graph with a boolean input
+    `use_cache_branch` whose If runs the with-past decoder (true) or the plain one (false), both
+    reading the union of their inputs from the outer graph; weights the two share are stored once,
+    in the outer graph. The with-past branch passes the encoder's past keys through as presents."""
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    plain, cached = onnx.load(str(decoder)).graph, onnx.load(str(with_past)).graph
+    outer_inputs = {i.name: i for i in [*plain.input, *cached.input]}
+    shared: dict[str, onnx.TensorProto] = {}
+
+    def branch(graph: Any, prefix: str, pass_through: list[str]) -> Any:
+        rename: dict[str, str] = {}
+        own = []
+        for init in graph.initializer:
+            digest = hashlib.sha256(init.raw_data + bytes(str(list(init.dims)), "ascii")).hexdigest()[:16]
+            key = f"shared_{init.data_type}_{digest}"
+            if key not in shared:
+                shared[key] = onnx.TensorProto()
+                shared[key].CopyFrom(init)
+                shared[key].name = key
+            rename[init.name] = key
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name and name not in outer_inputs:
+                    node.input[i] = rename.get(name, prefix + name)
+            for i, name in enumerate(node.output):
+                node.output[i] = prefix + name
+            node.name = prefix + node.name
+        nodes = list(graph.node)
+        outputs = []
+        for o in graph.output:
+            value = helper.make_tensor_value_info(prefix + o.name, o.type.tensor_type.elem_type, None)
+            outputs.append(value)
+        for name in pass_through:  # past_key_values.N.encoder.* -> this branch's present.N.encoder.*
+            nodes.append(helper.make_node("Identity", [name], [prefix + name.replace("past_key_values", "present")]))
+        order = [o.name for o in plain.output]
+        by_name = {v.name[len(prefix):]: v for v in outputs}
+        for name in pass_through:
+            present = name.replace("past_key_values", "present")
+            by_name[present] = helper.make_tensor_value_info(prefix + present, TensorProto.FLOAT, None)
+        return helper.make_graph(nodes, prefix.strip("/"), [], [by_name[n] for n in order], own)
+
+    encoder_pasts = [i.name for i in cached.input if ".encoder." in i.name]
+    then_branch = branch(cached, "cache/", encoder_pasts)
+    else_branch = branch(plain, "plain/", [])
+    use_cache = helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1])
+    names = [o.name for o in plain.output]
+    node = helper.make_node("If", ["use_cache_branch"], names, then_branch=then_branch, else_branch=else_branch)
+    inputs = [plain.input[0], plain.input[1], *[i for i in cached.input if i.name != "input_ids"], use_cache]
+    graph = helper.make_graph([node], "merged", inputs, list(plain.output), list(shared.values()))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = onnx.load(str(decoder), load_external_data=False).ir_version
+    onnx.save(model, str(out))
+
+
 def whisper_ct2() -> Path:
     """The CTranslate2 tiny.en folder faster-whisper serves (the project's own model store)."""
     from nexa.models.store import ModelStore

@@ -46,7 +46,7 @@ from nexa.models.store import ModelStore
 from nexa.models.types import ModelType, ResolvedModel
 from nexa.schemas.audio import Transcription, VerboseTranscription
 from nexa.server.app import create_app
-from onnx_whisper import whisper_onnx
+from onnx_whisper import merge_decoders, whisper_onnx
 from support.audio import wer, words
 from support.servers import ServerProcess
 
@@ -141,19 +141,27 @@ def test_long_audio_runs_window_after_window(onnx_speech_manager: ModelManager) 
     _check_cues([(s.start, s.end, s.text) for s in segments], seconds)
 
 
-def test_graphs_without_a_cache_in_onnx_subfolder_give_the_same_text(onnx_whisper_dir: Path, tmp_path: Path) -> None:
-    # decoder_model.onnx alone (re-reading the sequence each token), and the hub's onnx/ layout.
+@pytest.mark.parametrize("graphs", ["no_cache", "merged"])
+def test_the_other_decoder_layouts_give_the_same_text(onnx_whisper_dir: Path, tmp_path: Path, graphs: str) -> None:
+    # decoder_model.onnx alone (re-reading the sequence each token), or optimum's merged decoder
+    # (one graph, the cache branch picked by use_cache_branch); both in the hub's onnx/ subfolder.
     (tmp_path / "onnx").mkdir()
     for name in ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json"):
         os.symlink(onnx_whisper_dir / name, tmp_path / name)
-    for name in ("encoder_model.onnx", "decoder_model.onnx"):
-        os.symlink(onnx_whisper_dir / name, tmp_path / "onnx" / name)
-    model = ModelStore(onnx=True).resolve(str(tmp_path), source="local", model_type=ModelType.AUDIO)
+    os.symlink(onnx_whisper_dir / "encoder_model.onnx", tmp_path / "onnx" / "encoder_model.onnx")
+    if graphs == "merged":
+        merge_decoders(onnx_whisper_dir / "decoder_model.onnx", onnx_whisper_dir / "decoder_with_past_model.onnx",
+                       tmp_path / "onnx" / "decoder_model_merged.onnx")
+    else:
+        os.symlink(onnx_whisper_dir / "decoder_model.onnx", tmp_path / "onnx" / "decoder_model.onnx")
+    model = ModelStore(onnx=True).resolve(str(tmp_path), source="local", model_type=None)
+    assert model.model_type == ModelType.AUDIO
     engine = load_engine(model, ONNX)
     cached = load_engine(ResolvedModel("cached", onnx_whisper_dir, ModelType.AUDIO), ONNX)
     try:
-        assert isinstance(engine, OnnxWhisperEngine) and engine.graphs == "no_cache"
-        audio = engine.decode(AUDIO / "s4.wav")
+        assert isinstance(engine, OnnxWhisperEngine) and engine.graphs == graphs
+        content, _, _ = joined(["s4.wav", "s2.wav"])
+        audio = engine.decode(io.BytesIO(content))
         assert transcript(engine, audio) == transcript(cached, audio)
     finally:
         engine.close()
