@@ -84,3 +84,15 @@ def test_choose_repo_files_picks_one_build() -> None:
     assert "onnx/model_O4.onnx" in choose_repo_files(st, "onnx/model_O4.onnx")[1]
     with pytest.raises(ValueError, match="no genai_config.json"):
         choose_repo_files(["model.safetensors", "tokenizer.json"])
+    # An optimum Whisper export as the hub's onnx-community repositories lay it out: the float graphs
+    # the engine runs (decoder + decoder_with_past over the merged one), never the quantized copies.
+    whisper = ["config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json", "README.md",
+               "onnx/encoder_model.onnx", "onnx/decoder_model.onnx", "onnx/decoder_with_past_model.onnx",
+               "onnx/decoder_model_merged.onnx", "onnx/decoder_model_merged_quantized.onnx",
+               "onnx/encoder_model_quantized.onnx", "onnx/decoder_model.onnx_data"]
+    assert choose_repo_files(whisper) == ("", [
+        "config.json", "generation_config.json", "onnx/decoder_model.onnx", "onnx/decoder_model.onnx_data",
+        "onnx/decoder_with_past_model.onnx", "onnx/encoder_model.onnx", "preprocessor_config.json",
+        "tokenizer.json"])
+    merged_only = [f for f in whisper if "decoder_model.onnx" not in f and "with_past" not in f]
+    assert "onnx/decoder_model_merged.onnx" in choose_repo_files(merged_only)[1]

@@ -139,13 +139,20 @@ def detect(folder: Path) -> Layout | None:
 
 # -- choosing files in a hub repository ------------------------------------------------------
 
+_WHISPER_SIDE_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
+                       "tokenizer_config.json", "special_tokens_map.json")
+# The decoders the engine runs, best first; quantized variants (decoder_model_int8.onnx...) are not taken.
+_WHISPER_DECODERS = (("decoder_model.onnx", "decoder_with_past_model.onnx"), ("decoder_model_merged.onnx",),
+                     ("decoder_model.onnx",))
+
 
 def choose_repo_files(files: list[str], selector: str | None = None) -> tuple[str, list[str]]:
     """Which files of a repository listing make one ONNX model: (folder inside the repo, files).
 
     `selector` is a folder (for repositories holding several genai builds, e.g.
     cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4) or an .onnx file (an encoder variant).
-    Without one: the genai folder built for CPU, else the plain encoder export. Raises
+    Without one: the genai folder built for CPU, else an optimum Whisper export's graphs
+    (_whisper_repo_files), else the plain encoder export. Raises
     ValueError saying what the repository holds when nothing fits.
     """
     sel = selector.strip("/") if selector else None
@@ -160,6 +167,9 @@ def choose_repo_files(files: list[str], selector: str | None = None) -> tuple[st
         folder = "" if folder == "." else folder
         prefix = folder + "/" if folder else ""
         return folder, [f for f in files if f.startswith(prefix) and "/" not in f[len(prefix) :]]
+    speech = None if sel else _whisper_repo_files(files)
+    if speech is not None:
+        return "", speech
     graphs = [f for f in files if f.endswith(".onnx")]
     if sel:
         if sel not in graphs:
@@ -180,3 +190,18 @@ def choose_repo_files(files: list[str], selector: str | None = None) -> tuple[st
     keep |= {f for f in files if f.startswith(graph + "_data") or f.startswith(graph + ".data")}
     keep |= {f for f in files if PurePosixPath(f).parent.name.endswith("_Pooling") and f.endswith("config.json")}
     return "", sorted(f for f in files if f in keep)
+
+
+def _whisper_repo_files(files: list[str]) -> list[str] | None:
+    """An optimum Whisper export's float graphs (at the top or in onnx/), their external weights and
+    side files; None when the listing holds no encoder_model.onnx with a decoder the engine runs."""
+    names = set(files)
+    for folder in ("", "onnx/"):
+        if folder + "encoder_model.onnx" not in names:
+            continue
+        for decoders in _WHISPER_DECODERS:
+            if all(folder + d in names for d in decoders):
+                graphs = [folder + g for g in ("encoder_model.onnx", *decoders)]
+                data = {f for f in files for g in graphs if f.startswith((g + "_data", g + ".data"))}
+                return sorted({*graphs, *data, *(n for n in _WHISPER_SIDE_FILES if n in names)})
+    return None
