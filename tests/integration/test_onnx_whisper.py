@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,6 +140,19 @@ def test_long_audio_runs_window_after_window(onnx_speech_manager: ModelManager) 
     assert wer(reference, " ".join(s.text for s in segments)) <= 0.1
     assert segments[-1].seek > 0 and segments[-1].end > 30  # the second window's times follow the first's
     _check_cues([(s.start, s.end, s.text) for s in segments], seconds)
+
+
+def test_cancel_stops_at_the_next_segment_and_frees_the_model(onnx_speech_manager: ModelManager) -> None:
+    engine = onnx_speech_manager.engine
+    assert isinstance(engine, OnnxWhisperEngine)
+    content, _, _ = joined([*SENTENCES, *SENTENCES[:4]])
+    cancel = threading.Event()
+    items = engine.transcribe(engine.decode(io.BytesIO(content)), SpeechOptions(), cancel)
+    next(items)  # the TranscriptInfo
+    next(items)  # the first segment
+    assert engine.busy
+    cancel.set()
+    assert list(items) == [] and not engine.busy
 
 
 @pytest.mark.parametrize("graphs", ["no_cache", "merged"])

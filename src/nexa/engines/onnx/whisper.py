@@ -214,7 +214,9 @@ class OnnxWhisperEngine(SpeechToTextEngine):
             if no_speech > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
                 seek += size  # silence (or noise): nothing to say for this window
                 continue
+            window_seek = seek
             pieces, seek = self._split(tokens, seek, size)
+            seek = seek if seek > window_seek else window_seek + size  # always move on
             window_end = offset + size * HOP / self.sampling_rate
             for piece in pieces:
                 text = self._text(piece)
@@ -223,12 +225,14 @@ class OnnxWhisperEngine(SpeechToTextEngine):
                 if not text.strip() or end <= start:
                     continue
                 seg = Segment(
-                    id=next_id, seek=int(offset * 100), start=round(start, 3), end=round(end, 3), text=text,
+                    id=next_id, seek=window_seek, start=round(start, 3), end=round(end, 3), text=text,
                     tokens=piece, temperature=temperature, avg_logprob=avg_logprob,
                     compression_ratio=compression_ratio(self._text(tokens)), no_speech_prob=no_speech,
                 )
                 if opts.word_timestamps:
                     seg.words = self._words(piece, seg.start, seg.end)
+                if cancel is not None and cancel.is_set():
+                    return
                 next_id += 1
                 yield seg
             tokens_so_far += tokens
