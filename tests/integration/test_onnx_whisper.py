@@ -10,6 +10,7 @@ response format, the limits and the errors are checked once on the ONNX engine.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import os
@@ -277,6 +278,36 @@ def test_layouts_a_whisper_folder_is_told_from(onnx_whisper_dir: Path, tmp_path:
         ModelManager.load(ResolvedModel("w", tmp_path, ModelType.AUDIO), ONNX)
     with pytest.raises(StartupError, match="is a Whisper speech model, not a TEXT_EMBEDDING model"):
         ModelManager.load(ResolvedModel("w", onnx_whisper_dir, ModelType.TEXT_EMBEDDING), ONNX)
+
+
+def test_a_multilingual_folder_detects_the_language_and_translates(onnx_whisper_dir: Path, tmp_path: Path) -> None:
+    # No multilingual Whisper weights are reachable here: the tiny.en folder, relabelled multilingual
+    # (generation_config.json's is_multilingual and language/task tokens, which its vocabulary holds),
+    # runs the multilingual path: language detection, then <|lang|><|task|> after the start token.
+    folder = tmp_path / "whisper-tiny-onnx"
+    folder.mkdir()
+    for f in onnx_whisper_dir.iterdir():
+        if f.name != "generation_config.json":
+            os.symlink(f, folder / f.name)
+    generation = json.loads((onnx_whisper_dir / "generation_config.json").read_text())
+    generation |= {"is_multilingual": True, "lang_to_id": {"<|en|>": 50258, "<|de|>": 50261},
+                   "task_to_id": {"transcribe": 50358, "translate": 50357}}
+    (folder / "generation_config.json").write_text(json.dumps(generation))
+    model = ModelStore(onnx=True).resolve(str(folder), source="local", model_type=None)
+    manager = ModelManager.load(model, ONNX)
+    try:
+        assert manager.engine.tasks == frozenset({Task.TRANSCRIBE, Task.TRANSLATE})
+        client = TestClient(create_app(ONNX, manager))
+        r = post(client, (AUDIO / "s3.wav").read_bytes(), data={"response_format": "verbose_json"})
+        assert r.status_code == 200 and r.json()["language"] in ("english", "german"), r.text
+        r = post(client, (AUDIO / "s3.wav").read_bytes(), path="translations",
+                 data={"language": "en", "response_format": "verbose_json"})
+        assert r.status_code == 200 and r.json()["task"] == "translate", r.text
+        log.info("translation: %s", r.json())
+        r = post(client, (AUDIO / "s3.wav").read_bytes(), data={"language": "de", "response_format": "verbose_json"})
+        assert r.status_code == 200 and r.json()["language"] == "german", r.text
+    finally:
+        manager.close()
 
 
 # -- the command line -----------------------------------------------------------------------
