@@ -133,9 +133,9 @@ def bench_speech(engines: dict[str, tuple[Any, Any]], reps: int) -> None:
             rtf[name].append((time.perf_counter() - started) / seconds)
             texts[name] = "".join(s.text for s in items[1:])
     print(f"\nSpeech, Whisper tiny.en, {seconds:.1f} s clip, {reps} reps (medians):")
-    print(f"  {'engine':<44} {'RTF':>7} {'x real time':>11} {'words':>6}")
+    print(f"  {'engine':<54} {'RTF':>7} {'x real time':>11} {'words':>6}")
     for name in engines:
-        print(f"  {name:<44} {statistics.median(rtf[name]):>7.3f} {1 / statistics.median(rtf[name]):>11.1f} "
+        print(f"  {name:<54} {statistics.median(rtf[name]):>7.3f} {1 / statistics.median(rtf[name]):>11.1f} "
               f"{len(texts[name].split()):>6}")
     names = list(engines)
     ratio = statistics.median(rtf[names[0]]) / statistics.median(rtf[names[1]])
