@@ -63,6 +63,8 @@ def test_onnx_catalogue_names_are_their_own() -> None:
     assert phi3 is not None and phi3.sources[0].repo == "microsoft/Phi-3-mini-4k-instruct-onnx"  # type: ignore[union-attr]
     assert gguf.get("phi3").sources[0].repo != phi3.sources[0].repo  # type: ignore[union-attr]
     assert onnx.get("all-MiniLM-L6-v2").model_type == ModelType.TEXT_EMBEDDING  # type: ignore[union-attr]
+    # Kokoro is an ONNX model in both variants: the same wheels, pinned alike in both catalogues.
+    assert onnx.get("kokoro").sources == gguf.get("kokoro").sources  # type: ignore[union-attr]
 
 
 def test_choose_repo_files_picks_one_build() -> None:
