@@ -89,8 +89,10 @@ class OnnxWhisperEngine(SpeechToTextEngine):
         self._max_length = int(config.get("max_target_positions", 448))
         self._max_initial = int(generation.get("max_initial_timestamp_index", 50))
         self._suppress = [t for t in generation.get("suppress_tokens", config.get("suppress_tokens")) or [] if t >= 0]
+        # A window's text never starts with a bare space or the end (Whisper's own default).
+        blank = self._tokenizer.encode(" ", add_special_tokens=False).ids
         self._begin_suppress = list(generation.get("begin_suppress_tokens", config.get("begin_suppress_tokens"))
-                                    or [self._tokenizer.token_to_id(" "), self._ids["<|endoftext|>"]])
+                                    or [*blank, self._ids["<|endoftext|>"]])
         self._languages = self._language_tokens(generation)
         multilingual = generation.get("is_multilingual", len(self._languages) > 1 and (self._vocab or 0) >= 51865)
         self.multilingual = bool(multilingual) and not (name.endswith(".en") or folder.name.endswith(".en"))
