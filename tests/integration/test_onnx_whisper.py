@@ -181,6 +181,7 @@ def test_the_other_decoder_layouts_give_the_same_text(onnx_whisper_dir: Path, tm
     finally:
         engine.close()
         cached.close()
+        (tmp_path / "onnx" / "decoder_model_merged.onnx").unlink(missing_ok=True)  # 200 MB; pytest keeps tmp_path
 
 
 # -- every response format over HTTP --------------------------------------------------------
