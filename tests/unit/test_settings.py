@@ -33,11 +33,11 @@ ONNX = ("OnnxTextEngine", "OnnxEmbeddingEngine")
 ENGINE_FIELDS: dict[str, dict[str, str]] = {
     "n_ctx": {e: "n_ctx" for e in (*GGUF, *ONNX)},
     "n_threads": {
-        **{e: "n_threads" for e in (*GGUF, *ONNX, "DiffusionEngine", "OnnxDiffusionEngine")},
+        **{e: "n_threads" for e in (*GGUF, *ONNX, "DiffusionEngine", "OnnxDiffusionEngine", "OnnxWhisperEngine")},
         "WhisperEngine": "cpu_threads",
     },
     "parallel": {e: "parallel" for e in LLAMA},
-    "max_queue": {e: "max_queue" for e in (*LLAMA, "OnnxDiffusionEngine")},
+    "max_queue": {e: "max_queue" for e in (*LLAMA, "OnnxDiffusionEngine", "OnnxWhisperEngine")},
     "n_gpu_layers": {e: "n_gpu_layers" for e in GGUF},
     "main_gpu": {e: "main_gpu" for e in GGUF},
     "tensor_split": {e: "tensor_split" for e in GGUF},
@@ -117,6 +117,12 @@ def engine_calls(tmp_path: Path, settings: Settings) -> dict[str, EngineCall]:
         (pipeline / name).parent.mkdir(parents=True, exist_ok=True)
         (pipeline / name).write_bytes(b"")
     calls.append(engine_call(ResolvedModel("sd-onnx", pipeline, ModelType.NLP), onnx))  # the layout, not -mt
+    speech = tmp_path / "whisper-onnx"
+    speech.mkdir()
+    (speech / "config.json").write_text(json.dumps({"model_type": "whisper"}))
+    for name in ("tokenizer.json", "encoder_model.onnx", "decoder_model.onnx"):
+        (speech / name).write_bytes(b"")
+    calls.append(engine_call(ResolvedModel("whisper-onnx", speech, ModelType.AUDIO), onnx))
     return {call.target.split(":")[1]: call for call in calls}
 
 

@@ -158,13 +158,22 @@ def _diffusion(model: ResolvedModel, settings: Settings) -> EngineCall:
 
 def _onnx(model: ResolvedModel, settings: Settings) -> EngineCall:
     """`nexa server onnx`: the folder's layout picks the onnxruntime engine (engines/onnx)."""
-    from nexa.engines.onnx import DIFFUSION, GENAI, fitting_layout
+    from nexa.engines.onnx import DIFFUSION, GENAI, WHISPER, fitting_layout
 
+    if model.model_type == ModelType.TTS:
+        return _kokoro(model, settings)  # Kokoro is an ONNX model already: one engine serves both variants
     layout = fitting_layout(model)
     if layout.kind == DIFFUSION:
         return EngineCall(
             "nexa.engines.onnx.diffusion:OnnxDiffusionEngine",
             dict(folder=layout.root, name=model.name, n_threads=settings.n_threads, max_queue=settings.max_queue),
+        )
+    if layout.kind == WHISPER:
+        assert layout.model_file is not None
+        return EngineCall(
+            "nexa.engines.onnx.whisper:OnnxWhisperEngine",
+            dict(folder=layout.root, graphs=layout.model_file.parent, name=model.name, n_threads=settings.n_threads,
+                 max_queue=settings.max_queue),
         )
     common = dict(name=model.name, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     if layout.kind == GENAI:
