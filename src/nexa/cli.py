@@ -1,4 +1,4 @@
-"""`nexa server | pull | list | remove`: flags -> Settings -> store -> app -> uvicorn.
+"""`nexa server | serve-ray | pull | list | remove | gpu`: flags -> Settings -> store -> app -> uvicorn.
 
 The `nexa server` flags are generated from the Settings fields (config.py: each field's Flag,
 description, default and range), so a new setting is one field there. No prompt ever waits on
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list cached models")
     r = sub.add_parser("remove", help="delete a cached model")
     r.add_argument("model_path")
+    sub.add_parser("gpu", help="say what this install can run on a GPU, and what -ngl auto would do")
     return parser
 
 
@@ -357,6 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve_ray(args)
             return 0
         _log_to_stderr("info")
+        if args.command == "gpu":
+            from nexa.gpu_check import main as gpu_main
+
+            return gpu_main()
         if args.command == "pull":
             from nexa.models.store import ModelStore
 

@@ -9,6 +9,7 @@ Settings are passed into create_app, never read from a global.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -151,9 +152,19 @@ class Settings(BaseSettings):
     max_queue: Annotated[int, flag("--max-queue")] = Field(
         64, ge=0, description="requests that may wait for a model (a text slot, an image or speech turn); more get 503"
     )
-    n_gpu_layers: Annotated[int, flag("--n-gpu-layers", "-ngl")] = Field(
-        -1, ge=-1, description="model layers on the GPU, -1: all; ignored by CPU-only builds of llama.cpp"
+    # GPU placement (engines/llama/gpu.py); `nexa gpu` says what this build and machine offer.
+    n_gpu_layers: Annotated[
+        int | Literal["auto", "all"], flag("--n-gpu-layers", "-ngl", metavar="N|auto|all", text=True)
+    ] = Field(
+        "auto", description="model layers on the GPU: a number, all, or auto (all where llama.cpp has a GPU, "
+        "else none); CPU-only builds of llama.cpp ignore it",
     )
+    main_gpu: Annotated[int | None, flag("--main-gpu", "-mg", metavar="N", shown_default="layers over every GPU")] = (
+        Field(None, ge=0, description="put the whole model on GPU N (llama.cpp's device order, see `nexa gpu`)")
+    )
+    tensor_split: Annotated[
+        tuple[float, ...] | None, NoDecode, flag("--tensor-split", "-ts", metavar="A,B,...", text=True)
+    ] = Field(None, description="spread the layers over the GPUs in these proportions (3,1: three quarters on GPU 0)")
     # Weights in llama.cpp's repacked CPU layouts (CPU_REPACK) where the CPU has kernels for them;
     # False keeps them in plain buffers. AMX is never used (engines/llama/cpu_buffers.py).
     repack: Annotated[
@@ -189,8 +200,12 @@ class Settings(BaseSettings):
     )
     whisper_compute_type: Annotated[
         str | None,
-        flag("--compute-type", shown_default="float32 on CPU for tiny/base, int8 for larger; float16 on CUDA"),
+        flag("--compute-type", shown_default="float16 on CUDA; on CPU float32 for tiny/base, int8 for larger"),
     ] = Field(None, description="Whisper compute type: int8, float16, float32...")
+    whisper_device: Annotated[Literal["auto", "cpu", "cuda"], flag("--whisper-device")] = Field(
+        "auto", description="where Whisper runs: cuda (needs CUDA's cuBLAS and cuDNN), cpu, or auto (cuda when "
+        "ctranslate2 finds a GPU)",
+    )
     whisper_batch_size: Annotated[int, flag("--whisper-batch-size")] = Field(
         8, ge=0, description="30-second windows decoded at once for audio of 30 s or more; 0: never batch"
     )
@@ -251,6 +266,30 @@ class Settings(BaseSettings):
     max_audio_seconds: Annotated[float, flag("--max-audio-seconds")] = Field(
         3 * 3600.0, gt=0, description="longest audio a transcription or translation decodes, in seconds"
     )
+
+    @field_validator("n_gpu_layers", mode="before")
+    @classmethod
+    def _gpu_layers(cls, value: Any) -> Any:
+        text = str(value).strip().lower()
+        if text in ("auto", "all", "-1"):  # -1: llama.cpp's own spelling of all
+            return "all" if text == "-1" else text
+        if not text.isdigit():
+            raise ValueError("write a number of layers, all, or auto")
+        return int(text)
+
+    @field_validator("tensor_split", mode="before")
+    @classmethod
+    def _proportions(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            parts = json.loads(text) if text.startswith("[") else text.split(",")
+            try:
+                value = tuple(float(p) for p in parts)
+            except ValueError:
+                raise ValueError("write proportions separated by commas, such as 3,1") from None
+        if value is not None and (any(p < 0 for p in value) or not any(value)):
+            raise ValueError("proportions must be 0 or more, and not all 0")
+        return value
 
     @field_validator("keep_alive", mode="before")
     @classmethod

@@ -44,6 +44,29 @@ class NotFound(NexaError):
     type = "not_found_error"
 
 
+class Forbidden(NexaError):
+    """The operator has not allowed this (403): the message names the flag that would."""
+
+    status = 403
+    type = "permission_error"
+
+
+class Conflict(NexaError):
+    """The request clashes with the model's state (409), e.g. deleting a loaded model."""
+
+    status = 409
+    type = "invalid_request_error"
+
+
+class DownloadFailed(NexaError):
+    """A hub or index did not deliver the model (502): the message says which and why."""
+
+    status = 502
+
+    def __init__(self, message: str):
+        super().__init__(message, param="model_path", code="download_failed")
+
+
 class PayloadTooLarge(NexaError):
     status = 413
     type = "invalid_request_error"

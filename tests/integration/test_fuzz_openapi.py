@@ -51,7 +51,7 @@ RANGES: dict[str, tuple[float, float]] = {
 }  # fmt: skip
 GETS = [
     "GET /health", "GET /metrics", "GET /v1/models", "GET /v1/models/{model_id}", "GET /v1/files/{name}",
-    "GET /v1/list_models", "GET /v1/server",
+    "GET /v1/list_models", "GET /v1/server", "GET /v1/download_progress",
 ]  # fmt: skip
 GENERATION = [
     "POST /v1/completions", "POST /v1/chat/completions", "POST /v1/function-calling", "POST /v1/responses",
@@ -62,14 +62,16 @@ POSTS = GENERATION + [
     "POST /v1/img2img", "POST /v1/images/generations", "POST /v1/images/edits", "POST /tokenize", "POST /detokenize",
     "POST /v1/messages/count_tokens", "POST /v1/models/{model_id}/load", "POST /v1/models/{model_id}/unload",
     "POST /v1/load_model", "POST /v1/unload_model", "POST /v1/rerank",
-    "POST /v1/audio/speech", "POST /v1/txt2speech",
+    "POST /v1/audio/speech", "POST /v1/txt2speech", "POST /v1/download_model",
+    "DELETE /v1/delete_model", "DELETE /v1/models/{model_id}",  # refused: the live server has no --allow-pull
 ]  # fmt: skip
 # Anthropic's routes refuse in Anthropic's error shape.
 ANTHROPIC = ["POST /v1/messages", "POST /v1/messages/count_tokens"]
 SPEECH = ["POST /v1/audio/transcriptions", "POST /v1/audio/translations"]
 TTS = ["POST /v1/audio/speech", "POST /v1/txt2speech"]  # and again on `nexa server kokoro`
 BOTH = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
-PATH_ONLY = ["POST /v1/models/{model_id}/unload"]  # no body: as the GETs below, nothing negative to send
+# No body: as the GETs below, nothing negative to send.
+PATH_ONLY = ["POST /v1/models/{model_id}/unload", "DELETE /v1/models/{model_id}"]
 # A path parameter that is any string has no negative form: GETs are fuzzed with valid shapes only.
 # The speech endpoints again on Whisper tiny.en, where uploads get past "this model cannot" (cheap:
 # random bytes fail to decode at once). Images stay on the text server: a valid image request

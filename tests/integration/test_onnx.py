@@ -304,17 +304,20 @@ def test_other_layouts_are_refused_with_the_reason(tmp_path: Path, smol_dir: Pat
     (tmp_path / "sd" / "unet" / "model.onnx").write_bytes(b"x")
     with pytest.raises(StartupError, match="diffusion pipeline"):
         _load(tmp_path / "sd")
-    (tmp_path / "whisper").mkdir()
+    (tmp_path / "seq2seq").mkdir()  # Whisper is served (test_onnx_whisper.py); other seq2seq exports are not
     for name in ("encoder_model.onnx", "decoder_model_merged.onnx", "tokenizer.json"):
-        (tmp_path / "whisper" / name).write_bytes(b"x")
-    with pytest.raises(StartupError, match="does not serve speech"):
-        _load(tmp_path / "whisper")
+        (tmp_path / "seq2seq" / name).write_bytes(b"x")
+    (tmp_path / "seq2seq" / "config.json").write_text('{"model_type": "t5"}')
+    with pytest.raises(StartupError, match="sequence-to-sequence export .* of a t5"):
+        _load(tmp_path / "seq2seq")
     with pytest.raises(StartupError, match="is a file"):
         _load(smol_dir / "model.onnx")
     with pytest.raises(StartupError, match="not an embedding model"):
         _load(smol_dir, ModelType.TEXT_EMBEDDING)
-    with pytest.raises(StartupError, match="not AUDIO models"):
+    with pytest.raises(StartupError, match="not a Whisper speech model .a sentence encoder"):
         _load(minilm_dir, ModelType.AUDIO)
+    with pytest.raises(StartupError, match="not MULTIMODAL models"):
+        _load(minilm_dir, ModelType.MULTIMODAL)
 
 
 # -- the store: ONNX catalogue names and whole-folder downloads ---------------------------------

@@ -24,6 +24,7 @@ from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
 import nexa
+from fakehub import FakeHub
 from minilm_gguf import minilm_gguf
 from projector import ensure_projector
 from sdxs_checkpoint import ensure_checkpoint
@@ -353,3 +354,39 @@ def test_the_page_asks_for_the_api_key_once_and_sends_it(keyed: ServerProcess, t
         expect(page.locator("#status")).to_contain_text("1 model loaded")
         expect(dialog).to_be_hidden()
         assert sent[:2] == [None, "Bearer wrong"] and set(sent[2:]) == {"Bearer sesame"}, sent
+
+
+@pytest.fixture(scope="module")
+def pulling(smollm2, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server that lets clients download (--allow-pull) from a local stand-in for the Hugging
+    Face hub serving SmolLM2 as a repository."""
+    hub = FakeHub().start()
+    hub.add_hf_repo("org/SmolLM2-GGUF", {"smollm2-Q4_1.gguf": smollm2.path.read_bytes()})
+    env = {**own_cache(tmp_path_factory), "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    args = [str(smollm2.path), "-lp", "-c", "512", "-np", "1", "--allow-pull"]
+    try:
+        with ServerProcess.nexa(*args, env=env, start_timeout_s=300) as process:
+            yield process
+    finally:
+        hub.stop()
+
+
+def test_the_models_tab_downloads_and_deletes_a_model(pulling: ServerProcess, tmp_path: Path) -> None:
+    with browser_page(tmp_path, pulling.url) as page:
+        page.goto(pulling.url)
+        open_tab(page, "server")
+        page.fill("#download-name", "org/SmolLM2-GGUF")
+        page.select_option("#download-source", "hf")
+        page.click("#download-go")
+        expect(page.locator("#download-state")).to_contain_text("org/SmolLM2-GGUF:smollm2-Q4_1.gguf downloaded (NLP)")
+        expect(page.locator("#download-progress")).to_be_hidden()
+        row = page.locator('#models-table tr[data-model="org/SmolLM2-GGUF:smollm2-Q4_1.gguf"]')
+        expect(row.locator("td.state")).to_have_text("not_loaded")
+        row.get_by_role("button", name="Delete").click()
+        expect(row).to_have_count(0)
+        assert not any("SmolLM2-GGUF" in m["id"] for m in httpx.get(pulling.url + "/v1/models").json()["data"])
+
+        page.fill("#download-name", "no-such-model")
+        page.select_option("#download-source", "")
+        page.click("#download-go")
+        expect(page.locator("#error")).to_contain_text("'no-such-model' is not in the catalogue")

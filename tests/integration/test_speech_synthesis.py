@@ -311,9 +311,11 @@ def test_naming_the_chat_model_is_refused(tts: TestClient, smollm2: ResolvedMode
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_task", r.text
 
 
-def test_nexa_server_kokoro() -> None:
-    # The command line's way: a catalogue name, its worker process, the OpenAI request.
-    with ServerProcess.nexa("kokoro") as server:
+@pytest.mark.parametrize("variant", [(), ("onnx",)], ids=["gguf", "onnx"])
+def test_nexa_server_kokoro(variant: tuple[str, ...]) -> None:
+    # The command line's way: a catalogue name, its worker process, the OpenAI request; Kokoro is an
+    # ONNX model, so `nexa server onnx kokoro` serves it with the same engine.
+    with ServerProcess.nexa(*variant, "kokoro") as server:
         r = httpx.post(server.url + "/v1/audio/speech", json={"model": "tts-1", "input": SENTENCE, "voice": VOICE,
                                                               "response_format": "wav"}, timeout=TIMEOUT)
         assert r.status_code == 200 and r.headers["content-type"] == "audio/wav", r.text

@@ -352,20 +352,20 @@ def accepts(engine, grammar: str, text: str) -> bool:
     """Whether llama.cpp's grammar engine lets `text` through and then lets it end."""
     import llama_cpp
 
-    llm = engine._llm
+    model = engine._model
     chain = type("Chain", (), {"sampler": llama_cpp.llama_sampler_init_greedy(), "close": lambda self: None})()
-    s = ConstrainedSampler(llm, chain, grammar)
+    s = ConstrainedSampler(model.vocab, chain, grammar)
     try:
-        tokens = [t for ch in text for t in llm.tokenize(ch.encode(), add_bos=False, special=False)]
+        tokens = [t for ch in text for t in model.tokenize(ch.encode(), add_bos=False, special=False)]
         one = llama_cpp.llama_token_data(0, 1.0, 0.0)
         arr = llama_cpp.llama_token_data_array(data=ctypes.pointer(one), size=1, selected=-1, sorted=False)
-        for token in [*tokens, llm.token_eos()]:
+        for token in [*tokens, model.token_eos()]:
             one.id, one.logit = token, 1.0
             arr.size = 1
             llama_cpp.llama_sampler_apply(s._grammar, ctypes.byref(arr))
             if one.logit == float("-inf"):
                 return False
-            if token != llm.token_eos():
+            if token != model.token_eos():
                 llama_cpp.llama_sampler_accept(s._grammar, token)
         return True
     finally:

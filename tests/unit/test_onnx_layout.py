@@ -63,6 +63,8 @@ def test_onnx_catalogue_names_are_their_own() -> None:
     assert phi3 is not None and phi3.sources[0].repo == "microsoft/Phi-3-mini-4k-instruct-onnx"  # type: ignore[union-attr]
     assert gguf.get("phi3").sources[0].repo != phi3.sources[0].repo  # type: ignore[union-attr]
     assert onnx.get("all-MiniLM-L6-v2").model_type == ModelType.TEXT_EMBEDDING  # type: ignore[union-attr]
+    # Kokoro is an ONNX model in both variants: the same wheels, pinned alike in both catalogues.
+    assert onnx.get("kokoro").sources == gguf.get("kokoro").sources  # type: ignore[union-attr]
 
 
 def test_choose_repo_files_picks_one_build() -> None:
@@ -84,3 +86,36 @@ def test_choose_repo_files_picks_one_build() -> None:
     assert "onnx/model_O4.onnx" in choose_repo_files(st, "onnx/model_O4.onnx")[1]
     with pytest.raises(ValueError, match="no genai_config.json"):
         choose_repo_files(["model.safetensors", "tokenizer.json"])
+    # An optimum Whisper export as the hub's onnx-community repositories lay it out: the float graphs
+    # the engine runs (decoder + decoder_with_past over the merged one), never the quantized copies.
+    whisper = ["config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json", "README.md",
+               "onnx/encoder_model.onnx", "onnx/decoder_model.onnx", "onnx/decoder_with_past_model.onnx",
+               "onnx/decoder_model_merged.onnx", "onnx/decoder_model_merged_quantized.onnx",
+               "onnx/encoder_model_quantized.onnx", "onnx/decoder_model.onnx_data"]
+    assert choose_repo_files(whisper) == ("", [
+        "config.json", "generation_config.json", "onnx/decoder_model.onnx", "onnx/decoder_model.onnx_data",
+        "onnx/decoder_with_past_model.onnx", "onnx/encoder_model.onnx", "preprocessor_config.json",
+        "tokenizer.json"])
+    merged_only = [f for f in whisper if "decoder_model.onnx" not in f and "with_past" not in f]
+    assert "onnx/decoder_model_merged.onnx" in choose_repo_files(merged_only)[1]
+
+
+def test_choose_repo_files_takes_a_stable_diffusion_pipeline_and_not_its_other_weights() -> None:
+    onnx = ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json", "tokenizer/merges.txt",
+            "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json", "text_encoder/model.onnx",
+            "text_encoder/config.json", "unet/model.onnx", "unet/model.onnx_data", "unet/config.json",
+            "vae_decoder/model.onnx", "vae_decoder/config.json", "vae_encoder/model.onnx", "vae_encoder/config.json"]
+    others = ["README.md", "unet/diffusion_pytorch_model.safetensors", "vae/config.json", "safety_checker/model.onnx",
+              "feature_extractor/preprocessor_config.json", "v1-5-pruned.ckpt"]
+    assert choose_repo_files(onnx + others) == ("", sorted(onnx))
+    # A pipeline in a folder of the repository, named as REPO:FOLDER.
+    nested = ["README.md", *(f"onnx/{f}" for f in onnx)]
+    assert choose_repo_files(nested, "onnx") == ("onnx", sorted(nested[1:]))
+
+
+def test_a_diffusers_folder_without_onnx_graphs_says_how_to_export_it(tmp_path: Path) -> None:
+    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
+    with pytest.raises(StartupError, match="optimum-cli export onnx"):
+        _load(tmp_path)

@@ -19,22 +19,29 @@ import nexa
 from nexa.cli import build_parser, main, settings_from_args
 from nexa.config import SETTINGS_ENV, Settings, cli_flag, default, env_name
 from nexa.engines.loader import EngineCall, engine_call
+from nexa.engines.onnx.layout import DIFFUSION_FILES
 from nexa.errors import StartupError
 from nexa.models.types import ModelType, ResolvedModel
 
 SRC = Path(nexa.__file__).parent
 
 LLAMA = ("LlamaEngine", "VisionEngine")
-GGUF = (*LLAMA, "EmbeddingEngine")
+GGUF = (*LLAMA, "EmbeddingEngine")  # RerankerEngine takes the same arguments (checked below)
 ONNX = ("OnnxTextEngine", "OnnxEmbeddingEngine")
 
 # Setting -> {engine class: the constructor argument it becomes}.
 ENGINE_FIELDS: dict[str, dict[str, str]] = {
     "n_ctx": {e: "n_ctx" for e in (*GGUF, *ONNX)},
-    "n_threads": {**{e: "n_threads" for e in (*GGUF, *ONNX, "DiffusionEngine")}, "WhisperEngine": "cpu_threads"},
+    "n_threads": {
+        **{e: "n_threads" for e in (*GGUF, *ONNX, "DiffusionEngine", "OnnxDiffusionEngine", "OnnxWhisperEngine")},
+        "WhisperEngine": "cpu_threads",
+    },
     "parallel": {e: "parallel" for e in LLAMA},
-    "max_queue": {e: "max_queue" for e in LLAMA},
+    "max_queue": {e: "max_queue" for e in (*LLAMA, "OnnxDiffusionEngine", "OnnxWhisperEngine")},
     "n_gpu_layers": {e: "n_gpu_layers" for e in GGUF},
+    "main_gpu": {e: "main_gpu" for e in GGUF},
+    "tensor_split": {e: "tensor_split" for e in GGUF},
+    "whisper_device": {"WhisperEngine": "device"},
     "repack": {e: "repack" for e in GGUF},
     "whisper_compute_type": {"WhisperEngine": "compute_type"},
     "whisper_batch_size": {"WhisperEngine": "batch_size"},
@@ -105,6 +112,17 @@ def engine_calls(tmp_path: Path, settings: Settings) -> dict[str, EngineCall]:
     onnx = settings.model_copy(update={"onnx": True})
     calls.append(engine_call(ResolvedModel("genai", genai, ModelType.NLP), onnx))
     calls.append(engine_call(ResolvedModel("encoder", encoder, ModelType.TEXT_EMBEDDING), onnx))
+    pipeline = tmp_path / "sd-onnx"
+    for name in DIFFUSION_FILES:
+        (pipeline / name).parent.mkdir(parents=True, exist_ok=True)
+        (pipeline / name).write_bytes(b"")
+    calls.append(engine_call(ResolvedModel("sd-onnx", pipeline, ModelType.NLP), onnx))  # the layout, not -mt
+    speech = tmp_path / "whisper-onnx"
+    speech.mkdir()
+    (speech / "config.json").write_text(json.dumps({"model_type": "whisper"}))
+    for name in ("tokenizer.json", "encoder_model.onnx", "decoder_model.onnx"):
+        (speech / name).write_bytes(b"")
+    calls.append(engine_call(ResolvedModel("whisper-onnx", speech, ModelType.AUDIO), onnx))
     return {call.target.split(":")[1]: call for call in calls}
 
 
@@ -116,8 +134,9 @@ def test_every_engine_setting_reaches_its_engines(tmp_path: Path) -> None:
     projector = tmp_path / "mmproj.gguf"
     projector.write_bytes(b"GGUF")
     custom = dict(
-        n_ctx=333, n_threads=7, parallel=3, max_queue=5, n_gpu_layers=0, repack=False,
-        whisper_compute_type="float32", whisper_batch_size=2, projector=str(projector),
+        n_ctx=333, n_threads=7, parallel=3, max_queue=5, n_gpu_layers=0, main_gpu=1, tensor_split=(3.0, 1.0),
+        repack=False, whisper_device="cpu", whisper_compute_type="float32", whisper_batch_size=2,
+        projector=str(projector),
     )  # fmt: skip
     assert set(custom) == set(ENGINE_FIELDS)
     assert all(value != default(field) for field, value in custom.items())  # each one off its default
@@ -142,6 +161,14 @@ def test_the_loader_fills_every_constructor_argument(tmp_path: Path) -> None:
         if parameters.pop("kwargs", None) is not None:  # VisionEngine passes the rest to LlamaEngine
             parameters.update(inspect.signature(LlamaEngine).parameters)
         assert set(parameters) == set(call.kwargs), name
+
+
+def test_the_reranker_takes_what_the_embedding_engine_takes() -> None:
+    # The loader picks one of the two from the GGUF's pooling type, with the same arguments.
+    from nexa.engines.llama.embedder import EmbeddingEngine
+    from nexa.engines.llama.reranker import RerankerEngine
+
+    assert inspect.signature(RerankerEngine).parameters == inspect.signature(EmbeddingEngine).parameters
 
 
 # -- the command line and NEXA_* variables ----------------------------------------------------
@@ -184,6 +211,10 @@ def sample(name: str, tmp_path: Path) -> tuple[list[str], Any]:
         "max_models": (["2"], 2),
         "max_memory": (["8GB"], 8 * 10**9),
         "keep_alive": (["90s"], 90.0),
+        "n_gpu_layers": (["12"], 12),
+        "main_gpu": (["1"], 1),
+        "tensor_split": (["3,1"], (3.0, 1.0)),
+        "whisper_device": (["cuda"], "cuda"),
     }
     if name in special:
         return special[name]

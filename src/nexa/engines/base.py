@@ -77,6 +77,9 @@ class Engine:
 
     tasks: ClassVar[frozenset[Task]] = frozenset()
     name: str = "model"
+    # Where the model runs, for /health and the start-up log: llama.cpp engines say how many
+    # layers went to the GPU and on which devices, Whisper its device; None: not said.
+    offload: dict[str, Any] | None = None
 
     def supports(self, task: Task) -> bool:
         return task in self.tasks

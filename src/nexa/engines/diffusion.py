@@ -98,7 +98,7 @@ class DiffusionEngine(Engine):
             raise InvalidRequest(f"Unknown sampler {sampler!r}: use one of {choices}.", param="sampler")
         if seed < 0:
             seed = random.randint(0, MAX_SEED)
-        progress = _Progress(self.name)
+        progress = Progress(self.name, log)
         with self._turns():
             if self._sd is None:
                 raise RuntimeError("the model has been closed")
@@ -145,18 +145,20 @@ def _plain_rgb(image: Image.Image) -> Image.Image:
     return rgb
 
 
-class _Progress:
-    """Logs sampling steps: every step at DEBUG, at most one INFO line a second plus the last."""
+class Progress:
+    """Logs sampling steps: every step at DEBUG, at most one INFO line a second plus the last.
+    (The ONNX Stable Diffusion engine reports its steps through it too.)"""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, logger: logging.Logger):
         self.name = name
+        self.log = logger
         self.last = 0.0
 
     def __call__(self, step: int, steps: int, seconds: float) -> None:
         if step < 1:  # step 0 announces the start
             return
         now = time.monotonic()
-        log.debug("%s: step %d/%d (%.2fs)", self.name, step, steps, seconds)
+        self.log.debug("%s: step %d/%d (%.2fs)", self.name, step, steps, seconds)
         if step >= steps or now - self.last >= 1.0:
             self.last = now
-            log.info("%s: step %d/%d, %.2fs/step", self.name, step, steps, seconds)
+            self.log.info("%s: step %d/%d, %.2fs/step", self.name, step, steps, seconds)

@@ -29,6 +29,11 @@ class EngineCall:
     kwargs: dict[str, Any]
 
 
+def _placement(settings: Settings) -> dict[str, Any]:
+    """Where a GGUF's layers go (engines/llama/gpu.py); "auto" is resolved where llama.cpp is loaded."""
+    return dict(n_gpu_layers=settings.n_gpu_layers, main_gpu=settings.main_gpu, tensor_split=settings.tensor_split)
+
+
 def _llama(model: ResolvedModel, settings: Settings) -> EngineCall:
     return EngineCall(
         "nexa.engines.llama.engine:LlamaEngine",
@@ -38,7 +43,7 @@ def _llama(model: ResolvedModel, settings: Settings) -> EngineCall:
             chat_format=model.chat_format,
             n_ctx=settings.n_ctx,
             n_threads=settings.n_threads,
-            n_gpu_layers=settings.n_gpu_layers,
+            **_placement(settings),
             parallel=settings.parallel,
             max_queue=settings.max_queue,
             repack=settings.repack,
@@ -75,7 +80,7 @@ def _embedding(model: ResolvedModel, settings: Settings) -> EngineCall:
             name=model.name,
             n_ctx=settings.n_ctx,
             n_threads=settings.n_threads,
-            n_gpu_layers=settings.n_gpu_layers,
+            **_placement(settings),
             repack=settings.repack,
         ),
     )
@@ -87,6 +92,7 @@ def _whisper(model: ResolvedModel, settings: Settings) -> EngineCall:
         dict(
             path=model.path,
             name=model.name,
+            device=settings.whisper_device,
             compute_type=settings.whisper_compute_type,
             cpu_threads=settings.n_threads,
             batch_size=settings.whisper_batch_size,
@@ -152,9 +158,23 @@ def _diffusion(model: ResolvedModel, settings: Settings) -> EngineCall:
 
 def _onnx(model: ResolvedModel, settings: Settings) -> EngineCall:
     """`nexa server onnx`: the folder's layout picks the onnxruntime engine (engines/onnx)."""
-    from nexa.engines.onnx import GENAI, fitting_layout
+    from nexa.engines.onnx import DIFFUSION, GENAI, WHISPER, fitting_layout
 
+    if model.model_type == ModelType.TTS:
+        return _kokoro(model, settings)  # Kokoro is an ONNX model already: one engine serves both variants
     layout = fitting_layout(model)
+    if layout.kind == DIFFUSION:
+        return EngineCall(
+            "nexa.engines.onnx.diffusion:OnnxDiffusionEngine",
+            dict(folder=layout.root, name=model.name, n_threads=settings.n_threads, max_queue=settings.max_queue),
+        )
+    if layout.kind == WHISPER:
+        assert layout.model_file is not None
+        return EngineCall(
+            "nexa.engines.onnx.whisper:OnnxWhisperEngine",
+            dict(folder=layout.root, graphs=layout.model_file.parent, name=model.name, n_threads=settings.n_threads,
+                 max_queue=settings.max_queue),
+        )
     common = dict(name=model.name, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     if layout.kind == GENAI:
         return EngineCall("nexa.engines.onnx.text:OnnxTextEngine", dict(folder=model.path, **common))

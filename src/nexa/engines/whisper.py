@@ -82,10 +82,19 @@ class TranscriptInfo:
     batched: bool
 
 
-def _device() -> str:
+def whisper_device(setting: str = "auto") -> str:
+    """--whisper-device as ctranslate2's device: auto is cuda where ctranslate2 sees a GPU."""
     import ctranslate2
 
-    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    gpus = ctranslate2.get_cuda_device_count()
+    if setting == "cuda" and gpus == 0:
+        raise StartupError(
+            "--whisper-device cuda, but ctranslate2 finds no CUDA GPU (a driver, and CUDA 12's cuBLAS and cuDNN 9 "
+            "libraries, are needed; see `nexa gpu`): use --whisper-device cpu or auto."
+        )
+    if setting == "auto":
+        return "cuda" if gpus > 0 else "cpu"
+    return setting
 
 
 # On a CPU, small Whisper models run in float32 and larger ones in int8. int8 kernels differ
@@ -117,47 +126,15 @@ def choose_compute_type(device: str, requested: str | None, path: Path | None = 
     return requested
 
 
-class WhisperEngine(Engine):
+class SpeechToTextEngine(Engine):
+    """What /v1/audio/transcriptions and /translations (services/audio.py) need of an engine:
+    faster-whisper's here, and the ONNX Runtime one (engines/onnx/whisper.py). Subclasses set
+    name, multilingual, sampling_rate and _turns, and implement transcribe()."""
+
     tasks = frozenset({Task.TRANSCRIBE, Task.TRANSLATE})
-
-    def __init__(
-        self,
-        path: Path,
-        *,
-        name: str,
-        compute_type: str | None = default("whisper_compute_type"),
-        cpu_threads: int = default("n_threads"),
-        batch_size: int = default("whisper_batch_size"),
-        max_queue: int = default("max_queue"),
-    ):
-        from faster_whisper import BatchedInferencePipeline, WhisperModel
-
-        self.name = name
-        self.path = path
-        self.device = _device()
-        self.compute_type = choose_compute_type(self.device, compute_type, Path(path))
-        self.batch_size = batch_size
-        started = time.perf_counter()
-        self._model = WhisperModel(
-            str(path), device=self.device, compute_type=self.compute_type,
-            cpu_threads=cpu_threads, local_files_only=True,  # a folder on disk: never reach for a hub
-        )
-        self._batched = BatchedInferencePipeline(self._model)
-        self.sampling_rate: int = self._model.feature_extractor.sampling_rate
-        # The weights say whether the model knows languages other than English; the `.en`
-        # naming convention is checked too, for folders whose config hides it.
-        self.multilingual = bool(self._model.model.is_multilingual) and not (
-            name.endswith(".en") or path.name.endswith(".en")
-        )
-        if not self.multilingual:
-            self.tasks = frozenset({Task.TRANSCRIBE})  # type: ignore[misc]  # what /v1/models lists
-        # CTranslate2 runs one call at a time per worker; the lock makes that explicit and
-        # keeps the batched pipeline's per-call state (last_speech_timestamp) from mixing.
-        self._turns = Turns(max_queue)
-        log.info(
-            "whisper %s on %s (%s), %s, loaded in %.1fs", name, self.device, self.compute_type,
-            "multilingual" if self.multilingual else "English-only", time.perf_counter() - started,
-        )
+    multilingual: bool
+    sampling_rate: int
+    _turns: Turns
 
     def require(self, task: Task, endpoint: str) -> None:
         if task == Task.TRANSLATE and not self.multilingual:
@@ -172,13 +149,6 @@ class WhisperEngine(Engine):
     def busy(self) -> bool:
         """Whether a transcription holds the model right now."""
         return self._turns.lock.locked()
-
-    def close(self) -> None:
-        with self._turns.lock:  # not while a transcription is using the model
-            self._batched = self._model = None  # type: ignore[assignment]
-
-    def describe(self) -> dict[str, Any]:
-        return {"multilingual": self.multilingual, "device": self.device, "compute_type": self.compute_type}
 
     # -- audio -----------------------------------------------------------------------------
 
@@ -221,6 +191,62 @@ class WhisperEngine(Engine):
                 f"{opts.language!r}. Leave `language` empty or 'en', or serve a multilingual model.",
                 param="language",
             )
+
+    def transcribe(
+        self, audio: np.ndarray, opts: SpeechOptions, cancel: threading.Event | None = None
+    ) -> Generator[TranscriptInfo | Segment, None, None]:
+        """Yield one TranscriptInfo, then the segments in order; stop early once `cancel` is set."""
+        raise NotImplementedError
+
+
+class WhisperEngine(SpeechToTextEngine):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str,
+        device: str = default("whisper_device"),
+        compute_type: str | None = default("whisper_compute_type"),
+        cpu_threads: int = default("n_threads"),
+        batch_size: int = default("whisper_batch_size"),
+        max_queue: int = default("max_queue"),
+    ):
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+        self.name = name
+        self.path = path
+        self.device = whisper_device(device)
+        self.compute_type = choose_compute_type(self.device, compute_type, Path(path))
+        self.batch_size = batch_size
+        started = time.perf_counter()
+        self._model = WhisperModel(
+            str(path), device=self.device, compute_type=self.compute_type,
+            cpu_threads=cpu_threads, local_files_only=True,  # a folder on disk: never reach for a hub
+        )
+        self._batched = BatchedInferencePipeline(self._model)
+        self.sampling_rate: int = self._model.feature_extractor.sampling_rate
+        # The weights say whether the model knows languages other than English; the `.en`
+        # naming convention is checked too, for folders whose config hides it.
+        self.multilingual = bool(self._model.model.is_multilingual) and not (
+            name.endswith(".en") or path.name.endswith(".en")
+        )
+        if not self.multilingual:
+            self.tasks = frozenset({Task.TRANSCRIBE})  # type: ignore[misc]  # what /v1/models lists
+        # CTranslate2 runs one call at a time per worker; the lock makes that explicit and
+        # keeps the batched pipeline's per-call state (last_speech_timestamp) from mixing.
+        self._turns = Turns(max_queue)
+        self.offload = {"device": self.device, "compute_type": self.compute_type}
+        log.info(
+            "whisper %s on %s (%s), %s, loaded in %.1fs", name, self.device, self.compute_type,
+            "multilingual" if self.multilingual else "English-only", time.perf_counter() - started,
+        )
+
+    def close(self) -> None:
+        with self._turns.lock:  # not while a transcription is using the model
+            self._batched = self._model = None  # type: ignore[assignment]
+
+    def describe(self) -> dict[str, Any]:
+        return {"multilingual": self.multilingual, "device": self.device, "compute_type": self.compute_type}
 
     def transcribe(
         self, audio: np.ndarray, opts: SpeechOptions, cancel: threading.Event | None = None

@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from nexa.models.progress import report
+
 log = logging.getLogger("nexa.store")
 
 CONNECT_TIMEOUT_S = 15.0
@@ -77,6 +79,7 @@ class Progress:
 
     def update(self, n: int) -> None:
         self.done += n
+        report(self.desc, self.done, self.total)  # for /v1/download_progress
         if self._bar is not None:
             self._bar.update(n)
         elif not self._quiet and self.total:

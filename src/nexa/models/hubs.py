@@ -17,6 +17,7 @@ from urllib.parse import quote
 import httpx
 
 from nexa.models import download as dl
+from nexa.models import progress
 
 DEFAULT_MODELSCOPE_ENDPOINT = "https://www.modelscope.cn"
 
@@ -83,7 +84,8 @@ class HuggingFace(Hub):
         from huggingface_hub import hf_hub_download
 
         try:
-            return Path(hf_hub_download(repo, file, local_dir=self.local_dir(repo), **_hf_args()))
+            bar = _hub_bar()
+            return Path(hf_hub_download(repo, file, local_dir=self.local_dir(repo), tqdm_class=bar, **_hf_args()))
         except Exception as e:  # noqa: BLE001
             raise _hf_error(repo, e, file) from e
 
@@ -92,10 +94,36 @@ class HuggingFace(Hub):
 
         patterns = list(files) if files is not None else None
         try:
-            folder = snapshot_download(repo, local_dir=self.local_dir(repo), allow_patterns=patterns, **_hf_args())
+            folder = snapshot_download(
+                repo, local_dir=self.local_dir(repo), allow_patterns=patterns, tqdm_class=_hub_bar(), **_hf_args()
+            )
         except Exception as e:  # noqa: BLE001
             raise _hf_error(repo, e, "snapshot") from e
         return Path(folder)
+
+
+def _hub_bar() -> type:
+    """huggingface_hub's own progress bar (it honours HF_HUB_DISABLE_PROGRESS_BARS), also reporting
+    to the download it was made for (progress.py). The download is taken when the bar is made (the
+    library may update it from its own threads), and the count is kept here because a disabled bar
+    counts nothing."""
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    class HubBar(hf_tqdm):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._download = progress.current()
+            self._done = float(kwargs.get("initial") or 0)
+            self._bytes = kwargs.get("unit") == "B"
+            self._name = str(kwargs.get("desc") or f"bar {id(self)}")
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self._done += n or 0
+            if self._download is not None:
+                progress.BOARD.report(self._download, self._name, self._done, self.total, self._bytes)
+            return super().update(n)
+
+    return HubBar
 
 
 def _hf_args() -> dict[str, Any]:

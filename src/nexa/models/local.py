@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from nexa.engines.onnx.layout import DIFFUSION, WHISPER, detect
 from nexa.engines.speech import MODEL_FILE, VOCAB_FILE, VOICES_FILE, is_kokoro_folder
 from nexa.errors import StartupError
 from nexa.models import download as dl
@@ -16,12 +17,24 @@ log = logging.getLogger("nexa.store")
 
 
 def resolve_local_onnx(ref: str | None, model_type: ModelType | None) -> ResolvedModel:
-    """An ONNX model is a folder; which engine fits it is the ONNX loader's call (engines/onnx)."""
+    """An ONNX model is a folder; which engine fits it is the ONNX loader's call (engines/onnx).
+    Without -mt the folder's layout gives its type (_onnx_folder_type)."""
     path = Path(ref or "").expanduser().resolve()
     if not ref or not path.is_dir():
         what = "a file" if path.is_file() else "not found"
         raise StartupError(f"`nexa server onnx -lp` needs an ONNX model folder; {path} is {what}")
-    return ResolvedModel(name=path.name, path=path, model_type=model_type or ModelType.NLP)
+    return ResolvedModel(name=path.name, path=path, model_type=model_type or _onnx_folder_type(path))
+
+
+def _onnx_folder_type(path: Path) -> ModelType:
+    """Without -mt: what the folder says it is where it says so (a Stable Diffusion pipeline, a
+    Whisper export, a Kokoro folder), so /v1/models and the routing see the right type; else NLP,
+    as -lp defaults to."""
+    if is_kokoro_folder(path):
+        return ModelType.TTS
+    layout = detect(path)
+    kinds = {DIFFUSION: ModelType.COMPUTER_VISION, WHISPER: ModelType.AUDIO}
+    return kinds.get(layout.kind, ModelType.NLP) if layout is not None else ModelType.NLP
 
 
 def resolve_local(ref: str | None, model_type: ModelType | None) -> ResolvedModel:

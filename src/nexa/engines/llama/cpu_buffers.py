@@ -32,6 +32,7 @@ log = logging.getLogger("nexa.engine.llama")
 AMX = "AMX"
 _CPU_DEVICE = 0  # enum ggml_backend_dev_type: GGML_BACKEND_DEVICE_TYPE_CPU
 _BUFFER_LINE = re.compile(r"(\S+) model buffer size =\s*([\d.]+) MiB")
+_OFFLOAD_LINE = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")  # GPU builds only
 
 
 class _ExtraBufferTypes:
@@ -120,9 +121,11 @@ def cpu_features() -> str:
 
 @dataclass
 class WeightReport:
-    """llama.cpp's own account of a model load: MiB per buffer type ("CPU_REPACK", "CPU_Mapped")."""
+    """llama.cpp's own account of a model load: MiB per buffer type ("CPU_REPACK", "CPU_Mapped",
+    "CUDA0"), and (layers on the GPU, layers) where the build can offload."""
 
     buffers: dict[str, float] = field(default_factory=dict)
+    offloaded: tuple[int, int] | None = None
 
     def __str__(self) -> str:
         return ", ".join(f"{name} {mib:.0f} MiB" for name, mib in self.buffers.items()) or "no report"
@@ -142,9 +145,11 @@ def report_weights() -> Iterator[WeightReport]:
 
     @llama_cpp.llama_log_callback  # type: ignore[misc]
     def capture(level: int, text: bytes, data: ctypes.c_void_p) -> None:
-        match = _BUFFER_LINE.search(text.decode("utf-8", "replace"))
-        if match:
+        line = text.decode("utf-8", "replace")
+        if match := _BUFFER_LINE.search(line):
             report.buffers[match[1]] = report.buffers.get(match[1], 0.0) + float(match[2])
+        elif match := _OFFLOAD_LINE.search(line):
+            report.offloaded = (int(match[1]), int(match[2]))
         if previous:
             previous(level, text, data)
 

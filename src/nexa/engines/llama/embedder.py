@@ -22,7 +22,7 @@ from nexa.config import default
 from nexa.engines.base import Cancelled, Engine, Task
 from nexa.engines.embedding_common import EmbeddingResult, Input, RerankResult, TokenEmbedder
 from nexa.engines.llama.batch import TokenBatch
-from nexa.engines.llama.cpu_buffers import log_weights, report_weights, set_weight_rule
+from nexa.engines.llama.weights import load_model
 from nexa.errors import StartupError
 
 log = logging.getLogger("nexa.engine.embeddings")
@@ -55,7 +55,9 @@ class LlamaEmbedder(TokenEmbedder):
         *,
         n_ctx: int = default("n_ctx"),
         n_threads: int = default("n_threads"),
-        n_gpu_layers: int = default("n_gpu_layers"),
+        n_gpu_layers: int | str = default("n_gpu_layers"),
+        main_gpu: int | None = default("main_gpu"),
+        tensor_split: tuple[float, ...] | None = default("tensor_split"),
         pooling: str | None = None,
         model: Any = None,
         batch_tokens: int = BATCH_TOKENS,
@@ -66,21 +68,16 @@ class LlamaEmbedder(TokenEmbedder):
         from llama_cpp import _internals
 
         self._lc = llama_cpp
-        if logging.getLogger("llama-cpp-python").level == logging.NOTSET:
-            # llama.cpp logs every decode to stderr unless told otherwise (`Llama` does the same).
-            logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
         self.path = Path(path)
         started = time.perf_counter()
         self._owns_model = model is None
         self.weights: dict[str, float] = {}
+        self.offload: dict[str, Any] | None = None  # the owner of shared weights reports theirs
         if model is None:
-            params = llama_cpp.llama_model_default_params()
-            params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
-            set_weight_rule(repack)  # never the AMX kernels (llama/cpu_buffers.py)
-            with report_weights() as report:
-                model = _internals.LlamaModel(path_model=str(path), params=params, verbose=False)
+            model, report, self.offload = load_model(
+                self.path, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, tensor_split=tensor_split, repack=repack
+            )
             self.weights = report.buffers
-            log_weights(self.path.name, report, repack)
         self._model = model
         self.vocab = model.vocab  # llama.cpp's vocabulary pointer: its BOS/EOS/SEP and whether it adds them
         self.n_vocab = model.n_vocab()
@@ -110,7 +107,7 @@ class LlamaEmbedder(TokenEmbedder):
         cp.n_threads = cp.n_threads_batch = n_threads
         cp.no_perf = True
         # Registers itself with the model, which frees it first whenever the model is closed.
-        self._ctx = _internals.LlamaContext(model=model, params=cp, verbose=False)
+        self._ctx = _internals.LlamaContext(model=model, params=cp, verbose=True)
         self.n_seq_max = cp.n_seq_max
         if chosen == RANK:
             self.dim = int(llama_cpp.llama_model_n_cls_out(model.model))
@@ -151,7 +148,7 @@ class LlamaEmbedder(TokenEmbedder):
 
     def describe(self) -> dict[str, Any]:
         info = {"embedding_dim": self.dim, "pooling": self.pooling, "max_input_tokens": self.max_tokens}
-        return {**info, "weights": self.weights} if self._owns_model else info
+        return {**info, "weights": self.weights, "offload": self.offload} if self._owns_model else info
 
     def close(self) -> None:
         self._ctx.close()
@@ -216,14 +213,18 @@ class EmbeddingEngine(Engine):
         name: str,
         n_ctx: int = default("n_ctx"),
         n_threads: int = default("n_threads"),
-        n_gpu_layers: int = default("n_gpu_layers"),
+        n_gpu_layers: int | str = default("n_gpu_layers"),
+        main_gpu: int | None = default("main_gpu"),
+        tensor_split: tuple[float, ...] | None = default("tensor_split"),
         repack: bool = default("repack"),
     ):
         self.name = name
         self.path = Path(path)
         self._embedder = LlamaEmbedder(
-            path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, repack=repack
+            path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu,
+            tensor_split=tensor_split, repack=repack,
         )
+        self.offload = self._embedder.offload
 
     def embed(self, inputs: Sequence[Input], **options: Any) -> EmbeddingResult:
         return self._embedder.embed(inputs, **options)

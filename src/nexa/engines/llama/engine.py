@@ -1,8 +1,8 @@
 """llama.cpp engine (llama-cpp-python) for GGUF text and chat models.
 
-`Llama` loads the weights, tokenizes and renders chat templates; generation runs in our
-scheduler (llama/scheduler.py) over a context of our own with one KV stream per parallel
-slot, sampling through llama.cpp's C sampler chain: sampling stays out of Python, every
+The model (weights, vocabulary, metadata) tokenizes and llama-cpp-python's formatters render
+chat templates; generation runs in our scheduler (llama/scheduler.py) over the one context, with
+one KV stream per parallel slot, sampling through llama.cpp's C sampler chain: sampling stays out of Python, every
 request carries its own seed, stop strings and logprobs, and a cancelled request stops at
 the next token.
 """
@@ -31,8 +31,8 @@ from nexa.engines.base import (
     TokenLogprob,
     token_logprob,
 )
-from nexa.engines.llama.cpu_buffers import log_weights, report_weights, set_weight_rule
 from nexa.engines.llama.scheduler import Scheduler, Slot, redecode
+from nexa.engines.llama.weights import load_model
 from nexa.engines.specials import SpecialTokens
 from nexa.errors import InvalidRequest
 
@@ -65,7 +65,9 @@ class LlamaEngine(TextEngine):
         name: str,
         n_ctx: int = default("n_ctx"),
         n_threads: int = default("n_threads"),
-        n_gpu_layers: int = default("n_gpu_layers"),
+        n_gpu_layers: int | str = default("n_gpu_layers"),
+        main_gpu: int | None = default("main_gpu"),
+        tensor_split: tuple[float, ...] | None = default("tensor_split"),
         chat_format: str | None = None,
         parallel: int | None = None,
         max_queue: int = default("max_queue"),
@@ -78,29 +80,22 @@ class LlamaEngine(TextEngine):
         self.name = name
         self.path = path
         started = time.perf_counter()
-        set_weight_rule(repack)  # never the AMX kernels (llama/cpu_buffers.py)
-        with report_weights() as report:
-            self._llm = llama_cpp.Llama(
-                model_path=str(path),
-                # Weights, tokenizer and template only: generation runs in the scheduler's own
-                # context below, so this one is kept as small as llama.cpp allows.
-                n_ctx=32,
-                n_batch=32,
-                n_threads=n_threads,
-                n_gpu_layers=n_gpu_layers,
-                verbose=False,
-            )
+        # The weights alone: tokenizer, template and metadata come from the model, and every
+        # token is decoded in the scheduler's context below (no second context beside it).
+        self._model, report, self.offload = load_model(
+            path, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, tensor_split=tensor_split, repack=repack
+        )
         self.weights = report.buffers
-        log_weights(path.name, report, repack)
+        self._metadata: dict[str, str] = self._model.metadata()
         self.n_ctx = n_ctx
-        self.n_gpu_layers = n_gpu_layers
-        self._vocab = self._llm._model.vocab
-        self.n_vocab = self._n_vocab = self._llm.n_vocab()
+        self.n_threads = n_threads
+        self._vocab = self._model.vocab
+        self.n_vocab = self._n_vocab = self._model.n_vocab()
         self._piece_buf = ctypes.create_string_buffer(64)
         self._embedder_lock = threading.Lock()
         self._formatter = self._chat_formatter(chat_format, llama_chat_format)
         self._specials, self._lstrip, self._rstrip = self._special_tokens()
-        self.parallel = parallel or default_parallel(self._llm._model, n_ctx)
+        self.parallel = parallel or default_parallel(self._model, n_ctx)
         self._ctx = self._context(n_threads)
         self.scheduler = Scheduler(self, self._ctx, parallel=self.parallel, n_batch=N_BATCH, max_waiting=max_queue)
         log.info(
@@ -121,15 +116,20 @@ class LlamaEngine(TextEngine):
         cp.n_ctx = self.n_ctx * self.parallel  # split into one full-context stream per slot
         cp.n_batch = cp.n_ubatch = N_BATCH
         cp.n_seq_max = self.parallel
+        # Logits for one row per slot at most (a generating token, or a prompt's last): the
+        # default, one per batch row, is a 512 x n_vocab float buffer (96 MiB on SmolLM2) that
+        # is never filled. llama-server sets the same limits.
+        cp.n_outputs_max = self.parallel
+        cp.n_outputs_max_per_seq = 1
         cp.kv_unified = False  # see llama/scheduler.py: same tokens alone or in company
         cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
         cp.n_threads = cp.n_threads_batch = n_threads
         cp.no_perf = True
         try:
-            return _internals.LlamaContext(model=self._llm._model, params=cp, verbose=False)
+            return _internals.LlamaContext(model=self._model, params=cp, verbose=True)
         except ValueError:  # a model or backend without flash attention
             cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_AUTO
-            return _internals.LlamaContext(model=self._llm._model, params=cp, verbose=False)
+            return _internals.LlamaContext(model=self._model, params=cp, verbose=True)
 
     # -- prompts ---------------------------------------------------------------------------
 
@@ -139,13 +139,12 @@ class LlamaEngine(TextEngine):
                 raise ValueError(f"unknown chat format {chat_format!r}")
             self.chat_template_source = f"format {chat_format}"
             return getattr(lcf, _FORMATTERS[chat_format])
-        meta = self._llm.metadata
-        template = meta.get("tokenizer.chat_template")
+        template = self._metadata.get("tokenizer.chat_template")
         if not template:
             # A base model without a template: ChatML is the most common convention today.
             self.chat_template_source = "format chatml (the GGUF has no template)"
             return lcf.format_chatml
-        model = self._llm._model
+        model = self._model
         eos_id, bos_id = model.token_eos(), model.token_bos()
         self.chat_template_source = "the GGUF's own template"
         # Jinja2ChatFormatter renders inside jinja2's ImmutableSandboxedEnvironment, so a
@@ -189,18 +188,18 @@ class LlamaEngine(TextEngine):
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         # A prompt that already spells out its special tokens (a rendered chat) gets no
         # second BOS; a plain completion prompt gets the model's usual BOS.
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=not special, special=special)
+        return self._model.tokenize(text.encode("utf-8"), add_bos=not special, special=special)
 
     def tokenize_chat(self, text: str, has_bos: bool) -> list[int]:
         # Built-in formats (format_chatml...) spell out special tokens but no BOS: parse the
         # former, add the latter, as llama-cpp-python's own chat handlers do.
         if not self._specials.marked(text):  # no client text spelled a special token
-            return self._llm.tokenize(text.encode("utf-8"), add_bos=not has_bos, special=True)
+            return self._model.tokenize(text.encode("utf-8"), add_bos=not has_bos, special=True)
         # The split llama.cpp makes itself when it parses specials, with the clients' text
         # kept plain: each stretch between two special tokens is tokenized on its own.
         pieces = list(self._specials.pieces(text))
         add_bos = not has_bos and self._llama_cpp.llama_vocab_get_add_bos(self._vocab)
-        tokens: list[int] = [self._llm.token_bos()] if add_bos else []
+        tokens: list[int] = [self._model.token_bos()] if add_bos else []
         for i, piece in enumerate(pieces):
             if isinstance(piece, int):
                 tokens.append(piece)
@@ -209,11 +208,11 @@ class LlamaEngine(TextEngine):
                 piece = piece.lstrip(_C_SPACE)
             if i + 1 < len(pieces) and pieces[i + 1] in self._lstrip:
                 piece = piece.rstrip(_C_SPACE)
-            tokens += self._llm.tokenize(piece.encode("utf-8"), add_bos=False, special=False)
+            tokens += self._model.tokenize(piece.encode("utf-8"), add_bos=False, special=False)
         return tokens
 
     def token_ids(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
+        return self._model.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
 
     def token_text(self, token: int) -> bytes:
         # A buffer of its own: this runs in request threads, while the scheduler uses _piece_buf.
@@ -231,6 +230,7 @@ class LlamaEngine(TextEngine):
             "parallel": self.parallel,
             "chat_template": self.chat_template_source,
             "weights": self.weights,
+            "offload": self.offload,
         }
 
     # -- generation (the scheduler calls the hooks below from its thread) ----------------------
@@ -269,7 +269,7 @@ class LlamaEngine(TextEngine):
 
         # The grammar is checked against the chain's pick first and applied to the whole
         # vocabulary only when it rejects that pick: far cheaper than a grammar in the chain.
-        return ConstrainedSampler(self._llm, chain, p.grammar)
+        return ConstrainedSampler(self._vocab, chain, p.grammar)
 
     def _chain(self, p: SamplingParams) -> Any:
         from llama_cpp._internals import LlamaSampler
@@ -312,7 +312,7 @@ class LlamaEngine(TextEngine):
         with self._embedder_lock:  # the first requests must not build two contexts
             if self._embedder is None:
                 self._embedder = LlamaEmbedder(
-                    self.path, n_ctx=self.n_ctx, n_threads=self._llm.n_threads, pooling="mean", model=self._llm._model
+                    self.path, n_ctx=self.n_ctx, n_threads=self.n_threads, pooling="mean", model=self._model
                 )
         return self._embedder.embed(inputs, **options)
 
@@ -322,7 +322,7 @@ class LlamaEngine(TextEngine):
     def close(self) -> None:
         self.scheduler.close()
         self._ctx.close()
-        self._llm.close()
+        self._model.close()
 
 
 def default_parallel(model: Any, n_ctx: int) -> int:

@@ -34,7 +34,9 @@ class RerankerEngine(Engine):
         name: str,
         n_ctx: int = default("n_ctx"),
         n_threads: int = default("n_threads"),
-        n_gpu_layers: int = default("n_gpu_layers"),
+        n_gpu_layers: int | str = default("n_gpu_layers"),
+        main_gpu: int | None = default("main_gpu"),
+        tensor_split: tuple[float, ...] | None = default("tensor_split"),
         repack: bool = default("repack"),
     ):
         import llama_cpp
@@ -42,8 +44,10 @@ class RerankerEngine(Engine):
         self.name = name
         self.path = Path(path)
         self._embedder = embedder = LlamaEmbedder(
-            path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, repack=repack, rank=True
+            path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu,
+            tensor_split=tensor_split, repack=repack, rank=True,
         )
+        self.offload = embedder.offload
         if embedder.pooling != "rank":
             embedder.close()
             raise StartupError(f"{self.path.name} pools by {embedder.pooling!r}, not rank: it is not a reranker.")

@@ -18,7 +18,7 @@ class ConstrainedSampler:
     on `.sampler`) use it like a plain chain. `close()` frees it.
     """
 
-    def __init__(self, llm: Any, chain: Any, grammar: str):
+    def __init__(self, vocab: Any, chain: Any, grammar: str):
         import ctypes
 
         import llama_cpp
@@ -29,7 +29,7 @@ class ConstrainedSampler:
         self._chain = chain
         parsed = LlamaGrammar.from_string(grammar, verbose=False)
         self._grammar = llama_cpp.llama_sampler_init_grammar(
-            llm._model.vocab, parsed._grammar.encode("utf-8"), parsed._root.encode("utf-8")
+            vocab, parsed._grammar.encode("utf-8"), parsed._root.encode("utf-8")
         )
         if not self._grammar:
             chain.close()

@@ -29,6 +29,7 @@ import numpy as np
 
 from nexa.engines.base import Task
 from nexa.engines.llama.engine import LlamaEngine
+from nexa.engines.llama.native_log import route_llama_logs
 from nexa.engines.llama.scheduler import Scheduler, Slot, redecode
 from nexa.errors import ContextLengthExceeded, InvalidRequest
 
@@ -130,10 +131,10 @@ class VisionEngine(LlamaEngine):
         _route_mtmd_logs(mtmd)
         started = time.perf_counter()
         params = mtmd.mtmd_context_params_default()
-        params.use_gpu = self.n_gpu_layers != 0
-        params.n_threads = self._llm.n_threads
+        params.use_gpu = bool(self.offload and self.offload["gpu_layers"])  # where the model went
+        params.n_threads = self.n_threads
         params.print_timings = False
-        ctx = mtmd.mtmd_init_from_file(str(self.projector).encode(), self._llm.model, params)
+        ctx = mtmd.mtmd_init_from_file(str(self.projector).encode(), self._model.model, params)
         if not ctx:
             super().close()
             raise ValueError(
@@ -166,9 +167,9 @@ class VisionEngine(LlamaEngine):
         if chat_format in ("llava-1-5", "vicuna"):
             self.chat_template_source = f"format {chat_format}"
             return format_llava
-        if chat_format or self._llm.metadata.get("tokenizer.chat_template"):
+        if chat_format or self._metadata.get("tokenizer.chat_template"):
             return super()._chat_formatter(chat_format, lcf)
-        name = self._llm.metadata.get("general.name", "").lower()
+        name = self._metadata.get("general.name", "").lower()
         if "mistral" in name:
             formatter = super()._chat_formatter("mistral-instruct", lcf)
         elif self._projector_type in _LLAVA_PROJECTORS:
@@ -307,7 +308,7 @@ class VisionEngine(LlamaEngine):
             if self._mtmd.mtmd_encode_chunk(self._ctx_mtmd, segment.chunk) != 0:
                 raise RuntimeError("the projector failed to encode the image")
             out = self._mtmd.mtmd_get_output_embd(self._ctx_mtmd)
-            width = self._llm.n_embd()
+            width = self._model.n_embd()
             return np.ctypeslib.as_array(out, shape=(segment.n_tokens * width,)).reshape(-1, width).copy()
 
     # -- generation ------------------------------------------------------------------------
@@ -408,8 +409,7 @@ def _append(segments: list[list[int] | ImageSegment], segment: list[int] | Image
 
 
 def _route_mtmd_logs(mtmd: Any) -> None:
-    """Send mtmd/clip's log lines through llama-cpp-python's filter (quiet unless verbose)."""
-    from llama_cpp._logger import llama_log_callback
-
-    mtmd.mtmd_log_set(llama_log_callback, ctypes.c_void_p(0))
-    mtmd.mtmd_helper_log_set(llama_log_callback, ctypes.c_void_p(0))
+    """mtmd/clip's log lines into Python logging at their levels, as llama.cpp's (native_log.py)."""
+    callback = route_llama_logs()
+    mtmd.mtmd_log_set(callback, ctypes.c_void_p(0))
+    mtmd.mtmd_helper_log_set(callback, ctypes.c_void_p(0))

@@ -6,8 +6,12 @@ library is imported. Layouts recognised:
 - onnxruntime-genai text models: genai_config.json beside the decoder .onnx and tokenizer files;
 - sentence-embedding encoders: an .onnx encoder (model.onnx or onnx/model.onnx) with a
   Hugging Face tokenizer.json, as sentence-transformers and optimum export them;
-- layouts we recognise only to refuse clearly: optimum Whisper (encoder_model.onnx +
-  decoder_model*.onnx), diffusers ONNX pipelines (model_index.json + unet/model.onnx).
+- Stable Diffusion pipelines as diffusers and optimum export them: model_index.json beside
+  text_encoder/, unet/, vae_decoder/, vae_encoder/ (each a model.onnx), tokenizer/ and scheduler/;
+- Whisper as optimum exports it: encoder_model.onnx + decoder_model*.onnx (at the top or in
+  onnx/) beside a config.json whose model_type is "whisper", and tokenizer.json;
+- layouts we recognise only to refuse clearly: other optimum sequence-to-sequence exports,
+  incomplete diffusion pipelines.
 """
 
 from __future__ import annotations
@@ -18,6 +22,14 @@ from pathlib import Path, PurePosixPath
 
 GENAI = "genai"
 ENCODER = "encoder"
+DIFFUSION = "diffusion"
+
+# A diffusers/optimum ONNX Stable Diffusion pipeline: these files, each under the folder.
+DIFFUSION_FILES = (
+    "model_index.json", "text_encoder/model.onnx", "unet/model.onnx", "vae_decoder/model.onnx",
+    "vae_encoder/model.onnx", "tokenizer/vocab.json", "tokenizer/merges.txt", "scheduler/scheduler_config.json",
+)
+WHISPER = "whisper"
 
 # Plain (float) exports first: optimum and sentence-transformers name their quantized or
 # graph-optimised variants model_O1..O4 / model_qint8_* / model_quantized, which are picked
@@ -37,9 +49,9 @@ _ENCODER_SIDE_FILES = (
 
 @dataclass(frozen=True)
 class Layout:
-    kind: str  # GENAI or ENCODER
+    kind: str  # GENAI, ENCODER, DIFFUSION or WHISPER
     root: Path  # the folder the engine loads
-    model_file: Path | None = None  # ENCODER: the .onnx graph
+    model_file: Path | None = None  # ENCODER: the .onnx graph; WHISPER: encoder_model.onnx
 
 
 def describe_folder(folder: Path, limit: int = 12) -> str:
@@ -52,15 +64,28 @@ def describe_folder(folder: Path, limit: int = 12) -> str:
 def unsupported_reason(folder: Path) -> str | None:
     """Why a recognisable but unserved ONNX layout cannot be served, or None."""
     if (folder / "model_index.json").is_file() or (folder / "unet" / "model.onnx").is_file():
-        return (
-            "an ONNX diffusion pipeline (model_index.json / unet/model.onnx); the ONNX variant does not serve "
-            "images: drop `onnx` and serve a Stable Diffusion GGUF or safetensors file instead"
-        )
+        missing = [f for f in DIFFUSION_FILES if not (folder / f).is_file()]
+        if missing:
+            return (
+                f"a diffusion pipeline without {', '.join(missing)}; the ONNX variant serves Stable Diffusion "
+                "exported with `optimum-cli export onnx --model REPO OUT` (text_encoder, unet, vae_decoder, "
+                "vae_encoder, tokenizer and scheduler)"
+            )
+        return None
     names = {p.name for p in folder.rglob("*.onnx")}
     if "encoder_model.onnx" in names and any(n.startswith("decoder_model") for n in names):
+        if whisper_graphs(folder) is not None:
+            return None
+        if model_type(folder) == "whisper":
+            return (
+                "an optimum Whisper export without the graphs the engine runs: it needs encoder_model.onnx and "
+                "decoder_model.onnx or decoder_model_merged.onnx side by side (at the top or in onnx/), and "
+                "tokenizer.json; re-export it with `optimum-cli export onnx --model openai/whisper-tiny.en OUT`"
+            )
         return (
-            "an optimum sequence-to-sequence export (encoder_model.onnx + decoder_model*.onnx, e.g. Whisper); "
-            "the ONNX variant does not serve speech: drop `onnx` and serve a faster-whisper model instead"
+            f"an optimum sequence-to-sequence export (encoder_model.onnx + decoder_model*.onnx) of a "
+            f"{model_type(folder) or 'model without config.json'}; the ONNX variant serves Whisper exports of this "
+            f"layout (config.json with model_type \"whisper\"), no other sequence-to-sequence model"
         )
     if any(n.startswith("decoder_model") for n in names):
         return (
@@ -75,7 +100,32 @@ def unsupported_reason(folder: Path) -> str | None:
         except (OSError, ValueError):
             return "an onnxruntime-genai folder whose genai_config.json cannot be read as JSON"
         if "whisper" in str(kind).lower():
-            return "an onnxruntime-genai Whisper model; the ONNX variant does not serve speech yet"
+            return (
+                "an onnxruntime-genai Whisper model; the ONNX variant serves Whisper as optimum exports it "
+                "(encoder_model.onnx + decoder_model*.onnx): "
+                "`optimum-cli export onnx --model openai/whisper-tiny.en OUT`"
+            )
+    return None
+
+
+def model_type(folder: Path) -> str | None:
+    """config.json's model_type (as transformers and optimum write it), if readable."""
+    try:
+        kind = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(kind) if kind else None
+
+
+def whisper_graphs(folder: Path) -> Path | None:
+    """The folder holding an optimum Whisper export's graphs (the top, or onnx/ as the hub's
+    onnx-community repositories have it), when the folder is one; else None."""
+    if model_type(folder) != "whisper" or not (folder / "tokenizer.json").is_file():
+        return None
+    for graphs in (folder, folder / "onnx"):
+        decoders = ("decoder_model.onnx", "decoder_model_merged.onnx")
+        if (graphs / "encoder_model.onnx").is_file() and any((graphs / d).is_file() for d in decoders):
+            return graphs
     return None
 
 
@@ -85,6 +135,11 @@ def detect(folder: Path) -> Layout | None:
         return None
     if unsupported_reason(folder) is not None:
         return None
+    if (folder / "model_index.json").is_file():
+        return Layout(DIFFUSION, folder)
+    speech = whisper_graphs(folder)
+    if speech is not None:
+        return Layout(WHISPER, folder, speech / "encoder_model.onnx")
     if (folder / "genai_config.json").is_file():
         return Layout(GENAI, folder)
     if (folder / "tokenizer.json").is_file():
@@ -99,16 +154,27 @@ def detect(folder: Path) -> Layout | None:
 
 # -- choosing files in a hub repository ------------------------------------------------------
 
+_WHISPER_SIDE_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
+                       "tokenizer_config.json", "special_tokens_map.json")
+# The decoders the engine runs, best first; quantized variants (decoder_model_int8.onnx...) are not taken.
+_WHISPER_DECODERS = (("decoder_model.onnx", "decoder_with_past_model.onnx"), ("decoder_model_merged.onnx",),
+                     ("decoder_model.onnx",))
+
 
 def choose_repo_files(files: list[str], selector: str | None = None) -> tuple[str, list[str]]:
     """Which files of a repository listing make one ONNX model: (folder inside the repo, files).
 
     `selector` is a folder (for repositories holding several genai builds, e.g.
-    cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4) or an .onnx file (an encoder variant).
-    Without one: the genai folder built for CPU, else the plain encoder export. Raises
+    cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4, or a Stable Diffusion pipeline) or an .onnx
+    file (an encoder variant). Without one: a Stable Diffusion pipeline at the top, else the genai
+    folder built for CPU, else an optimum Whisper export's graphs (_whisper_repo_files), else the
+    plain encoder export. Raises
     ValueError saying what the repository holds when nothing fits.
     """
     sel = selector.strip("/") if selector else None
+    pipeline = _diffusion_files(files, sel or "")
+    if pipeline:
+        return sel or "", pipeline
     genai = sorted(str(PurePosixPath(f).parent) for f in files if PurePosixPath(f).name == "genai_config.json")
     if sel and not sel.endswith(".onnx"):
         genai = [g for g in genai if g == sel or (g == "." and sel in ("", "."))]
@@ -120,6 +186,9 @@ def choose_repo_files(files: list[str], selector: str | None = None) -> tuple[st
         folder = "" if folder == "." else folder
         prefix = folder + "/" if folder else ""
         return folder, [f for f in files if f.startswith(prefix) and "/" not in f[len(prefix) :]]
+    speech = None if sel else _whisper_repo_files(files)
+    if speech is not None:
+        return "", speech
     graphs = [f for f in files if f.endswith(".onnx")]
     if sel:
         if sel not in graphs:
@@ -140,3 +209,41 @@ def choose_repo_files(files: list[str], selector: str | None = None) -> tuple[st
     keep |= {f for f in files if f.startswith(graph + "_data") or f.startswith(graph + ".data")}
     keep |= {f for f in files if PurePosixPath(f).parent.name.endswith("_Pooling") and f.endswith("config.json")}
     return "", sorted(f for f in files if f in keep)
+
+
+def _diffusion_files(files: list[str], folder: str) -> list[str]:
+    """A Stable Diffusion pipeline's files under `folder` (model_index.json there), else []: each
+    part's model.onnx with its external weights and config, the tokenizer and the scheduler; not
+    the repository's PyTorch weights or other exports."""
+    prefix = folder + "/" if folder else ""
+    if prefix + "model_index.json" not in files:
+        return []
+    graph_files = ("model.onnx", "config.json", "weights.pb")  # weights.pb: diffusers' old converter
+    keep = []
+    for f in files:
+        if not f.startswith(prefix):
+            continue
+        rel = f[len(prefix):]
+        part, _, name = rel.partition("/")
+        if rel == "model_index.json" or (part in ("tokenizer", "scheduler") and "/" not in name):
+            keep.append(f)
+        elif part in ("text_encoder", "unet", "vae_decoder", "vae_encoder") and (
+            name in graph_files or name.startswith(("model.onnx_data", "model.onnx.data"))
+        ):
+            keep.append(f)
+    return sorted(keep)
+
+
+def _whisper_repo_files(files: list[str]) -> list[str] | None:
+    """An optimum Whisper export's float graphs (at the top or in onnx/), their external weights and
+    side files; None when the listing holds no encoder_model.onnx with a decoder the engine runs."""
+    names = set(files)
+    for folder in ("", "onnx/"):
+        if folder + "encoder_model.onnx" not in names:
+            continue
+        for decoders in _WHISPER_DECODERS:
+            if all(folder + d in names for d in decoders):
+                graphs = [folder + g for g in ("encoder_model.onnx", *decoders)]
+                data = {f for f in files for g in graphs if f.startswith((g + "_data", g + ".data"))}
+                return sorted({*graphs, *data, *(n for n in _WHISPER_SIDE_FILES if n in names)})
+    return None

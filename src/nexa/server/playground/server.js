@@ -1,7 +1,9 @@
 // Models & server: GET /v1/models with load/unload buttons (POST /v1/models/{id}/load|unload),
-// the server's version and settings (GET /v1/server) and each loaded engine's own, and /metrics
-// polled every 2 s into a small chart while the tab is open.
-import { api, json, showError } from "./api.js";
+// and, when the server runs with --allow-pull, a download form (POST /v1/download_model, followed
+// by GET /v1/download_progress) and delete buttons for downloaded models; the server's version and
+// settings (GET /v1/server) and each loaded engine's own, and /metrics polled every 2 s into a
+// small chart while the tab is open.
+import { api, events, json, showError } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 2000;
@@ -40,26 +42,75 @@ function row(app, model) {
   tr.children[4].className = "details";
   const action = model.state === "not_loaded" ? "load" : model.state === "loaded" ? "unload" : null;
   const td = document.createElement("td");
-  if (action) {
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = action === "load" ? "small" : "small secondary";
-    button.textContent = action === "load" ? "Load" : "Unload";
-    button.addEventListener("click", async () => {
-      button.disabled = true;
-      button.textContent = action === "load" ? "Loading…" : "Unloading…";
-      showError(null);
-      try {
-        await json(`/v1/models/${encodeURIComponent(model.id)}/${action}`, {});
-      } catch (error) {
-        showError(error);
-      }
-      await app.refresh();
-    });
-    td.append(button);
+  const id = encodeURIComponent(model.id);
+  if (action === "load") td.append(button(app, "Load", "Loading…", "small", () => json(`/v1/models/${id}/load`, {})));
+  if (action === "unload") {
+    td.append(button(app, "Unload", "Unloading…", "small secondary", () => json(`/v1/models/${id}/unload`, {})));
+  }
+  if (settings.allow_pull && model.origin === "store" && model.state === "not_loaded") {
+    td.append(button(app, "Delete", "Deleting…", "small secondary", () => api(`/v1/models/${id}`, { method: "DELETE" })));
   }
   tr.append(td);
   return tr;
+}
+
+function button(app, label, busy, className, act) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = className;
+  b.textContent = label;
+  b.addEventListener("click", async () => {
+    b.disabled = true;
+    b.textContent = busy;
+    showError(null);
+    try {
+      await act();
+    } catch (error) {
+      showError(error);
+    }
+    await app.refresh();
+  });
+  return b;
+}
+
+// The download runs in one request; its progress comes from a second one, once the server knows it.
+async function download(app, event) {
+  event.preventDefault();
+  const name = $("download-name").value.trim();
+  const source = $("download-source").value;
+  const bar = $("download-progress");
+  const state = $("download-state");
+  $("download-go").disabled = true;
+  bar.value = 0;
+  bar.hidden = false;
+  state.textContent = `downloading ${name}…`;
+  showError(null);
+  const body = { model_path: name, is_huggingface: source === "hf", is_modelscope: source === "ms" };
+  const done = json("/v1/download_model", body);
+  let finished = false;
+  done.catch(() => {}).then(() => { finished = true; }); // the error itself is shown below
+  (async () => {
+    while (!finished) {
+      try {
+        const response = await api(`/v1/download_progress?model_path=${encodeURIComponent(name)}`);
+        for await (const step of events(response)) if ("progress" in step) bar.value = step.progress;
+        return;
+      } catch {
+        await new Promise((resolve) => setTimeout(resolve, 300)); // not started yet
+      }
+    }
+  })();
+  try {
+    const got = await done;
+    bar.value = 100;
+    state.textContent = `${got.model_path} downloaded (${got.model_type})`;
+  } catch (error) {
+    state.textContent = "";
+    showError(error);
+  }
+  bar.hidden = true;
+  $("download-go").disabled = false;
+  await app.refresh();
 }
 
 function facts(app) {
@@ -134,6 +185,7 @@ async function poll() {
 
 export function init(app) {
   $("models-refresh").addEventListener("click", () => app.refresh());
+  $("download-form").addEventListener("submit", (event) => download(app, event));
   document.addEventListener("visibilitychange", () => {
     if (document.hidden) stop();
     else if (!$("server").hidden) start();
@@ -160,7 +212,9 @@ export async function shown(app) {
     } catch {
       version = "unknown";
     }
+    $("download-form").hidden = !settings.allow_pull;
     facts(app);
+    models(app); // the delete buttons need the settings
   }
 }
 

@@ -21,7 +21,7 @@ from starlette.datastructures import FormData, UploadFile
 
 from nexa.config import Settings
 from nexa.engines.base import Task
-from nexa.engines.whisper import Segment, TranscriptInfo, WhisperEngine
+from nexa.engines.whisper import Segment, SpeechToTextEngine, TranscriptInfo
 from nexa.errors import InvalidRequest, PayloadTooLarge
 from nexa.schemas.audio import (
     LANGUAGES,
@@ -55,7 +55,7 @@ async def transcribe(
         # upload is read: answering while a client is still sending makes many clients see a
         # broken connection instead of the 400.
         body = _options(request, form)
-        engine: WhisperEngine = await engine_for(request, task, endpoint, body.model, body.keep_alive)
+        engine: SpeechToTextEngine = await engine_for(request, task, endpoint, body.model, body.keep_alive)
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise InvalidRequest("No audio file: send the recording in the multipart field `file`.", param="file")

@@ -1,0 +1,96 @@
+"""`nexa gpu`: what this install can run on a GPU, and what the GPU flags would do here.
+
+Each engine's library is built for its devices when it is installed (README, "GPUs"): this
+asks each one what it has, loading no model. A library that is missing or fails to load is
+reported, not raised: the command exists to find out what is wrong.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import mmap
+from collections.abc import Callable
+from pathlib import Path
+
+# Symbols stable-diffusion.cpp's library holds when ggml was built into it with a GPU backend
+# (its Python bindings do not say; the HIP backend reuses the CUDA names).
+_SD_BACKENDS = {b"ggml_backend_cuda_init": "CUDA or ROCm", b"ggml_backend_vk_init": "Vulkan",
+                b"ggml_backend_metal_init": "Metal", b"ggml_backend_sycl_init": "SYCL"}  # fmt: skip
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def llama_lines() -> list[str]:
+    import llama_cpp
+
+    from nexa.engines.llama.gpu import describe_layers, devices
+
+    built = bool(llama_cpp.llama_supports_gpu_offload())
+    lines = [f"llama.cpp (llama-cpp-python {_version('llama_cpp_python')}): GPU offload "
+             f"{'built in' if built else 'not built in (a CPU build: see README, GPUs)'}"]  # fmt: skip
+    for i, d in enumerate(devices()):
+        lines.append(f"  device {i}: {d.name} ({d.kind}) {d.description}, {d.free_mib / 1024:.1f} of "
+                     f"{d.total_mib / 1024:.1f} GiB free")  # fmt: skip
+    if built and not devices():
+        lines.append("  no GPU device found (driver missing, or CUDA_VISIBLE_DEVICES empty?)")
+    lines.append(f"  -ngl auto (the default): {describe_layers('auto')}")
+    return lines
+
+
+def diffusion_lines() -> list[str]:
+    import stable_diffusion_cpp
+
+    library = Path(stable_diffusion_cpp.__file__).parent / "lib"
+    found = []
+    for path in sorted(library.glob("*stable-diffusion*")):
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            found += [name for symbol, name in _SD_BACKENDS.items() if data.find(symbol) >= 0]
+    backend = ", ".join(sorted(set(found))) or "CPU only (rebuild with CMAKE_ARGS=\"-DSD_CUDA=ON\": see README)"
+    return [f"stable-diffusion.cpp (stable-diffusion-cpp-python {_version('stable_diffusion_cpp_python')}): "
+            f"backend {backend}"]  # fmt: skip
+
+
+def whisper_lines() -> list[str]:
+    import ctranslate2
+
+    from nexa.engines.whisper import whisper_device
+
+    gpus = ctranslate2.get_cuda_device_count()
+    device = whisper_device("auto")
+    types = ", ".join(sorted(ctranslate2.get_supported_compute_types(device)))
+    return [
+        f"faster-whisper (ctranslate2 {_version('ctranslate2')}): {gpus} CUDA device(s); --whisper-device auto "
+        f"runs on {device} (compute types there: {types})"
+    ]
+
+
+def onnx_lines() -> list[str]:
+    import onnxruntime
+
+    providers = ", ".join(onnxruntime.get_available_providers())
+    return [f"onnxruntime ({_version('onnxruntime')}): execution providers {providers}"]
+
+
+def report() -> list[str]:
+    lines: list[str] = []
+    checks: list[tuple[str, Callable[[], list[str]]]] = [
+        ("llama.cpp", llama_lines), ("stable-diffusion.cpp", diffusion_lines),
+        ("faster-whisper", whisper_lines), ("onnxruntime", onnx_lines),
+    ]  # fmt: skip
+    for name, check in checks:
+        try:
+            lines += check()
+        except Exception as exc:  # noqa: BLE001 - a broken library is what this command reports
+            lines.append(f"{name}: cannot be loaded ({type(exc).__name__}: {exc})")
+    return lines
+
+
+def main() -> int:
+    for line in report():
+        print(line)
+    return 0
