@@ -705,3 +705,17 @@ def test_download_file_checks_size(fake_hub: FakeHub, tmp_path: Path) -> None:
     with pytest.raises(dl.DownloadError, match="HTTP 404"):
         dl.download_file(ms_file_url("o/r", "nope"), tmp_path / "nope")
     assert not (tmp_path / "nope").exists() and not (tmp_path / "nope.part").exists()
+
+
+def test_the_download_board_forgets_the_oldest_ended_downloads() -> None:
+    from nexa.models.progress import BOARD, DOWNLOADING, KEPT, tracking
+
+    for i in range(KEPT + 10):
+        with tracking(f"board-test-{i}"):
+            pass
+    running = BOARD.start("board-test-running")  # never ended: never forgotten
+    for i in range(KEPT + 10):
+        with tracking(f"board-test-more-{i}"):
+            pass
+    assert BOARD.get("board-test-0") is None and BOARD.get(f"board-test-more-{KEPT + 9}") is not None
+    assert BOARD.get("board-test-running") is running and running.state == DOWNLOADING

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 DOWNLOADING, DONE, FAILED = "downloading", "done", "failed"
+KEPT = 256  # ended downloads remembered for the progress endpoint; the oldest go first
 
 
 @dataclass
@@ -46,6 +47,10 @@ class Board:
 
     def start(self, name: str) -> Download:
         with self._lock:
+            self._downloads.pop(name, None)
+            ended = [n for n, d in self._downloads.items() if d.state != DOWNLOADING]
+            for old in ended[: max(0, len(ended) - KEPT + 1)]:  # a client naming repo after repo grows nothing
+                del self._downloads[old]
             self._downloads[name] = download = Download(name)
             return download
 
