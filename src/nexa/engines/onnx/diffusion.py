@@ -24,6 +24,7 @@ from nexa.config import default
 from nexa.engines.base import Engine, Task, Turns
 from nexa.engines.diffusion import MAX_SEED, Progress
 from nexa.engines.onnx import samplers
+from nexa.engines.onnx.runtime import cpu_session
 from nexa.errors import InvalidRequest, StartupError
 
 log = logging.getLogger("nexa.engine.onnx.diffusion")
@@ -105,19 +106,12 @@ class OnnxDiffusionEngine(Engine):
 
     def __init__(self, folder: Path, *, name: str, n_threads: int = default("n_threads"),
                  max_queue: int = default("max_queue")):
-        import onnxruntime as ort  # type: ignore[import-untyped]
 
         self.name = name
         self.path = Path(folder)
         started = time.perf_counter()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = n_threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        opts.use_deterministic_compute = True  # same seed, same pixels
-        self._sessions: dict[str, Any] = {
-            part: ort.InferenceSession(str(self.path / part / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-            for part in PARTS
+        self._sessions: dict[str, Any] = {  # deterministic: same seed, same pixels
+            part: cpu_session(self.path / part / "model.onnx", n_threads, deterministic=True) for part in PARTS
         }
         self._check_unet()
         vae = _json(self.path / "vae_decoder" / "config.json")

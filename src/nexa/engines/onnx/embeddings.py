@@ -22,6 +22,7 @@ import numpy as np
 from nexa.config import default
 from nexa.engines.base import Cancelled, Engine, Task
 from nexa.engines.embedding_common import TokenEmbedder
+from nexa.engines.onnx.runtime import cpu_session
 from nexa.errors import StartupError
 
 log = logging.getLogger("nexa.engine.onnx.embeddings")
@@ -94,17 +95,12 @@ class OnnxEmbeddingEngine(TokenEmbedder, Engine):
         n_ctx: int = default("n_ctx"),
         n_threads: int = default("n_threads"),
     ):
-        import onnxruntime as ort  # type: ignore[import-untyped]
         from tokenizers import Tokenizer
 
         self.name = name
         self.path = Path(folder)
         started = time.perf_counter()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = n_threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self._session = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
+        self._session = cpu_session(model_file, n_threads)
         inputs = {i.name for i in self._session.get_inputs()}
         if any("past_key_values" in n or n.startswith("past_") for n in inputs):
             raise StartupError(

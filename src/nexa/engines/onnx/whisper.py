@@ -28,6 +28,7 @@ import numpy as np
 
 from nexa.config import default
 from nexa.engines.base import Task, Turns
+from nexa.engines.onnx.runtime import cpu_session
 from nexa.engines.whisper import (
     FALLBACK_TEMPERATURES,
     Segment,
@@ -68,7 +69,6 @@ class OnnxWhisperEngine(SpeechToTextEngine):
         n_threads: int = default("n_threads"),
         max_queue: int = default("max_queue"),
     ):
-        import onnxruntime as ort
         from faster_whisper.feature_extractor import FeatureExtractor
         from tokenizers import Tokenizer
 
@@ -99,13 +99,8 @@ class OnnxWhisperEngine(SpeechToTextEngine):
         if not self.multilingual:
             self.tasks = frozenset({Task.TRANSCRIBE})  # type: ignore[misc]  # what /v1/models lists
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = n_threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-
         def session(file: str) -> Any:
-            return ort.InferenceSession(str(graphs / file), opts, providers=["CPUExecutionProvider"])
+            return cpu_session(graphs / file, n_threads)
 
         self._encoder = session("encoder_model.onnx")
         # The cache: decoder_model.onnx for the prompt then decoder_with_past_model.onnx for one
