@@ -29,9 +29,9 @@ from nexa.engines.base import Engine, Task
 from nexa.engines.diffusion import DiffusionEngine
 from nexa.models.manager import ModelManager
 from nexa.models.types import ModelType, ResolvedModel
-from nexa.schemas.images import NexaImages, OpenAIImages
 from nexa.server.app import create_app
 from sdxs_checkpoint import ensure_checkpoint
+from support.images import b64, pixels, png, post_ok, refused
 from support.servers import LiveServer
 from support.turns import model_busy
 
@@ -91,37 +91,6 @@ def http(server: LiveServer) -> Iterator[httpx.Client]:
         yield client
 
 
-def png(color: tuple[int, int, int], size: int = 128, stripes: bool = False) -> bytes:
-    image = Image.new("RGB", (size, size), color)
-    if stripes:
-        pixels = np.array(image)
-        pixels[::8] = 255 - pixels[::8]
-        image = Image.fromarray(pixels)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def pixels(item_b64: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(item_b64))))
-
-
-SHAPES = {"/v1/txt2img": NexaImages, "/v1/img2img": NexaImages,
-          "/v1/images/generations": OpenAIImages, "/v1/images/edits": OpenAIImages}
-
-
-def post_ok(http: httpx.Client, path: str, **kwargs: Any) -> dict[str, Any]:
-    r = http.post(path, **kwargs)
-    assert r.status_code == 200, r.text
-    out = r.json()
-    assert SHAPES[path].model_validate(out).model_dump(mode="json") == out  # the documented shape, exactly
-    return out
-
-
 def test_queue_past_max_queue_is_503(http: httpx.Client, image_manager: ModelManager) -> None:
     # One generation holds the model and --max-queue 0 lets nobody wait: the next is a 503 at once.
     engine = image_manager.engine
@@ -130,15 +99,6 @@ def test_queue_past_max_queue_is_503(http: httpx.Client, image_manager: ModelMan
         r = http.post("/v1/txt2img", json={"prompt": "a red fox", **SMALL})
         assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
     post_ok(http, "/v1/txt2img", json={"prompt": "a red fox", **SMALL})  # served again
-
-
-def refused(r: httpx.Response, status: int = 400, param: str | None = None) -> str:
-    assert r.status_code == status, r.text
-    error = r.json()["error"]
-    assert error["message"]
-    if param is not None:
-        assert error["param"] == param, error
-    return error["message"]
 
 
 # ----------------------------------------------------------------------------- txt2img

@@ -30,17 +30,15 @@ from nexa.errors import StartupError
 from nexa.models.manager import ModelManager
 from nexa.models.store import ModelStore
 from nexa.models.types import ModelType, ResolvedModel
-from nexa.schemas.images import NexaImages, OpenAIImages
 from nexa.server.app import create_app
 from onnx_diffusion import sd_tiny_onnx
+from support.images import b64, pixels, png, post_ok, refused
 from support.servers import ServerProcess
 
 fake_hub = fakehub.fake_hub  # the fixture: a local stand-in for the Hugging Face hub
 
 SMALL = {"width": 128, "height": 128, "sample_steps": 2, "cfg_scale": 5.0}
 TIMEOUT = 120.0
-SHAPES = {"/v1/txt2img": NexaImages, "/v1/img2img": NexaImages,
-          "/v1/images/generations": OpenAIImages, "/v1/images/edits": OpenAIImages}
 
 
 @pytest.fixture(scope="session")
@@ -76,42 +74,6 @@ def server(sd_dir: Path, dirs: dict[str, Path]) -> Iterator[ServerProcess]:
 def http(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
         yield client
-
-
-def png(color: tuple[int, int, int], size: int = 128, stripes: bool = False) -> bytes:
-    image = Image.new("RGB", (size, size), color)
-    if stripes:
-        pixels = np.array(image)
-        pixels[::8] = 255 - pixels[::8]
-        image = Image.fromarray(pixels)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def pixels(item_b64: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(item_b64))))
-
-
-def post_ok(http: httpx.Client, path: str, **kwargs: Any) -> dict[str, Any]:
-    r = http.post(path, **kwargs)
-    assert r.status_code == 200, r.text
-    out = r.json()
-    assert SHAPES[path].model_validate(out).model_dump(mode="json") == out  # the documented shape, exactly
-    return out
-
-
-def refused(r: httpx.Response, status: int = 400, param: str | None = None) -> str:
-    assert r.status_code == status, r.text
-    error = r.json()["error"]
-    assert error["message"] and set(error) == {"message", "type", "param", "code"}
-    if param is not None:
-        assert error["param"] == param, error
-    return error["message"]
 
 
 # -- the engine against diffusers on the same folder ----------------------------------------------
