@@ -7,21 +7,11 @@ import logging
 
 import pytest
 
-from nexa.cli import build_parser, settings_from_args
-from nexa.config import Settings, env_name
+from nexa.config import Settings
 from nexa.engines.llama import native_log
 from nexa.engines.llama.gpu import ALL, Placement, gpu_layers, gpu_offload
 from nexa.errors import StartupError
-
-
-@pytest.fixture(autouse=True)
-def no_nexa_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in Settings.model_fields:
-        monkeypatch.delenv(env_name(name), raising=False)
-
-
-def parse(*argv: str) -> Settings:
-    return settings_from_args(build_parser().parse_args(["server", *argv]))
+from support.settings import no_nexa_variables, parse  # noqa: F401  # the fixture is autouse
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 
 import nexa
-from nexa.cli import build_parser, main, settings_from_args
+from nexa.cli import main
 from nexa.config import SETTINGS_ENV, Settings, cli_flag, default, env_name
 from nexa.engines.loader import EngineCall, engine_call
 from nexa.engines.onnx.layout import DIFFUSION_FILES
 from nexa.errors import StartupError
 from nexa.models.types import ModelType, ResolvedModel
+from support.settings import no_nexa_variables, parse  # noqa: F401  # the fixture is autouse
 
 SRC = Path(nexa.__file__).parent
 
@@ -61,16 +62,6 @@ SERVER_FIELDS = {
     "models_dir", "allow_pull", "strict_model", "keep_alive", "max_models", "max_memory",
 }  # fmt: skip
 
-
-@pytest.fixture(autouse=True)
-def no_nexa_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The machine's own NEXA_* settings must not leak into these checks."""
-    for name in Settings.model_fields:
-        monkeypatch.delenv(env_name(name), raising=False)
-
-
-def parse(*argv: str) -> Settings:
-    return settings_from_args(build_parser().parse_args(["server", *argv]))
 
 
 # -- every field reaches what it configures ---------------------------------------------------
