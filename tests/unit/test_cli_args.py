@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
-from nexa.cli import build_parser, main, settings_from_args
+from nexa.cli import main
 from nexa.errors import StartupError
 from nexa.models.types import ModelType
+from support.settings import no_nexa_variables, parse  # noqa: F401  # the fixture is autouse
 
 
 def nexa(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -32,10 +33,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
     assert len(lines) == 1, result.stderr
     for needle in needles:
         assert needle in lines[0]
-
-
-def parse(*argv: str):
-    return settings_from_args(build_parser().parse_args(["server", *argv]))
 
 
 def test_defaults_match_the_spec():
@@ -121,5 +118,5 @@ def test_list_on_an_empty_cache(tmp_path):
 def test_cli_validates_parallel_and_queue(capsys):
     assert main(["server", "--parallel", "0"]) == 2
     assert "--parallel must be at least 1" in capsys.readouterr().err
-    settings = settings_from_args(build_parser().parse_args(["server", "--parallel", "3", "--max-queue", "5"]))
+    settings = parse("--parallel", "3", "--max-queue", "5")
     assert (settings.parallel, settings.max_queue) == (3, 5)
