@@ -105,12 +105,7 @@ class ModelManager:
     def start(cls, settings: Settings, factory: Factory | None = None) -> ModelManager:
         """The command line's manager: every model named is resolved, the first loaded, the others
         loaded too as far as --max-models and --max-memory leave room (the rest on first use)."""
-        from nexa.models.store import ModelStore
-
-        store = ModelStore(onnx=settings.onnx)
-        default = resolve_model(settings, store)
-        source = settings.source
-        more = [store.resolve(ref, source=source, model_type=type_of(ref, settings)) for ref in settings.models]
+        store, default, more = _command_line_models(settings)
         manager = cls.load(default, settings, factory=factory or model_factory(settings), store=store, more=more)
         manager.preload()
         return manager
@@ -119,19 +114,13 @@ class ModelManager:
     def unloaded(cls, settings: Settings) -> ModelManager:
         """Every model the command line names, known (the first the default) and none loaded: a
         Ray Serve replica loads the models its requests name, as Ray's multiplexing sends them."""
-        from nexa.models.store import ModelStore
-
-        store = ModelStore(onnx=settings.onnx)
-        models = [resolve_model(settings, store)]
-        source = settings.source
-        models += [store.resolve(ref, source=source, model_type=type_of(ref, settings)) for ref in settings.models]
+        store, default, more = _command_line_models(settings)
         manager = cls(settings=settings, factory=model_factory(settings), store=store)
-        default = models[0]  # with its own settings (--projector), as `load` keeps it
-        manager.default_id = default.name
+        manager.default_id = default.name  # with its own settings (--projector), as `load` keeps it
         manager.known[default.name] = Known(
             default.name, default, settings, -1, COMMAND_LINE, model_tasks(default, settings)
         )
-        for model in models[1:]:
+        for model in more:
             manager._remember(model, COMMAND_LINE)
         return manager
 
@@ -399,6 +388,16 @@ class ModelManager:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _command_line_models(settings: Settings) -> tuple[ModelStore, ResolvedModel, list[ResolvedModel]]:
+    """The store, and the models the command line names: the default, then the others."""
+    from nexa.models.store import ModelStore
+
+    store = ModelStore(onnx=settings.onnx)
+    default = resolve_model(settings, store)
+    more = [store.resolve(ref, source=settings.source, model_type=type_of(ref, settings)) for ref in settings.models]
+    return store, default, more
 
 
 def _own_settings(settings: Settings) -> Settings:

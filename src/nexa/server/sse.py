@@ -14,6 +14,7 @@ from nexa.errors import NexaError
 from nexa.schemas.common import ErrorBody
 
 log = logging.getLogger("nexa.server")
+DONE = b"data: [DONE]\n\n"
 
 
 def _plain(value: Any) -> Any:
@@ -35,11 +36,12 @@ def sse_response(chunks: AsyncIterator[BaseModel | dict[str, Any]]) -> Streaming
             async for chunk in chunks:
                 yield _frame(chunk)
         except NexaError as exc:
-            yield _frame(_error(exc.message, exc.type, exc.param, exc.code))
+            yield error_events(exc.message, exc.type, exc.code, param=exc.param)
         except Exception:
             log.exception("stream failed")
-            yield _frame(_error("The server failed while streaming.", "server_error"))
-        yield b"data: [DONE]\n\n"
+            yield error_events("The server failed while streaming.", "server_error")
+        else:
+            yield DONE
 
     return StreamingResponse(
         body(),
@@ -52,7 +54,7 @@ def _error(message: str, type_: str, param: str | None = None, code: str | None 
     return {"error": ErrorBody(message=message, type=type_, param=param, code=code)}
 
 
-def error_events(message: str, type_: str, code: str | None = None) -> bytes:
-    """An error event and the end of the stream, for a stream cut short outside the app (nexa on Ray
-    Serve: the replica that produced it died)."""
-    return _frame(_error(message, type_, None, code)) + b"data: [DONE]\n\n"
+def error_events(message: str, type_: str, code: str | None = None, *, param: str | None = None) -> bytes:
+    """An error event and the end of the stream: a stream that failed here, or one cut short
+    outside the app (nexa on Ray Serve: the replica that produced it died)."""
+    return _frame(_error(message, type_, param, code)) + DONE
