@@ -19,7 +19,8 @@ call, of answers cut by max_tokens, the median latency, and ours / the peer.
 
     .venv/bin/pip install -e '.[bench,test]'
     .venv/bin/python bench/bench_tool_accuracy.py --limit 20      # 20 cases of each file
-    .venv/bin/python bench/bench_tool_accuracy.py                  # all 458 (hours on 2 cores)
+    .venv/bin/python bench/bench_tool_accuracy.py --out all.jsonl  # all 458 (about an hour a server
+                                                                   # and mode on 2 cores; --reuse all.jsonl resumes)
 
 Greedy sampling (temperature 0, repeat_penalty 1.0), the same max_tokens for both. A script,
 not a test: it prints figures and asserts nothing.
@@ -44,7 +45,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_text import HOST, Server, default_model, free_port, nexa_command, start, stop, venv_bin  # noqa: E402
-from tool_ast import Case, default_data, load, score  # noqa: E402
+from tool_ast import Case, default_data, invented, load, score  # noqa: E402
 
 log = logging.getLogger("bench_tool_accuracy")
 MODES = {"default": {}, "serial": {"parallel_tool_calls": False}}
@@ -58,6 +59,7 @@ class Outcome:
     right_function: bool
     calls: int
     repeated: bool  # the answer holds the same call (name and arguments) twice
+    invented: bool  # the call writes an optional parameter the expected call leaves out (tool_ast.invented)
     finish: str
     latency_s: float
     why: str
@@ -80,10 +82,11 @@ def ask(client: httpx.Client, url: str, case: Case, mode: str, args: argparse.Na
     try:
         r = client.post(f"{url}/v1/chat/completions", json=body)
     except httpx.HTTPError as exc:
-        return Outcome(case, mode, False, False, 0, False, "error", time.perf_counter() - sent, repr(exc)[:80])
+        return Outcome(case, mode, False, False, 0, False, False, "error", time.perf_counter() - sent, repr(exc)[:80])
     latency = time.perf_counter() - sent
     if r.status_code != 200:
-        return Outcome(case, mode, False, False, 0, False, "error", latency, f"HTTP {r.status_code}: {r.text[:80]}")
+        why = f"HTTP {r.status_code}: {r.text[:80]}"
+        return Outcome(case, mode, False, False, 0, False, False, "error", latency, why)
     choice = r.json()["choices"][0]
     calls = [c["function"] for c in choice["message"].get("tool_calls") or []]
     seen = [(c["name"], _canonical(c["arguments"])) for c in calls]
@@ -92,7 +95,7 @@ def ask(client: httpx.Client, url: str, case: Case, mode: str, args: argparse.Na
     right_function = any(case.functions.get(c["name"], {}).get("name") == want for c in calls)
     if not calls:
         why = f"no call: {(choice['message'].get('content') or '')[:60]!r}"
-    return Outcome(case, mode, right, right_function, len(calls), len(set(seen)) < len(seen),
+    return Outcome(case, mode, right, right_function, len(calls), len(set(seen)) < len(seen), invented(case, calls),
                    choice.get("finish_reason") or "", latency, why)
 
 
@@ -103,26 +106,51 @@ def _canonical(arguments: str) -> str:
         return arguments
 
 
-def run(name: str, url: str, cases: list[Case], args: argparse.Namespace) -> list[Outcome]:
+def as_json(name: str, o: Outcome) -> str:
+    return json.dumps({"server": name, "id": o.case.id, "mode": o.mode, "right": o.right,
+                       "right_function": o.right_function, "calls": o.calls, "repeated": o.repeated,
+                       "invented": o.invented, "finish": o.finish, "latency_s": round(o.latency_s, 2), "why": o.why})
+
+
+def reused(path: Path | None, cases: list[Case]) -> dict[tuple[str, str, str], Outcome]:
+    """Outcomes an earlier --out file holds, by (server, mode, case id)."""
+    by_id = {c.id: c for c in cases}
+    out: dict[tuple[str, str, str], Outcome] = {}
+    for line in path.read_text().splitlines() if path else []:
+        d = json.loads(line)
+        if d["id"] in by_id:
+            out[(d["server"], d["mode"], d["id"])] = Outcome(
+                by_id[d["id"]], d["mode"], d["right"], d["right_function"], d["calls"], d["repeated"],
+                d["invented"], d["finish"], d["latency_s"], d["why"])
+    return out
+
+
+def run(name: str, url: str | None, cases: list[Case], args: argparse.Namespace,
+        done: dict[tuple[str, str, str], Outcome]) -> list[Outcome]:
     out: list[Outcome] = []
     with httpx.Client(timeout=httpx.Timeout(args.request_timeout, connect=10)) as client:
         for mode in args.modes:
             for case in cases:
-                o = ask(client, url, case, mode, args, name == "peer")
+                o = done.get((name, mode, case.id))
+                if o is None:
+                    assert url is not None
+                    o = ask(client, url, case, mode, args, name == "peer")
+                    log.info("%-6s %-7s %-24s %5.1fs %s %s", name, mode, case.id, o.latency_s,
+                             "right" if o.right else "wrong", o.why)
                 out.append(o)
-                log.info("%-6s %-7s %-24s %5.1fs %s %s", name, mode, case.id, o.latency_s,
-                         "right" if o.right else "wrong", o.why)
+                if args.out:
+                    with args.out.open("a") as f:
+                        f.write(as_json(name, o) + "\n")
     return out
 
 
-def served(name: str, server: Server | None, url: str | None, workdir: Path,
-           cases: list[Case], args: argparse.Namespace) -> list[Outcome]:
-    if url is not None:
-        return run(name, url.rstrip("/"), cases, args)
-    assert server is not None
+def served(name: str, server: Server, url: str | None, workdir: Path, cases: list[Case], args: argparse.Namespace,
+           done: dict[tuple[str, str, str], Outcome]) -> list[Outcome]:
+    if url is not None or all((name, m, c.id) in done for m in args.modes for c in cases):
+        return run(name, url and url.rstrip("/"), cases, args, done)
     try:
         start(server, workdir, args.start_timeout)
-        return run(name, server.url, cases, args)
+        return run(name, server.url, cases, args, done)
     finally:
         stop(server)
 
@@ -136,7 +164,7 @@ def report(results: dict[str, list[Outcome]], args: argparse.Namespace) -> None:
           f"{args.tool_choice}; modes: default = OpenAI's defaults, "
           "serial = parallel_tool_calls false")
     head = f"{'server':<8} {'mode':<8} {'category':<9} {'cases':>5} {'right':>6} {'fn ok':>6} {'called':>6} " \
-           f"{'repeat':>6} {'length':>6} {'p50 s':>6}"
+           f"{'repeat':>6} {'invent':>6} {'length':>6} {'p50 s':>6}"
     print(head)
     print("-" * len(head))
     rights: dict[tuple[str, str, str], float] = {}
@@ -149,7 +177,7 @@ def report(results: dict[str, list[Outcome]], args: argparse.Namespace) -> None:
                 rights[(name, mode, category)] = share(group, lambda o: o.right)
                 figures = [share(group, test) for test in (
                     lambda o: o.right, lambda o: o.right_function, lambda o: o.calls > 0,
-                    lambda o: o.repeated, lambda o: o.finish == "length",
+                    lambda o: o.repeated, lambda o: o.invented, lambda o: o.finish == "length",
                 )]
                 print(f"{name:<8} {mode:<8} {category:<9} {len(group):>5} "
                       + " ".join(f"{f:>6.1%}" for f in figures)
@@ -181,7 +209,9 @@ def main() -> int:
     p.add_argument("--n-ctx", type=int, default=8192, help="the peer's context (nexa sizes its own)")
     p.add_argument("--start-timeout", type=float, default=180.0)
     p.add_argument("--request-timeout", type=float, default=600.0)
-    p.add_argument("--out", type=Path, help="also write every outcome to this JSONL file")
+    p.add_argument("--out", type=Path, help="also write every outcome to this JSONL file, as it comes")
+    p.add_argument("--reuse", type=Path, help="an earlier --out file: its outcomes are taken as they are, not asked "
+                   "again (greedy answers repeat), so a long run can be resumed, or a peer's run kept")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -195,19 +225,15 @@ def main() -> int:
     peer = Server("llama_cpp.server", [str(venv_bin() / "python"), "-m", "llama_cpp.server", "--model", str(model),
                                        "--chat_format", "chatml-function-calling", "--n_ctx", str(args.n_ctx),
                                        "--host", HOST, "--port", str(port2)], "/v1/models", "", port2)
+    done = reused(args.reuse, cases)
+    if args.out:
+        args.out.write_text("")
     results: dict[str, list[Outcome]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_tool_accuracy_") as tmp:
         if args.only in (None, "nexa"):
-            results["nexa"] = served("nexa", ours, args.ours_url, Path(tmp), cases, args)
+            results["nexa"] = served("nexa", ours, args.ours_url, Path(tmp), cases, args, done)
         if args.only in (None, "peer"):
-            results["peer"] = served("peer", peer, args.peer_url, Path(tmp), cases, args)
-    if args.out:
-        with args.out.open("w") as f:
-            for name, outcomes in results.items():
-                for o in outcomes:
-                    f.write(json.dumps({"server": name, "id": o.case.id, "mode": o.mode, "right": o.right,
-                                        "calls": o.calls, "repeated": o.repeated, "finish": o.finish,
-                                        "latency_s": round(o.latency_s, 2), "why": o.why}) + "\n")
+            results["peer"] = served("peer", peer, args.peer_url, Path(tmp), cases, args, done)
     report(results, args)
     return 0
 

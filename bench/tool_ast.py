@@ -96,6 +96,27 @@ def score(case: Case, calls: list[dict[str, Any]]) -> tuple[bool, str]:
     return _check_object(args, accepted, params.get("properties") or {}, params.get("required") or [], "")
 
 
+def invented(case: Case, calls: list[dict[str, Any]]) -> bool:
+    """Whether a call to the expected function writes an optional parameter (one its schema does
+    not require) that the expected call leaves out, with a value it does not accept."""
+    (want_name, accepted), = case.expected[0].items()
+    for call in calls:
+        function = case.functions.get(call["name"])
+        if function is None or function["name"] != want_name:
+            continue
+        try:
+            args = json.loads(call["arguments"] or "{}")
+        except ValueError:
+            continue
+        required = function["parameters"].get("required") or []
+        for name, value in args.items() if isinstance(args, dict) else ():
+            values = accepted.get(name)
+            if name not in required and (values is None or ("" in values and not _check_value(
+                    value, values, (function["parameters"].get("properties") or {}).get(name) or {}, name)[0])):
+                return True
+    return False
+
+
 def _check_object(args: dict[str, Any], accepted: dict[str, Any], props: dict[str, Any],
                   required: list[str], where: str) -> tuple[bool, str]:
     for name in required:

@@ -82,6 +82,16 @@ def test_auto_calls_where_a_tool_clearly_applies(client):
         assert data["choices"][0]["finish_reason"] == "tool_calls"
 
 
+def test_auto_answers_in_text_where_no_tool_applies(client):
+    # SmolLM2 opens a call on every prompt; a call whose values it had to invent ("New York" for
+    # a joke) is dropped for a text answer.
+    for content in ("Tell me a joke.", "Who wrote Hamlet?", "Write a haiku about the sea."):
+        data = chat(client, messages=[{"role": "user", "content": content}], tools=[WEATHER], max_tokens=40, **GREEDY)
+        message = data["choices"][0]["message"]
+        assert not message.get("tool_calls") and message["content"].strip(), data
+        assert "<tool_call>" not in message["content"] and not message["content"].startswith("message:")
+
+
 def test_arrays_without_max_items_stay_bounded(client):
     # BFCL's case that ran to max_tokens in 94 s: an array of stops holding "Santa Barbara" 16 times.
     trip = {
@@ -101,4 +111,7 @@ def test_arrays_without_max_items_stay_bounded(client):
     calls = calls_of(data)
     assert calls and data["choices"][0]["finish_reason"] == "tool_calls"
     no_repeats(calls)
-    assert all(len(args["stops"]) <= LIMITS.max_items for _, args in calls)
+    for _, args in calls:
+        stops = args["stops"]
+        assert len(stops) <= LIMITS.max_items
+        assert all(a != b for a, b in zip(stops, stops[1:], strict=False)), stops  # cut where it repeats

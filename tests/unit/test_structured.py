@@ -1,6 +1,6 @@
-"""Unit tests of nexa.structured without a model: number ranges, the call grammar's forced
-opening, and the call parser on streamed pieces. (What the grammars let a real model write,
-through llama.cpp's grammar engine, is tested in integration/test_tools.py.)"""
+"""Unit tests of nexa.structured without a model: number ranges, a call's fixed text, and the
+call parser on streamed pieces. (What the grammars let a real model write, through llama.cpp's
+grammar engine, is tested in integration/test_tools.py.)"""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import re
 from fractions import Fraction
 
 from nexa.schemas.text import ChatRequest
+from nexa.server.services.repeats import ArrayWatch
 from nexa.structured.gbnf import decimal_alternatives, integer_alternatives
 from nexa.structured.parser import CallParser, new_parser
 from nexa.structured.plan import plan_chat
+from nexa.structured.schema import rest_of_object
 
 ADD = {
     "type": "function",
@@ -38,24 +40,29 @@ def test_number_ranges_are_exact():
         assert bool(r.fullmatch(s)) == (-150 <= m <= 225 and s != "-0.00"), s
 
 
-def test_a_single_forced_call_is_prefilled_and_its_parse_completes_it():
-    plan = plan_chat(ChatRequest(messages=MESSAGES, tools=[ADD], tool_choice="required", parallel_tool_calls=False))
-    assert plan is not None and plan.grammar is not None
-    assert plan.prefill == '<tool_call>\n{"name": "add", "arguments": '
-    assert plan.suffix == "}\n</tool_call>"
-    assert "<tool_call>" not in plan.grammar  # the grammar covers the arguments alone
-    parser, first = new_parser(plan)
-    assert [(i, c.name if c else None, piece) for i, c, piece in first.calls] == [(0, "add", "")]
-    parser.feed('{"a": 2}')
-    parser.feed(plan.suffix)
-    assert [(c.name, json.loads(c.arguments)) for c in parser.complete_calls] == [("add", {"a": 2})]
+def test_a_call_has_its_fixed_text_written_and_its_parse_completes_it():
+    # One function callable: its name is written too, with or without parallel calls.
+    for parallel in (False, True):
+        body = ChatRequest(messages=MESSAGES, tools=[ADD], tool_choice="required", parallel_tool_calls=parallel)
+        plan = plan_chat(body)
+        assert plan is not None and plan.call is not None and plan.grammar is None
+        assert plan.call.head == '<tool_call>\n{"name": "add", "arguments": '
+        assert plan.call.tail == "}\n</tool_call>"
+        assert "<tool_call>" not in plan.call.rest  # the grammar covers the arguments alone
+        parser = new_parser(plan)
+        assert [(i, c.name if c else None) for i, c, _ in parser.feed(plan.call.head).calls] == [(0, "add")]
+        parser.feed('{"a": 2}')
+        parser.feed(plan.call.tail)
+        assert [(c.name, json.loads(c.arguments)) for c in parser.complete_calls] == [("add", {"a": 2})]
 
 
-def test_calls_the_model_chooses_are_not_prefilled():
+def test_the_model_chooses_the_function_among_several():
+    sub = {"type": "function", "function": {**ADD["function"], "name": "sub"}}
     for choice in ("auto", "required"):
-        plan = plan_chat(ChatRequest(messages=MESSAGES, tools=[ADD], tool_choice=choice))
-        assert plan is not None and plan.grammar is not None
-        assert plan.prefill == plan.suffix == "" and "<tool_call>" in plan.grammar
+        plan = plan_chat(ChatRequest(messages=MESSAGES, tools=[ADD, sub], tool_choice=choice))
+        assert plan is not None and plan.call is not None
+        assert plan.call.head == '<tool_call>\n{"name": '
+        assert '"\\"add\\""' in plan.call.rest and '"\\"sub\\""' in plan.call.rest
 
 
 def test_streamed_pieces_join_into_the_whole_calls():
@@ -77,3 +84,34 @@ def test_text_that_does_not_open_a_call_passes_through():
     parser = CallParser(calls_only=False)
     assert parser.feed("Hello").text == "Hello" and parser.feed(" <tool_call>").text == " <tool_call>"
     assert parser.calls == []
+
+
+def test_an_array_is_cut_where_its_items_start_repeating():
+    def first_repeat(text: str) -> tuple[str, str] | None:
+        watch = ArrayWatch()
+        for ch in text:  # a character at a time, as tokens may split anywhere
+            found = watch.feed(ch)
+            if found:
+                return found.key, text[: found.cut]
+        return None
+
+    assert first_repeat('{"stops": ["LA", "Santa Barbara", "Santa Barbara", "Santa') == (
+        "stops", '{"stops": ["LA", "Santa Barbara"'
+    )
+    pairs = '"f", "arguments": {"n": 1, "p": [[1, 2], [1, 2],'
+    assert first_repeat(pairs) == ("p", '"f", "arguments": {"n": 1, "p": [[1, 2]')
+    assert first_repeat('{"a": [1, 2, 1, 2], "s": "[1, 1, 1]", "b": [{"x": [3, 3, 3]}]}') is None
+
+
+def test_the_rest_of_an_object_after_a_member():
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "array"}, "b": {"type": "integer"}, "c": {"enum": ["x"]}},
+        "required": ["a", "c"],
+    }
+    grammar = rest_of_object(schema, "a", "tools")
+    assert grammar is not None
+    members = " ".join(line for line in grammar.splitlines() if line.startswith(("root", "rest", "members")))
+    assert "kv-b" in members and "kv-c" in members and "kv-a" not in members
+    assert rest_of_object(schema, "z", "tools") is None
+    assert rest_of_object({"type": "object"}, "a", "tools") is None

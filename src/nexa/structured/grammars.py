@@ -1,22 +1,16 @@
-"""The grammar of a whole answer: a response format's JSON, calls to a plan's tools, or either.
+"""The grammars of an answer: a response format's JSON, calls to a plan's tools, or either.
 
-One GBNF grammar covers the answer, so the model cannot write a call whose arguments fail
-their schema:
+The model cannot write JSON that fails its schema, nor a call whose arguments fail theirs:
 
-    required / named:  calls                   calls ::= call ("\\n"? call){0,3}   (one if not parallel)
-    auto:              calls | text            text starts with anything but "<"
-    auto + format:     calls | json            the response format's JSON instead of free text
-    none + format:     json
+    none + format:  one pass under the format's JSON grammar
+    calls:          in stages (nexa.server.services.calls), one call at a time
 
-A call is written as `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (the form of
-Hermes/Qwen-style models), where each name is tied to its own tool's argument schema.
-When the answer is exactly one call of a known function (a named tool_choice, or "required"
-with one tool and no parallel calls), the call's fixed opening goes into the prompt and the
-grammar covers the arguments alone: the model decodes only what it has to decide.
-
-Parallel calls and "auto" are also decoded in stages (nexa.server.services.calls), each under
-a grammar of its own: the choice between a call and text (`decision`), one call (`one_call`),
-a text answer (`text_answer`).
+A call is written as `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` (the form of
+Hermes/Qwen-style models). Its fixed opening (`head`, with the name when only one function
+may be called) is written into the prompt rather than decoded, and its fixed closing (`tail`)
+added after the arguments: the model decodes only what it has to decide, the same way with
+or without parallel calls. Under "auto" a text answer has a grammar of its own (`text_answer`):
+the response format's JSON, or text that does not open like a call.
 """
 
 from __future__ import annotations
@@ -36,6 +30,7 @@ if TYPE_CHECKING:  # plan.py builds its grammar here: a runtime import would be 
 
 MAX_CALLS = 4  # calls in one answer when parallel calls are allowed: a bound keeps it finite
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+CALL_TAIL = "}\n" + CALL_CLOSE  # closes the call object after its arguments
 # Where the prompt is our own (a template that knows no tools), a text answer under "auto" opens
 # with this word, so that the first decision is between two short openings both named in the
 # prompt, as llama-cpp-python's chatml-function-calling does; it is never sent to the client.
@@ -43,15 +38,20 @@ MESSAGE = "message:"
 
 
 @dataclass(frozen=True)
+class CallGrammar:
+    """One call: `head` is written, `rest` (a GBNF grammar) decoded, `tail` written."""
+
+    head: str
+    rest: str
+    name: str | None = None  # the function, where only one may be called (the head names it)
+    tail: str = CALL_TAIL
+
+
+@dataclass(frozen=True)
 class AnswerGrammar:
-    text: str  # the GBNF grammar
-    # A single forced call: its fixed opening, to end the prompt with, and its fixed closing,
-    # to add to the output; the grammar then covers the arguments alone.
-    prefill: str = ""
-    suffix: str = ""
-    # The stages, where the answer may hold several calls or text (None: one pass under `text`).
-    one_call: str | None = None
-    text_answer: str | None = None
+    text: str | None = None  # the grammar of a one-pass answer: a response format's JSON
+    call: CallGrammar | None = None  # where the answer may hold calls
+    text_answer: str | None = None  # under "auto": the grammar of an answer in text
 
 
 def response_rule(b: GrammarBuilder, fmt: ResponseFormat | None) -> str | None:
@@ -88,7 +88,7 @@ def response_format_grammar(fmt: ResponseFormat | None, stop: Any = None) -> str
 
 
 def plan_grammar(plan: Plan, fmt: ResponseFormat | None) -> AnswerGrammar | None:
-    """The grammar for a chat answer under `plan` (None when the answer is free text)."""
+    """The grammars for a chat answer under `plan` (None when the answer is free text)."""
     b = GrammarBuilder()
     json_rule = response_rule(b, fmt)
     # Every tool's schema is checked, even those this answer cannot call.
@@ -96,30 +96,17 @@ def plan_grammar(plan: Plan, fmt: ResponseFormat | None) -> AnswerGrammar | None
     if not plan.calls:
         return None if json_rule is None else AnswerGrammar(b.render(json_rule))
     callable_ = [t for t in plan.tools if plan.choice != "named" or t.name == plan.named]
-    if len(callable_) == 1 and not plan.parallel and plan.choice != "auto":
-        # Exactly one call of a known function: everything but its arguments is fixed text, so
-        # the model writes the arguments alone (25 fewer tokens to decode for a small call).
+    head, name = f'{CALL_OPEN}\n{{"name": ', None
+    if len(callable_) == 1:  # the name is known too: 25 fewer tokens to decode for a small call
         name = callable_[0].name
-        return AnswerGrammar(
-            b.render(args[name]),
-            prefill=f'{CALL_OPEN}\n{{"name": {json.dumps(name)}, "arguments": ',
-            suffix=f"}}\n{CALL_CLOSE}",
-        )
-    heads = " | ".join(
-        f'{json_literal(t.name)} ws "," ws "\\"arguments\\"" ws ":" ws {args[t.name]}' for t in callable_
-    )
-    nl = literal("\n")
-    body = f'"{{" ws "\\"name\\"" ws ":" ws ({heads}) ws "}}"'
-    call = b.rule("call", f"{literal(CALL_OPEN)} {nl}? {body} {nl}? {literal(CALL_CLOSE)}")
-    calls = f"{call} ({nl}? {call}){{0,{MAX_CALLS - 1}}}" if plan.parallel else call
-    # The text branch may not start with "<" (nor a blank), so the first character tells a call from text.
+        head += f'{json.dumps(name)}, "arguments": '
+        rest = args[name]
+    else:
+        then = literal(', "arguments": ')
+        rest = b.rule("call", " | ".join(f"{json_literal(t.name)} {then} {args[t.name]}" for t in callable_))
+    # A text answer may not start with "<" (nor a blank), so that it never opens like a call.
     other = json_rule or b.rule("text", r"[^<\x09-\x0D ] [^\x00]*")
-    whole = b.render(calls) if plan.choice != "auto" else b.render(f"({calls}) | {other}")
-    if not plan.parallel and plan.choice != "auto":
-        return AnswerGrammar(whole)
-    return AnswerGrammar(
-        whole, one_call=b.render(call), text_answer=b.render(other)
-    )
+    return AnswerGrammar(call=CallGrammar(head, b.render(rest), name), text_answer=b.render(other))
 
 
 def _schema_param(plan: Plan, i: int) -> str:

@@ -127,7 +127,6 @@ class CallParser:
         return False
 
 
-def new_parser(plan: Plan) -> tuple[CallParser, CallEvents]:
-    """A parser for this plan's answer, already fed the prefill; returns its events too."""
-    parser = CallParser(calls_only=plan.choice in ("required", "named"))
-    return parser, parser.feed(plan.prefill) if plan.prefill else CallEvents()
+def new_parser(plan: Plan) -> CallParser:
+    """A parser for this plan's answer."""
+    return CallParser(calls_only=plan.choice in ("required", "named"))

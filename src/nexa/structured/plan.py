@@ -14,7 +14,7 @@ from typing import Any
 
 from nexa.errors import InvalidRequest
 from nexa.schemas.text import ChatMessage, ChatRequest
-from nexa.structured.grammars import plan_grammar
+from nexa.structured.grammars import CallGrammar, plan_grammar
 
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
@@ -52,19 +52,10 @@ class Plan:
     function_call_field: bool = False  # also answer with the legacy `function_call` (the original Nexa server's shape)
     history: bool = False  # the conversation holds calls or their results
     call_names: dict[str, str] = field(default_factory=dict)  # tool_call_id -> function name
-    grammar: str | None = None
-    # A single forced call: its fixed opening is put in the prompt rather than generated token
-    # by token, and its fixed closing is added to the output (see plan_grammar).
-    prefill: str = ""
-    suffix: str = ""
-    # Decoding in stages (see AnswerGrammar): None where the answer is one pass under `grammar`.
-    one_call: str | None = None
-    text_answer: str | None = None
+    grammar: str | None = None  # a one-pass answer's grammar: a response format without calls
+    call: CallGrammar | None = None  # a call's grammar, where the answer may hold calls (see calls.py)
+    text_answer: str | None = None  # under "auto": the grammar of an answer in text
     native: bool = False  # the chat template shows the tools in its own form (set by prompting.render)
-
-    @property
-    def staged(self) -> bool:
-        return self.calls and self.one_call is not None
 
     @property
     def calls(self) -> bool:
@@ -110,14 +101,13 @@ def plan_chat(body: ChatRequest, *, always_call: bool = False) -> Plan | None:
     plan.call_names, plan.history = check_messages(body.messages)
     grammar = plan_grammar(plan, body.response_format)
     if grammar is not None:
-        plan.grammar, plan.prefill, plan.suffix = grammar.text, grammar.prefill, grammar.suffix
-        plan.one_call, plan.text_answer = grammar.one_call, grammar.text_answer
+        plan.grammar, plan.call, plan.text_answer = grammar.text, grammar.call, grammar.text_answer
         if body.stop:
             raise InvalidRequest(
                 "stop cannot be combined with tools or a JSON response_format: a stop string could cut the JSON short.",
                 param="stop",
             )
-    if not plan.tools and not plan.history and plan.grammar is None:
+    if not plan.tools and not plan.history and grammar is None:
         return None
     return plan
 

@@ -28,13 +28,8 @@ class ChatTemplate(Protocol):
 
 
 def render(engine: ChatTemplate, messages: list[ChatMessage], plan: Plan) -> tuple[str, list[str], bool]:
-    """The prompt for a conversation with tools, ending with the plan's prefill if any."""
-    text, stops, special = _render(engine, messages, plan)
-    return text + plan.prefill, stops, special
-
-
-def _render(engine: ChatTemplate, messages: list[ChatMessage], plan: Plan) -> tuple[str, list[str], bool]:
-    """The template's own form where it has one, else the generic form."""
+    """The prompt for a conversation with tools: the template's own form where it has one, else
+    the generic form."""
     native = [_native(m) for m in messages]
     shown = [t.as_openai() for t in plan.tools] if plan.calls else []
     probe = shown or [_PROBE.as_openai()]

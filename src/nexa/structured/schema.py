@@ -52,6 +52,17 @@ def schema_grammar(schema: Any, param: str, limits: Limits = LIMITS) -> str:
     return b.render(schema_rule(b, schema, param))
 
 
+def rest_of_object(schema: Any, key: str, param: str, limits: Limits = LIMITS) -> str | None:
+    """The grammar of what follows member `key` in an object of `schema`: the members declared
+    after it, then the closing brace (None where `schema` declares no `key`). calls.py continues
+    a call with it where it cuts an array that repeats itself."""
+    if not isinstance(schema, dict):
+        return None
+    b = GrammarBuilder(limits)
+    rule = SchemaCompiler(b, schema, param)._object(schema, "#", after=key)
+    return None if rule is None else b.render(rule)
+
+
 def check_size(schema: Any, param: str, limits: Limits) -> None:
     """Refuse a schema past Limits' size bounds before any work (iterative: no recursion)."""
     nodes = 0
@@ -284,7 +295,9 @@ class SchemaCompiler:
         hi = min(hi, max(lo, self.limits.max_items))  # fewer than maxItems is still valid
         return self.b.array_of(item, lo, hi)
 
-    def _object(self, s: dict[str, Any], ptr: str) -> str | None:
+    def _object(self, s: dict[str, Any], ptr: str, after: str | None = None) -> str | None:
+        """The rule for objects of `s`; with `after`, for the rest of one once its member `after`
+        is written (None where `s` declares no such member)."""
         props = s.get("properties", {})
         if not isinstance(props, dict):
             raise self.error(ptr, "properties must be an object.")
@@ -298,6 +311,8 @@ class SchemaCompiler:
         max_p = count(s, "maxProperties", ptr, self.param)
 
         if not props and not required:
+            if after is not None:
+                return None
             if extra is False:
                 if min_p:
                     raise self.error(ptr, "minProperties cannot be met when no property is allowed.")
@@ -333,10 +348,14 @@ class SchemaCompiler:
             raise self.error(ptr, "minProperties above the number of required properties cannot be enforced.")
         if max_p is not None and max_p < len(entries):
             raise self.error(ptr, "maxProperties below the number of properties cannot be enforced.")
-        return self._sequence(entries)
+        if after is None:
+            return self.b.rule("object", f'"{{" ws {self._sequence(entries, 0, False)} ws "}}"')
+        i = next((i for i, (key, _, _) in enumerate(entries) if key == after), None)
+        return None if i is None else self.b.rule("rest", f'{self._sequence(entries, i + 1, True)} ws "}}"')
 
-    def _sequence(self, entries: list[tuple[str, str, bool]]) -> str:
-        """Members in the declared order, optional ones optional, commas only between members."""
+    def _sequence(self, entries: list[tuple[str, str, bool]], start: int, after: bool) -> str:
+        """Members from `start` in the declared order, optional ones optional, commas only between
+        members (`after`: one was written before `start`)."""
         kvs = [self.b.rule(f"kv-{key}", f'{json_literal(key)} ws ":" ws {rule}') for key, rule, _ in entries]
         memo: dict[tuple[int, bool], str] = {}
 
@@ -352,7 +371,7 @@ class SchemaCompiler:
             memo[(i, after)] = name = self.b.rule("members", body)
             return name
 
-        return self.b.rule("object", f'"{{" ws {rest(0, False)} ws "}}"')
+        return rest(start, after)
 
 
 def _escape_ptr(key: str) -> str:

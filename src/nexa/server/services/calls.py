@@ -9,14 +9,18 @@ grammar of its own (nexa.structured.grammars), over the prompt plus what is writ
 
 1. under "auto", a constrained decision: the call's opening or, where the prompt is our own,
    the word that opens a text answer (as llama-cpp-python's chatml-function-calling does); a
-   template that knows tools decides between its call opening and the first character of text;
-2. for text, the text answer; for calls, one call, then "another call or the end", as long as
-   parallel calls are allowed and MAX_CALLS is not reached; a call identical to one already
-   made (same function, same arguments) ends the answer and is not sent.
+   template that knows tools decides between its call opening and the first character of text.
+   A call chosen there is kept only if the model took one of its values from the conversation
+   (grounding.py), else the answer is text;
+2. for text, the text answer; for calls, one call (its fixed opening and closing written, its
+   arguments decoded), then "another call or the end", as long as parallel calls are allowed
+   and MAX_CALLS is not reached; a call identical to one already made (same function, same
+   arguments) ends the answer and is not sent.
 
 The stages come out as one stream of TextDelta items and one Finish (its usage the sum of
 the stages'), so tools.response and tools.stream read them as a single generation. Only the
-first call is streamed as it is written: a later one is held until it is known not to repeat.
+first call is streamed as it is written (under "auto", once it is judged grounded): a later
+one is held until it is known not to repeat.
 """
 
 from __future__ import annotations
@@ -33,19 +37,23 @@ from fastapi import Request
 
 from nexa.engines.base import Finish, SamplingParams, TextDelta, TextEngine, TokenLogprob
 from nexa.server.services.generation import generate
+from nexa.server.services.grounding import grounded
+from nexa.server.services.repeats import ArrayWatch
 from nexa.server.threads import in_thread
 from nexa.structured.gbnf import literal
 from nexa.structured.grammars import CALL_OPEN, MAX_CALLS, MESSAGE
 from nexa.structured.parser import CallParser
 from nexa.structured.plan import Plan
+from nexa.structured.schema import rest_of_object
 
-DECISION_TOKENS = 8  # enough for either opening in any tokenizer we serve
+DECISION_TOKENS = 16  # either opening, even spelt a character a token (the grammar ends it)
 NEXT = "\n"  # between two calls
 TOP_ALTERNATIVES = 20  # log-probabilities read per token to find the end of the turn among them
 
 
 @dataclass
 class _Totals:
+    prompt_tokens: int  # the prompt's size, for when no stage has ended yet (its Finish says it)
     first: Finish | None = None
     completion_tokens: int = 0
     prompt_seconds: float = 0.0
@@ -58,17 +66,14 @@ class _Totals:
         self.generation_seconds += finish.generation_seconds
 
     def finish(self, reason: str) -> Finish:
-        assert self.first is not None
-        return Finish(
-            reason, self.first.prompt_tokens, self.completion_tokens, self.first.cached_tokens,
-            self.prompt_seconds, self.generation_seconds,
-        )
+        prompt, cached = (self.first.prompt_tokens, self.first.cached_tokens) if self.first else (self.prompt_tokens, 0)
+        return Finish(reason, prompt, self.completion_tokens, cached, self.prompt_seconds, self.generation_seconds)
 
 
 class _Stages:
     def __init__(self, request: Request, engine: TextEngine, prompt: list[int], params: SamplingParams) -> None:
         self.request, self.engine, self.prompt, self.params = request, engine, prompt, params
-        self.totals = _Totals()
+        self.totals = _Totals(len(prompt))
         self.last_reason = "stop"  # the Finish reason of the latest stage
         # How the end of a turn shows among the top log-probabilities: a control token (its text
         # is empty: the engines render pieces without specials) or one of the template's stops.
@@ -80,7 +85,7 @@ class _Stages:
 
     async def run(
         self, written: str, grammar: str | None, most: int | None = None, params: SamplingParams | None = None
-    ) -> AsyncIterator[TextDelta]:
+    ) -> AsyncGenerator[TextDelta]:
         """One stage: the prompt plus `written` continued under `grammar`; its Finish goes to the totals."""
         prompt = self.prompt
         if written:
@@ -90,25 +95,85 @@ class _Stages:
         budget = left if most is None else most if left is None else min(left, most)
         params = replace(params or self.params, grammar=grammar, max_tokens=budget, stop=list(self.params.stop))
         items = await generate(self.request, self.engine, prompt, params)
+        tokens, ended = 0, False
         try:
             async for item in items:
                 if isinstance(item, Finish):
                     self.totals.add(item)
-                    self.last_reason = item.reason
+                    self.last_reason, ended = item.reason, True
                 else:
+                    tokens += len(item.logprobs) or 1
                     yield item
-        finally:  # a stage left early (the client went away) stops its engine at once
+        finally:  # a stage left early (a cut, or the client went away) stops its engine at once
             await items.aclose()  # type: ignore[attr-defined]
+            if not ended:
+                self.totals.completion_tokens += tokens
 
     async def collect(
         self, written: str, grammar: str | None, most: int | None = None, params: SamplingParams | None = None
     ) -> TextDelta:
-        text: list[str] = []
-        logprobs: list[TokenLogprob] = []
-        async for item in self.run(written, grammar, most, params):
-            text.append(item.text)
-            logprobs += item.logprobs
-        return TextDelta("".join(text), logprobs)
+        return await _joined(self.run(written, grammar, most, params))
+
+    async def arguments(
+        self, written: str, plan: Plan, params: SamplingParams | None = None
+    ) -> AsyncGenerator[TextDelta]:
+        """The rest of a call after `written` (its head), as it may be sent. An array among its
+        arguments that starts repeating its items is cut there and closed (repeats.py), and the
+        call goes on under the grammar of the rest of its object; so text inside such an array
+        is held until the array is closed."""
+        call = plan.call
+        assert call is not None
+        watch, grammar, held = ArrayWatch(), call.rest, []
+        while True:
+            repeat, rest = None, None
+            async with aclosing(self.run(written + watch.text, grammar, params=params)) as items:
+                async for item in items:
+                    held.append(item)
+                    repeat = watch.feed(item.text)
+                    rest = None if repeat is None else _rest_after(plan, watch.text, repeat.key)
+                    if rest is not None:
+                        break
+                    if not watch.in_array:
+                        for piece in held:
+                            yield piece
+                        held = []
+            if repeat is None or rest is None:
+                for piece in held:
+                    yield piece
+                return
+            kept = watch.text[: repeat.cut] + "]"
+            unsent = kept[len(watch.text) - sum(len(piece.text) for piece in held) :]
+            held = [TextDelta(unsent, _within(held, len(unsent[:-1].encode())))]
+            watch, grammar = ArrayWatch(), rest
+            watch.feed(kept)
+
+
+async def _joined(items: AsyncIterator[TextDelta]) -> TextDelta:
+    text: list[str] = []
+    logprobs: list[TokenLogprob] = []
+    async for item in items:
+        text.append(item.text)
+        logprobs += item.logprobs
+    return TextDelta("".join(text), logprobs)
+
+
+def _within(pieces: list[TextDelta], size: int) -> list[TokenLogprob]:
+    """The log-probabilities of the tokens that spell the first `size` bytes of `pieces`."""
+    out: list[TokenLogprob] = []
+    for token in (t for piece in pieces for t in piece.logprobs):
+        size -= len(token.bytes)
+        if size < 0:
+            break
+        out.append(token)
+    return out
+
+
+def _rest_after(plan: Plan, text: str, key: str) -> str | None:
+    """The grammar of a call's arguments after its member `key` (`text`: the call so far, after its head)."""
+    assert plan.call is not None
+    name = plan.call.name or json.loads(text[: text.index(",")])
+    (tool,) = [t for t in plan.tools if t.name == name]
+    return rest_of_object(tool.parameters, key, "tools")
 
 
 def decision_grammar(plan: Plan) -> str:
@@ -136,35 +201,55 @@ async def staged(
 async def _staged(
     request: Request, engine: TextEngine, prompt: list[int], params: SamplingParams, plan: Plan
 ) -> AsyncGenerator[TextDelta | Finish]:
-    assert plan.one_call is not None
+    call = plan.call
+    assert call is not None
     stages = _Stages(request, engine, prompt, params)
+    written = call.head
     if plan.choice == "auto":
         decided = await stages.collect("", decision_grammar(plan), DECISION_TOKENS)
         if stages.last_reason != "stop":
             yield stages.totals.finish(stages.last_reason)
             return
-        if not decided.text.startswith(CALL_OPEN):
+        first = TextDelta("")
+        if decided.text.startswith(CALL_OPEN):
+            # The call is held until it is known to be grounded (see grounding.py).
+            sure = replace(params, logprobs=params.logprobs or 0)
+            first = await _joined(stages.arguments(written, plan, sure))
+            if stages.last_reason != "stop":  # cut by max_tokens: what was written, as without "auto"
+                yield TextDelta(written + first.text, first.logprobs)
+                yield stages.totals.finish(stages.last_reason)
+                return
+        if not first.text or not grounded(first):
             async for item in stages.run("" if plan.native else MESSAGE + "\n", plan.text_answer):
                 yield item
             yield stages.totals.finish(stages.last_reason)
             return
-    written = ""
-    async for item in stages.run("", plan.one_call):
-        written += item.text
-        yield item
+        written += first.text + call.tail
+        yield TextDelta(written, first.logprobs)
+    else:
+        # The first call is streamed as it is written: its fixed opening at once, then its arguments.
+        yield TextDelta(written, [])
+        async for item in stages.arguments(written, plan):
+            written += item.text
+            yield item
+        if stages.last_reason != "stop":
+            yield stages.totals.finish(stages.last_reason)
+            return
+        written += call.tail
+        yield TextDelta(call.tail, [])
     made = _calls(written)
-    while stages.last_reason == "stop" and plan.parallel and len(made) < MAX_CALLS and stages.left() != 0:
+    while plan.parallel and len(made) < MAX_CALLS and stages.left() != 0:
         if not await _another_call(stages, written):
             break
-        more = await stages.collect(written + NEXT, plan.one_call)
-        call = _calls(more.text)
-        if stages.last_reason != "stop" or not call or call[0] in made:
+        more = await _joined(stages.arguments(written + NEXT + call.head, plan))
+        text = call.head + more.text + call.tail
+        if stages.last_reason != "stop" or _calls(text)[0] in made:
             break  # ran out of tokens inside the call, or repeated a call
-        made += call
-        written += NEXT + more.text
-        yield TextDelta(NEXT + more.text, more.logprobs)
+        made += _calls(text)
+        written += NEXT + text
+        yield TextDelta(NEXT + text, more.logprobs)
     # A later call cut by max_tokens is dropped whole: the calls already sent are complete.
-    yield stages.totals.finish("stop" if made else stages.last_reason)
+    yield stages.totals.finish("stop")
 
 
 async def _another_call(stages: _Stages, written: str) -> bool:

@@ -94,7 +94,7 @@ async def _answer(
     reply = ChatReply.new(engine.name)
     logprobs = params.logprobs is not None
     calls = plan if plan is not None and plan.calls else None
-    if calls is not None and calls.staged:
+    if calls is not None:
         items = await staged(request, engine, tokens, params, calls)
     else:
         items = await generate(request, engine, tokens, params)

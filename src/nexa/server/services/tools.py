@@ -21,18 +21,8 @@ from nexa.schemas.text import (
     ToolCallDelta,
 )
 from nexa.server.services.generation import ChatReply, Collected, chat_logprobs
-from nexa.structured.parser import CallEvents, CallParser, new_parser
+from nexa.structured.parser import CallParser, new_parser
 from nexa.structured.plan import Plan
-
-
-async def _prefilled(
-    first: CallEvents, items: AsyncIterator[TextDelta | Finish]
-) -> AsyncIterator[CallEvents | TextDelta | Finish]:
-    """The prefill's events (the call's start, sent before the model writes a token), then the items."""
-    if first.calls:
-        yield first
-    async for item in items:
-        yield item
 
 
 def finish_reason(plan: Plan, parser: CallParser, finish: Finish) -> str:
@@ -44,10 +34,8 @@ def finish_reason(plan: Plan, parser: CallParser, finish: Finish) -> str:
 def response(plan: Plan, out: Collected, reply: ChatReply, logprobs: bool) -> ChatCompletion:
     """A chat.completion whose message holds the calls (or text, where the model chose text)."""
     assert out.finish is not None
-    parser, _ = new_parser(plan)
+    parser = new_parser(plan)
     parser.feed(out.text)
-    if out.finish.reason == "stop":
-        parser.feed(plan.suffix)
     calls = parser.complete_calls
     message = AssistantMessage(content=out.text)
     if calls:
@@ -61,19 +49,17 @@ async def stream(
     plan: Plan, items: AsyncIterator[TextDelta | Finish], reply: ChatReply, include_usage: bool, logprobs: bool
 ) -> AsyncIterator[ChatCompletionChunk]:
     """chat.completion.chunk events: text as `content`, calls as OpenAI `delta.tool_calls`."""
-    parser, ev = new_parser(plan)
+    parser = new_parser(plan)
     started = False
-    async for item in _prefilled(ev, items):
+    async for item in items:
         if isinstance(item, Finish):
-            if item.reason == "stop":
-                parser.feed(plan.suffix)
             if not started:
                 yield reply.chunk(Delta(role="assistant", content=""))
             yield reply.chunk(Delta(), None, finish_reason(plan, parser, item))
             if include_usage:
                 yield reply.usage_chunk(item)
             return
-        ev = item if isinstance(item, CallEvents) else parser.feed(item.text)
+        ev = parser.feed(item.text)
         if ev.text:
             # The first event names the role; a key left out stays off the wire (see ResponseModel).
             first: dict[str, Any] = {} if started else {"role": "assistant"}
