@@ -22,6 +22,7 @@ from nexa.models.manager import ModelManager
 from nexa.server.app import create_app
 from nexa.structured.schema import schema_grammar
 from support.servers import LiveServer
+from support.tools import WEATHER
 
 PROMPTS = [
     "The capital of France is",
@@ -180,6 +181,9 @@ def test_a_full_queue_is_503_with_retry_after(tight):
             assert err["type"] == "server_overloaded" and "--max-queue" in err["message"]
             stream = c.post(tight.url + "/v1/completions", json={**long, "max_tokens": 2})
             assert stream.status_code == 503  # a stream is refused before it starts, not mid-way
+            calls = {"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [WEATHER],
+                     "tool_choice": "required", "stream": True}
+            assert c.post(tight.url + "/v1/chat/completions", json=calls).status_code == 503  # calls too
             assert r2.status_code == 200
     # Once the clients are gone their slots free and the server answers again.
     deadline = time.time() + 30

@@ -227,11 +227,13 @@ async def _staged(
         written += first.text + call.tail
         yield TextDelta(written, first.logprobs)
     else:
-        # The first call is streamed as it is written: its fixed opening at once, then its arguments.
-        yield TextDelta(written, [])
+        # The first call is streamed as it is written: its fixed opening with the first piece the
+        # engine decodes (so that a request it cannot queue is refused before the response starts).
+        head = written
         async for item in stages.arguments(written, plan):
             written += item.text
-            yield item
+            yield TextDelta(head + item.text, item.logprobs) if head else item
+            head = ""
         if stages.last_reason != "stop":
             yield stages.totals.finish(stages.last_reason)
             return
