@@ -24,7 +24,7 @@ from nexa.schemas.text import (
     TopLogprob,
 )
 from nexa.schemas.text import TokenLogprob as TokenLogprobOut
-from nexa.server.threads import collect, in_thread, iterate_in_thread
+from nexa.server.threads import collect, in_thread, iterate
 
 
 async def generate(
@@ -38,7 +38,7 @@ async def generate(
 
     async def items() -> AsyncIterator[TextDelta | Finish]:
         try:
-            async for item in iterate_in_thread(lambda _: started, cancel):
+            async for item in iterate(started, cancel):
                 if isinstance(item, Finish):
                     request.state.generation = (item.completion_tokens, item.generation_seconds)
                 yield item
