@@ -6,8 +6,13 @@
 2. The real thing on SmolLM2: a call (`tokenize`) through a RemoteEngine against the same call
    in-process, and greedy decoding of 128 tokens, streamed from the worker against in-process,
    in alternating passes (medians).
+3. The same decoding read on an event loop as the server reads it, 1 and --streams streams at
+   once: through a bridge thread per request (the blocking iterator, then call_soon_threadsafe
+   per token: how streams were read before channel.Stream) against handed straight to the loop
+   by the thread that produces the tokens. Wall tokens/s, and this process's CPU per token
+   (for the worker, that is the whole HTTP-side cost of a token: the worker decodes elsewhere).
 
-    .venv/bin/python bench/bench_transport.py [--messages 20000] [--reps 5]
+    .venv/bin/python bench/bench_transport.py [--messages 20000] [--reps 5] [--streams 8]
 
 A script, not a test: it prints figures and asserts nothing about them.
 """
@@ -15,6 +20,7 @@ A script, not a test: it prints figures and asserts nothing about them.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing as mp
 import os
 import socket
@@ -28,6 +34,7 @@ from nexa.config import Settings
 from nexa.engines.base import SamplingParams, TextDelta
 from nexa.models.startup import load_in_process
 from nexa.models.store import ModelStore
+from nexa.server.threads import in_thread, iterate, iterate_in_thread
 from nexa.workers.remote import RemoteEngine
 
 ITEM = ("item", 7, TextDelta(" token", []))
@@ -79,9 +86,41 @@ def raw(n: int) -> dict[str, float]:
     return out
 
 
-def engines(reps: int) -> None:
+async def _on_loop(engine: Any, prompt: list[int], params: SamplingParams, streams: int, straight: bool) -> int:
+    async def one() -> int:
+        cancel = threading.Event()
+        items = await in_thread(engine.generate, prompt, params, cancel)
+        if straight:
+            source = iterate(items, cancel)
+        else:  # a plain generator is not a Stream: read blocking in a thread of its own
+            source = iterate_in_thread(lambda _: (x for x in items), cancel)
+        return sum([1 async for x in source if isinstance(x, TextDelta)])
+
+    return sum(await asyncio.gather(*(one() for _ in range(streams))))
+
+
+def loop_reads(here: Any, there: Any, prompt: list[int], params: SamplingParams, reps: int, streams: int) -> None:
+    for n in sorted({1, streams}):
+        for name, engine in (("in-process", here), ("worker", there)):
+            wall: dict[bool, list[float]] = {False: [], True: []}
+            cpu: dict[bool, list[float]] = {False: [], True: []}
+            for _ in range(reps):
+                for straight in (False, True):
+                    started, used = time.perf_counter(), time.process_time()
+                    tokens = asyncio.run(_on_loop(engine, prompt, params, n, straight))
+                    wall[straight].append(tokens / (time.perf_counter() - started))
+                    cpu[straight].append((time.process_time() - used) / tokens * 1e6)
+            bridge, direct = statistics.median(wall[False]), statistics.median(wall[True])
+            print(
+                f"  {n} stream(s), {name:<10}: bridge thread {bridge:7.1f} tok/s "
+                f"{statistics.median(cpu[False]):6.1f} us CPU/token | straight to the loop {direct:7.1f} tok/s "
+                f"{statistics.median(cpu[True]):6.1f} us CPU/token ({direct / bridge:.3f}x)"
+            )
+
+
+def engines(reps: int, streams: int) -> None:
     model = ModelStore().resolve(None)
-    settings = Settings(n_ctx=2048, parallel=1)
+    settings = Settings(n_ctx=2048, parallel=streams)
     here = load_in_process(model, settings)
     there = RemoteEngine.start(model, settings)
     text = "The quick brown fox jumps over the lazy dog. " * 8
@@ -103,6 +142,8 @@ def engines(reps: int) -> None:
         a, b = statistics.median(rates["in-process"]), statistics.median(rates["worker"])
         print(f"  decode 128 tokens, in-process: {a:7.1f} tok/s")
         print(f"  decode 128 tokens, worker    : {b:7.1f} tok/s  (worker/in-process {b / a:.3f}x)")
+        print("the same read on an event loop, as the server reads it:")
+        loop_reads(here, there, prompt, params, reps, streams)
     finally:
         there.close()
         here.close()
@@ -112,12 +153,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--streams", type=int, default=8)
     args = ap.parse_args()
     print(f"raw transports, {args.messages} token messages, one process to another:")
     for name, us in raw(args.messages).items():
         print(f"  {name:<36}: {us:6.1f} us/message")
     print("SmolLM2 through a worker against in-process:")
-    engines(args.reps)
+    engines(args.reps, args.streams)
 
 
 if __name__ == "__main__":
