@@ -3,6 +3,9 @@
 1. Raw transports between two processes, one token-sized message at a time, as a worker
    streams them: multiprocessing's Connection over a socketpair (what nexa uses), the same
    over os.pipe, and multiprocessing.Queue (a feeder thread and a lock per message).
+   Then, within one process, a producer thread's items read on an event loop: through a bridge
+   thread (a blocking iterator, call_soon_threadsafe per item) against channel.Stream, flooded
+   and spaced 1 ms apart (CPU per item: the HTTP side's share of a streamed token).
 2. The real thing on SmolLM2: a call (`tokenize`) through a RemoteEngine against the same call
    in-process, and greedy decoding of 128 tokens, streamed from the worker against in-process,
    in alternating passes (medians).
@@ -23,6 +26,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import queue
 import socket
 import statistics
 import threading
@@ -30,6 +34,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from nexa.channel import END, Channel, Stream
 from nexa.config import Settings
 from nexa.engines.base import SamplingParams, TextDelta
 from nexa.models.startup import load_in_process
@@ -118,6 +123,44 @@ def loop_reads(here: Any, there: Any, prompt: list[int], params: SamplingParams,
             )
 
 
+def _read_on_loop(n: int, gap_s: float, straight: bool) -> int:
+    channel = Channel()
+    blocking: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    put = channel.put if straight else blocking.put
+
+    def produce() -> None:
+        for i in range(n):
+            put(i)
+            if gap_s:
+                time.sleep(gap_s)
+        put(END)
+
+    def read_blocking() -> Any:
+        while (item := blocking.get()) is not END:
+            yield item
+
+    async def consume() -> int:
+        threading.Thread(target=produce).start()
+        cancel = threading.Event()
+        source = iterate(Stream(channel), cancel) if straight else iterate_in_thread(lambda _: read_blocking(), cancel)
+        return sum([1 async for _ in source])
+
+    return asyncio.run(consume())
+
+
+def loop_handoff(n: int, reps: int) -> None:
+    for gap_s, count in ((0.0, n), (0.001, max(1, n // 10))):
+        for straight in (False, True):
+            cpu = []
+            for _ in range(reps):
+                used = time.process_time()
+                _read_on_loop(count, gap_s, straight)
+                cpu.append((time.process_time() - used) / count * 1e6)
+            how = "straight to the loop" if straight else "bridge thread       "
+            when = "spaced 1 ms" if gap_s else "flooded    "
+            print(f"  {when}, {how}: {statistics.median(cpu):6.1f} us CPU/item")
+
+
 def engines(reps: int, streams: int) -> None:
     model = ModelStore().resolve(None)
     settings = Settings(n_ctx=2048, parallel=streams)
@@ -158,6 +201,8 @@ def main() -> None:
     print(f"raw transports, {args.messages} token messages, one process to another:")
     for name, us in raw(args.messages).items():
         print(f"  {name:<36}: {us:6.1f} us/message")
+    print("a thread's items read on an event loop, one process:")
+    loop_handoff(args.messages, args.reps)
     print("SmolLM2 through a worker against in-process:")
     engines(args.reps, args.streams)
 
