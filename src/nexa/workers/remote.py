@@ -9,9 +9,10 @@ The proxy answers attribute reads from facts the worker sent once it had loaded,
 common checks of engines/base.py here (require, check_prompt...) unless the engine overrides
 them, and sends every other method call to the worker. A call that returns an iterator in the
 worker returns one here, fed item by item by the thread reading the socket: a channel.Stream,
-which the server awaits on its event loop with no thread of the request's own in between. If the worker dies, every call waiting on it fails
-with ModelCrashed (a 500 in the error envelope; a stream ends with an error event), and
-`alive` turns False so that the model manager starts a new worker on the next request.
+which the server awaits on its event loop with no thread of the request's own in between. If
+the worker dies, every call waiting on it fails with ModelCrashed (a 500 in the error envelope;
+a stream ends with an error event), and `alive` turns False so that the model manager starts a
+new worker on the next request.
 """
 
 from __future__ import annotations
