@@ -326,6 +326,21 @@ def test_two_clients_at_once_get_complete_correct_answers(live):
     assert results == alone
 
 
+def test_disconnect_stops_a_stream_read_on_the_loop(live, served):
+    # Unwrapped, the worker's tokens reach the event loop straight from the thread reading its
+    # socket (channel.Stream): no thread of the request's own is there to see the client leave.
+    engine = served.engine
+    finished = engine.stats().requests
+    body = {"prompt": "1, 2, 3, 4,", "max_tokens": 1500, "stream": True, **GREEDY}
+    with httpx.Client(timeout=60) as c, c.stream("POST", live.url + "/v1/completions", json=body) as r:
+        lines = r.iter_lines()
+        for _ in range(6):
+            next(lines)
+    assert decoding_stops(engine), "the worker kept decoding for a client that left"
+    assert engine.stats().requests == finished  # cancelled, not run to its end
+    assert not engine._calls  # and the server forgot the call
+
+
 def test_disconnect_stops_generation(live, served, monkeypatch):
     # The served model runs in a worker process: count what reaches this process, and ask
     # the worker itself that nothing is still running once the client has gone.

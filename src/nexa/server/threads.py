@@ -8,6 +8,9 @@ asyncio queue, so the event loop never waits on an engine. Three entry points:
 - `iterate_in_thread(make)`: a blocking iterator, consumed as an async iterator. When the
   consumer goes away (client disconnected, task cancelled), the engine sees `cancel` set and
   stops at its next item.
+- `iterate(items, cancel)`: an iterator an engine already returned. A `channel.Stream` (the
+  text scheduler's results, a model worker's stream) is read on the loop itself, handed over
+  by the thread that produces it; anything else goes through `iterate_in_thread`.
 - `collect(client, items)`: a whole async iterator, stopped early if the client disconnects.
 
 CPU-heavy preprocessing (decoding input images) goes through a `Pool` instead: a few threads
@@ -19,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
+from nexa.channel import Stream
 from nexa.errors import ClientGone, Overloaded
 
 T = TypeVar("T")
@@ -33,6 +37,11 @@ class Client(Protocol):
     """What `collect` needs of a request: Starlette's Request has it."""
 
     async def is_disconnected(self) -> bool: ...
+
+
+class _Handoff:
+    def __init__(self, stream: Stream[Any]):
+        self.stream = stream
 
 
 class _Failed:
@@ -59,6 +68,10 @@ async def iterate_in_thread(
         items = None
         try:
             items = make(cancel)
+            if isinstance(items, Stream):  # read on the loop from here on: no thread needed
+                put(_Handoff(items))
+                items = None
+                return
             for item in items:
                 put(item)
                 if cancel.is_set():
@@ -79,9 +92,32 @@ async def iterate_in_thread(
                 return
             if isinstance(item, _Failed):
                 raise item.exc
+            if isinstance(item, _Handoff):
+                inner = iterate(item.stream, cancel)
+                try:
+                    async for x in inner:
+                        yield x
+                finally:
+                    await inner.aclose()
+                return
             yield item  # type: ignore[misc]
     finally:
         cancel.set()
+
+
+async def iterate(items: Iterator[T], cancel: threading.Event) -> AsyncGenerator[T, None]:
+    """An engine's iterator consumed on the loop; `cancel` is set when the consumer goes away."""
+    if not isinstance(items, Stream):
+        async for item in iterate_in_thread(lambda _: items, cancel):
+            yield item
+        return
+    source = items.__aiter__()
+    try:
+        async for item in source:
+            yield item
+    finally:
+        cancel.set()
+        await source.aclose()  # now, not when collected: a model worker is told to stop at once
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:

@@ -8,9 +8,11 @@ the HTTP work.
 The proxy answers attribute reads from facts the worker sent once it had loaded, runs the
 common checks of engines/base.py here (require, check_prompt...) unless the engine overrides
 them, and sends every other method call to the worker. A call that returns an iterator in the
-worker returns one here, fed item by item. If the worker dies, every call waiting on it fails
-with ModelCrashed (a 500 in the error envelope; a stream ends with an error event), and
-`alive` turns False so that the model manager starts a new worker on the next request.
+worker returns one here, fed item by item by the thread reading the socket: a channel.Stream,
+which the server awaits on its event loop with no thread of the request's own in between. If
+the worker dies, every call waiting on it fails with ModelCrashed (a 500 in the error envelope;
+a stream ends with an error event), and `alive` turns False so that the model manager starts a
+new worker on the next request.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import IO, Any
 
+from nexa.channel import END, Channel, Stream
 from nexa.config import Settings
 from nexa.errors import ModelCrashed, StartupError
 from nexa.models.types import ResolvedModel
@@ -116,7 +118,7 @@ class RemoteEngine:
         self.alive = True
         self._conn = conn
         self._output = output
-        self._calls: dict[int, queue.SimpleQueue[tuple[Any, ...]]] = {}
+        self._calls: dict[int, Channel] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -218,7 +220,7 @@ class RemoteEngine:
         if not self.alive:
             raise self._crashed()
         cancels = [a for a in (*args, *kwargs.values()) if isinstance(a, threading.Event)]
-        replies: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        replies = Channel()
         with self._lock:
             call_id = next(self._ids)
             self._calls[call_id] = replies
@@ -226,44 +228,46 @@ class RemoteEngine:
         out_kwargs = {k: _outgoing(v) for k, v in kwargs.items()}
         if not self._post(("call", call_id, method, out_args, out_kwargs)):
             replies.put(_GONE)
-        first = self._next(call_id, replies, cancels)
+        first = self._first(call_id, replies, cancels)
         if first[0] == "stream":
             return self._stream(call_id, replies, cancels)
         self._forget(call_id)
         return self._result(first)
 
-    def _stream(
-        self, call_id: int, replies: queue.SimpleQueue[tuple[Any, ...]], cancels: list[threading.Event]
-    ) -> Iterator[Any]:
-        finished = False
-        try:
-            while True:
-                message = self._next(call_id, replies, cancels)
-                if message[0] == "item":
-                    yield self._incoming(message[2])
-                    continue
-                finished = True
-                if message[0] == "end":
-                    return
-                self._result(message)  # raises the worker's error, or ModelCrashed
-        finally:
-            if not finished:  # left early: the worker stops at its next item
+    def _stream(self, call_id: int, replies: Channel, cancels: list[threading.Event]) -> Stream[Any]:
+        """The items, read blocking or awaited on the server's loop (the reader thread then hands
+        them straight to it)."""
+
+        def decode(message: tuple[Any, ...]) -> Any:
+            if message[0] == "item":
+                return self._incoming(message[2])
+            if message[0] == "end":
+                return END
+            return self._result(message)  # raises the worker's error, or ModelCrashed
+
+        def ended(early: bool) -> None:
+            if early:  # left early: the worker stops at its next item
                 self._post(("cancel", call_id))
             self._forget(call_id)
 
-    def _next(
-        self, call_id: int, replies: queue.SimpleQueue[tuple[Any, ...]], cancels: list[threading.Event]
-    ) -> tuple[Any, ...]:
+        return Stream(replies, decode, ended, (lambda: self._pass_cancel(call_id, cancels)) if cancels else None)
+
+    def _pass_cancel(self, call_id: int, cancels: list[threading.Event]) -> None:
+        """Checked on every message, not only when idle: a fast worker keeps the channel full,
+        and a cancel seen only on a timeout would never be sent. The list is this call's own:
+        emptied once the worker has been told."""
+        if cancels and any(e.is_set() for e in cancels) and self._post(("cancel", call_id)):
+            cancels.clear()
+
+    def _first(self, call_id: int, replies: Channel, cancels: list[threading.Event]) -> tuple[Any, ...]:
         if not cancels:
-            return replies.get()
-        # Checked on every message, not only when idle: a fast worker keeps the
-        # queue full, and a cancel seen only on a timeout would never be sent.
-        # The list is this call's own: emptied once the worker has been told.
+            message: tuple[Any, ...] = replies.get()
+            return message
         while True:
-            if cancels and any(e.is_set() for e in cancels) and self._post(("cancel", call_id)):
-                cancels.clear()
+            self._pass_cancel(call_id, cancels)
             try:
-                return replies.get(timeout=0.05)
+                message = replies.get(timeout=0.05)
+                return message
             except queue.Empty:
                 continue
 

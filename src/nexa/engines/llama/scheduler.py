@@ -31,14 +31,13 @@ up the batch; a cancelled request leaves at the next step.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from nexa.channel import END, Channel, Stream
 from nexa.engines.base import EngineStats, Finish, SamplingParams, TextDelta, TokenLogprob
 from nexa.engines.llama.batch import TokenBatch
 from nexa.engines.stops import StopMatcher
@@ -46,7 +45,6 @@ from nexa.errors import Overloaded
 
 log = logging.getLogger("nexa.engine.scheduler")
 
-_END = object()  # a cancelled request's last item
 SIMILAR = 0.1  # a slot is chosen for its cache when it holds this share of the prompt (as llama-server)
 MIN_SHARED = 32  # a busy slot's prefix is copied when it is this many tokens longer
 FA_TILE = 64  # llama.cpp's CPU flash attention tiles 64+ query rows (GGML_FA_TILE_Q)
@@ -100,7 +98,7 @@ class Job:
     prompt: Any  # token ids, or a prompt only the engine can feed (text with images)
     params: SamplingParams
     cancel: threading.Event
-    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    out: Channel = field(default_factory=Channel)
     slot: Slot | None = None
     fed: int = 0  # prompt tokens in the KV stream (token prompts)
     n_prompt: int = 0
@@ -115,16 +113,9 @@ class Job:
     started: float = 0.0
     prompt_done: float = 0.0
 
-    def results(self) -> Iterator[TextDelta | Finish]:
-        while True:
-            item = self.out.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if isinstance(item, Finish):
-                return
+    def results(self) -> Stream[TextDelta | Finish]:
+        """Read blocking, or awaited on the server's loop straight from this scheduler's thread."""
+        return Stream(self.out)
 
 
 @dataclass
@@ -260,7 +251,7 @@ class Scheduler:
         while self._waiting:
             job = self._waiting[0]
             if job.cancel.is_set():
-                self._waiting.popleft().out.put(_END)
+                self._waiting.popleft().out.put(END)
                 continue
             free = [s for s in self.slots if s.job is None]
             if not free:
@@ -432,12 +423,14 @@ class Scheduler:
             job.sampler.close()
             job.sampler = None
         job.out.put(last)
+        if last is not END:
+            job.out.put(END)
 
     def _drop_cancelled(self) -> None:
         for job in list(self._active):
             if job.cancel.is_set():
-                self._retire(job, _END)
+                self._retire(job, END)
         with self._cond:
             for job in [j for j in self._waiting if j.cancel.is_set()]:
                 self._waiting.remove(job)
-                job.out.put(_END)
+                job.out.put(END)

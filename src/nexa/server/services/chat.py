@@ -154,5 +154,7 @@ async def _stream(
             yield reply.chunk(Delta(), None, item.reason)
             if include_usage:
                 yield reply.usage_chunk(item)
+        elif logprobs:
+            yield reply.chunk(Delta(content=item.text), chat_logprobs(item.logprobs))
         else:
-            yield reply.chunk(Delta(content=item.text), chat_logprobs(item.logprobs) if logprobs else None)
+            yield reply.token_chunk(item.text)

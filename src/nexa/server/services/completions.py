@@ -13,6 +13,7 @@ from nexa.schemas.text import Completion, CompletionChoice, CompletionChunk, Com
 from nexa.server.leases import engine_for
 from nexa.server.services.compiling import compile_in_thread
 from nexa.server.services.generation import completion_logprobs, finish_usage, generate, generate_all
+from nexa.server.sse import FrameTemplate
 from nexa.server.threads import in_thread
 from nexa.structured.grammars import response_format_grammar
 
@@ -59,6 +60,14 @@ async def _stream(
         choice = CompletionChoice(text=text, index=0, logprobs=logprobs, finish_reason=finish)
         return CompletionChunk(id=cid, created=created, model=model, choices=[choice])
 
+    token_frame = FrameTemplate(chunk(FrameTemplate.MARK))
+
+    def token_chunk(text: str) -> CompletionChunk:
+        """chunk(text) with its frame filled in from the template: the chunk sent per token."""
+        out = chunk(text)
+        out._sse = token_frame.fill(text)
+        return out
+
     if echo:
         yield chunk(echo)
     offset = len(echo)
@@ -68,6 +77,9 @@ async def _stream(
             if body.include_usage:
                 yield CompletionChunk(id=cid, created=created, model=model, choices=[], usage=finish_usage(item))
         else:
-            lp = completion_logprobs(item.logprobs, offset) if params.logprobs is not None else None
+            if params.logprobs is None:
+                yield token_chunk(item.text)
+                continue
+            lp = completion_logprobs(item.logprobs, offset)
             offset += len(item.text)
             yield chunk(item.text, lp)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from fastapi import Request
 
@@ -24,7 +25,8 @@ from nexa.schemas.text import (
     TopLogprob,
 )
 from nexa.schemas.text import TokenLogprob as TokenLogprobOut
-from nexa.server.threads import collect, in_thread, iterate_in_thread
+from nexa.server.sse import FrameTemplate
+from nexa.server.threads import collect, in_thread, iterate
 
 
 async def generate(
@@ -38,7 +40,7 @@ async def generate(
 
     async def items() -> AsyncIterator[TextDelta | Finish]:
         try:
-            async for item in iterate_in_thread(lambda _: started, cancel):
+            async for item in iterate(started, cancel):
                 if isinstance(item, Finish):
                     request.state.generation = (item.completion_tokens, item.generation_seconds)
                 yield item
@@ -130,6 +132,17 @@ class ChatReply:
     ) -> ChatCompletionChunk:
         choice = ChunkChoice(index=0, delta=delta, logprobs=logprobs, finish_reason=finish)
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice])
+
+    def token_chunk(self, text: str) -> ChatCompletionChunk:
+        """`chunk(Delta(content=text))`, the one chunk sent per token, with its frame filled in
+        from a template rather than serialised."""
+        chunk = self.chunk(Delta(content=text))
+        chunk._sse = self._token_frame.fill(text)
+        return chunk
+
+    @cached_property
+    def _token_frame(self) -> FrameTemplate:
+        return FrameTemplate(self.chunk(Delta(content=FrameTemplate.MARK)))
 
     def usage_chunk(self, finish: Finish) -> ChatCompletionChunk:
         """The last event when the client asked for `stream_options.include_usage`."""

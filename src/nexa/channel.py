@@ -1,0 +1,169 @@
+"""A stream of results from one producer thread to one consumer, read either blocking (a
+thread) or awaited on an event loop with no thread in between.
+
+Why: a streamed token used to cross a thread of its own per request (iterating the blocking
+iterator and calling the loop once per token). Here the producer (the text scheduler's thread,
+or the thread reading a model worker's socket) appends to the stream, and wakes the loop only
+when the consumer is actually waiting: tokens that arrive while the loop is busy are taken in
+one go, for one wake-up. Until a consumer on a loop takes it over, items wait in a plain
+SimpleQueue, so blocking callers (the worker, tests, benches) pay what they always paid.
+
+Items are the values themselves; `END` ends the stream, and an exception put in it is raised
+to the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import queue
+import threading
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+END: Any = object()
+
+
+class Channel:
+    def __init__(self) -> None:
+        self._blocking: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: collections.deque[Any] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: Any) -> None:
+        with self._lock:
+            if self._loop is None:
+                self._blocking.put(item)
+                return
+            self._ready.append(item)
+            waiter, self._waiter = self._waiter, None
+            if waiter is None:  # the consumer is busy; it takes this item with the others
+                return
+            loop = self._loop
+        try:
+            loop.call_soon_threadsafe(_wake, waiter)
+        except RuntimeError:  # the loop has closed (shutting down): nobody is listening
+            pass
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The next item, blocking (queue.Empty after `timeout`)."""
+        return self._blocking.get(timeout=timeout)
+
+    async def batch(self) -> list[Any]:
+        """Every item ready now, waiting for one if there is none. Binds the channel to the
+        running loop on the first call: from then on, `get` sees nothing."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                if self._loop is None:
+                    self._loop = loop
+                    while not self._blocking.empty():
+                        self._ready.append(self._blocking.get_nowait())
+                if self._ready:
+                    items = list(self._ready)
+                    self._ready.clear()
+                    return items
+                waiter = self._waiter = loop.create_future()
+            try:
+                await waiter
+            finally:
+                with self._lock:
+                    if self._waiter is waiter:  # cancelled while waiting
+                        self._waiter = None
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class Stream(Generic[T]):
+    """A channel's items as an iterator (blocking) and an async iterator (on a loop): one of
+    the two, once. `decode` turns what the producer put into the item (or END, or raises);
+    `ended(early)` runs once the consumer is done, `early` when it stopped before the end (to
+    tell the producer); `poll` runs between items (and every 50 ms while a blocking reader
+    waits), to notice a cancel event."""
+
+    def __init__(
+        self, channel: Channel, decode: Callable[[Any], Any] = lambda item: item,
+        ended: Callable[[bool], None] | None = None, poll: Callable[[], None] | None = None,
+    ):
+        self.channel = channel
+        self._decode = decode
+        self._ended = ended
+        self._poll = poll
+        self._sync: Generator[T, None, None] | None = None
+
+    def _check(self, item: Any) -> Any:
+        if item is END:
+            return END
+        if isinstance(item, BaseException):
+            raise item
+        return self._decode(item)
+
+    # -- blocking ------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        if self._sync is None:
+            self._sync = self._blocking()
+        return next(self._sync)
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+
+    def _blocking(self) -> Generator[T, None, None]:
+        finished = False
+        try:
+            while True:
+                try:
+                    item = self._check(self._next_blocking())
+                except BaseException:
+                    finished = True
+                    raise
+                if item is END:
+                    finished = True
+                    return
+                yield item
+        finally:
+            if self._ended is not None:
+                self._ended(not finished)
+
+    def _next_blocking(self) -> Any:
+        if self._poll is None:
+            return self.channel.get()
+        while True:
+            self._poll()
+            try:
+                return self.channel.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    # -- on the event loop ---------------------------------------------------------------------
+
+    async def __aiter__(self) -> AsyncGenerator[T, None]:
+        finished = False
+        try:
+            while True:
+                if self._poll is not None:
+                    self._poll()
+                for raw in await self.channel.batch():
+                    try:
+                        item = self._check(raw)
+                    except BaseException:
+                        finished = True
+                        raise
+                    if item is END:
+                        finished = True
+                        return
+                    yield item
+        finally:
+            if self._ended is not None:
+                self._ended(not finished)
+
