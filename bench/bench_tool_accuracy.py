@@ -126,7 +126,7 @@ def reused(path: Path | None, cases: list[Case]) -> dict[tuple[str, str, str], O
 
 
 def run(name: str, url: str | None, cases: list[Case], args: argparse.Namespace,
-        done: dict[tuple[str, str, str], Outcome]) -> list[Outcome]:
+        done: dict[tuple[str, str, str], Outcome], restart: Callable[[], None] | None = None) -> list[Outcome]:
     out: list[Outcome] = []
     with httpx.Client(timeout=httpx.Timeout(args.request_timeout, connect=10)) as client:
         for mode in args.modes:
@@ -137,6 +137,10 @@ def run(name: str, url: str | None, cases: list[Case], args: argparse.Namespace,
                     o = ask(client, url, case, mode, args, name == "peer")
                     log.info("%-6s %-7s %-24s %5.1fs %s %s", name, mode, case.id, o.latency_s,
                              "right" if o.right else "wrong", o.why)
+                    if o.why.startswith("ReadTimeout") and restart is not None:
+                        # llama_cpp.server goes on with a request its client left, and the next
+                        # ones wait behind it: a fresh server keeps one slow case from costing many.
+                        restart()
                 out.append(o)
                 if args.out:
                     with args.out.open("a") as f:
@@ -148,9 +152,13 @@ def served(name: str, server: Server, url: str | None, workdir: Path, cases: lis
            done: dict[tuple[str, str, str], Outcome]) -> list[Outcome]:
     if url is not None or all((name, m, c.id) in done for m in args.modes for c in cases):
         return run(name, url and url.rstrip("/"), cases, args, done)
+    def restart() -> None:
+        stop(server)
+        start(server, workdir, args.start_timeout)
+
     try:
         start(server, workdir, args.start_timeout)
-        return run(name, server.url, cases, args, done)
+        return run(name, server.url, cases, args, done, restart)
     finally:
         stop(server)
 
@@ -206,9 +214,10 @@ def main() -> int:
     p.add_argument("--ours-url", help="a running nexa server instead of starting one")
     p.add_argument("--peer-url", help="a running llama_cpp.server (chatml-function-calling) instead of starting one")
     p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--n-ctx", type=int, default=8192, help="the peer's context (nexa sizes its own)")
+    p.add_argument("--n-ctx", type=int, default=8192, help="both servers' context (the longest prompt: ~3,100)")
     p.add_argument("--start-timeout", type=float, default=180.0)
-    p.add_argument("--request-timeout", type=float, default=600.0)
+    p.add_argument("--request-timeout", type=float, default=60.0,
+                   help="seconds for one answer; past it the case is wrong and the server is restarted")
     p.add_argument("--out", type=Path, help="also write every outcome to this JSONL file, as it comes")
     p.add_argument("--reuse", type=Path, help="an earlier --out file: its outcomes are taken as they are, not asked "
                    "again (greedy answers repeat), so a long run can be resumed, or a peer's run kept")
@@ -220,8 +229,8 @@ def main() -> int:
     cases = [c for c in load(args.data or default_data(), args.limit) if args.category in (None, c.category)]
     model = (args.model or default_model()).resolve()
     port, port2 = free_port(), free_port()
-    ours = Server("nexa server", [*nexa_command(), "server", "-lp", str(model), "--host", HOST, "--port", str(port)],
-                  "/health", "", port)
+    ours = Server("nexa server", [*nexa_command(), "server", "-lp", str(model), "--nctx", str(args.n_ctx),
+                                  "--host", HOST, "--port", str(port)], "/health", "", port)
     peer = Server("llama_cpp.server", [str(venv_bin() / "python"), "-m", "llama_cpp.server", "--model", str(model),
                                        "--chat_format", "chatml-function-calling", "--n_ctx", str(args.n_ctx),
                                        "--host", HOST, "--port", str(port2)], "/v1/models", "", port2)

@@ -13,7 +13,7 @@ from nexa.server.services.repeats import ArrayWatch
 from nexa.structured.gbnf import decimal_alternatives, integer_alternatives
 from nexa.structured.parser import CallParser, new_parser
 from nexa.structured.plan import plan_chat
-from nexa.structured.schema import rest_of_object
+from nexa.structured.schema import rest_of_object, schema_grammar
 
 ADD = {
     "type": "function",
@@ -115,3 +115,14 @@ def test_the_rest_of_an_object_after_a_member():
     assert "kv-b" in members and "kv-c" in members and "kv-a" not in members
     assert rest_of_object(schema, "z", "tools") is None
     assert rest_of_object({"type": "object"}, "a", "tools") is None
+
+
+def test_an_enum_of_plain_values_beside_type_array_is_the_items_enum():
+    # Literally no array satisfies it; BFCL's user-written functions mean "an array of these".
+    grammar = schema_grammar({"type": "array", "items": {"type": "string"}, "enum": ["trust", "buzz"]}, "tools")
+    enum = next(line for line in grammar.splitlines() if line.startswith("enum"))
+    assert '"\\"trust\\""' in enum and '"\\"buzz\\""' in enum
+    assert any(line.startswith("array") and "enum" in line for line in grammar.splitlines())
+    # An enum of arrays beside type array stays an enum of whole values.
+    whole = schema_grammar({"type": "array", "enum": [["a"], ["b", "c"]]}, "tools")
+    assert not any(line.startswith("array") for line in whole.splitlines())

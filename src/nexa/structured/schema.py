@@ -110,7 +110,7 @@ class SchemaCompiler:
         for key in schema:
             if key in UNSUPPORTED:
                 raise self.error(ptr, f"the keyword '{key}' cannot be enforced by this server; remove it.")
-        constraints = {k: v for k, v in schema.items() if k not in ANNOTATIONS}
+        constraints = _enum_of_items({k: v for k, v in schema.items() if k not in ANNOTATIONS})
         if not constraints:
             return self.b.any_value()
         if "$ref" in constraints:
@@ -372,6 +372,19 @@ class SchemaCompiler:
             return name
 
         return rest(start, after)
+
+
+def _enum_of_items(schema: dict[str, Any]) -> dict[str, Any]:
+    """An enum of plain values beside `"type": "array"` read as the enum of the array's items.
+    Taken literally no array can satisfy it, and the intent is plain: 11 of BFCL's 458
+    user-written functions have `{"type": "array", "items": {"type": "string"}, "enum": [...]}`.
+    llama-cpp-python's converter accepts such schemas too."""
+    values = schema.get("enum")
+    if schema.get("type") != "array" or not isinstance(values, list) or any(isinstance(v, list) for v in values):
+        return schema
+    items = schema.get("items")
+    items = dict(items) if isinstance(items, dict) else {}
+    return {**{k: v for k, v in schema.items() if k != "enum"}, "items": {**items, "enum": values}}
 
 
 def _escape_ptr(key: str) -> str:
