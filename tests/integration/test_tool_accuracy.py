@@ -92,6 +92,20 @@ def test_auto_answers_in_text_where_no_tool_applies(client):
         assert "<tool_call>" not in message["content"] and not message["content"].startswith("message:")
 
 
+def test_auto_answers_in_text_once_its_call_has_a_result(client):
+    # SmolLM2 makes the same call again after reading its result; "auto" then answers in text.
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}
+    messages = [
+        {"role": "user", "content": "What's the weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 18, "sky": "clear"}'},
+    ]
+    data = chat(client, messages=messages, tools=[WEATHER], max_tokens=40, **GREEDY)
+    message = data["choices"][0]["message"]
+    assert not message.get("tool_calls") and message["content"].strip(), data
+
+
 def test_arrays_without_max_items_stay_bounded(client):
     # BFCL's case that ran to max_tokens in 94 s: an array of stops holding "Santa Barbara" 16 times.
     trip = {

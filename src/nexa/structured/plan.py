@@ -52,6 +52,9 @@ class Plan:
     function_call_field: bool = False  # also answer with the legacy `function_call` (the original Nexa server's shape)
     history: bool = False  # the conversation holds calls or their results
     call_names: dict[str, str] = field(default_factory=dict)  # tool_call_id -> function name
+    # The calls the conversation already made, as (name, arguments as canonical JSON): "auto"
+    # answers in text rather than make one again (SmolLM2 repeats its call after the result).
+    made: set[tuple[str, str]] = field(default_factory=set)
     grammar: str | None = None  # a one-pass answer's grammar: a response format without calls
     call: CallGrammar | None = None  # a call's grammar, where the answer may hold calls (see calls.py)
     text_answer: str | None = None  # under "auto": the grammar of an answer in text
@@ -99,6 +102,10 @@ def plan_chat(body: ChatRequest, *, always_call: bool = False) -> Plan | None:
         plan.choice = "required" if plan.choice == "auto" else plan.choice
         plan.function_call_field = True
     plan.call_names, plan.history = check_messages(body.messages)
+    plan.made = {
+        (c["function"]["name"], json.dumps(call_arguments(c["function"].get("arguments"), ""), sort_keys=True))
+        for m in body.messages if m.role == "assistant" and m.tool_calls for c in m.tool_calls
+    }
     grammar = plan_grammar(plan, body.response_format)
     if grammar is not None:
         plan.grammar, plan.call, plan.text_answer = grammar.text, grammar.call, grammar.text_answer

@@ -11,7 +11,8 @@ grammar of its own (nexa.structured.grammars), over the prompt plus what is writ
    the word that opens a text answer (as llama-cpp-python's chatml-function-calling does); a
    template that knows tools decides between its call opening and the first character of text.
    A call chosen there is kept only if the model took one of its values from the conversation
-   (grounding.py), else the answer is text;
+   (grounding.py) and the conversation does not already hold it with the same arguments, else
+   the answer is text;
 2. for text, the text answer; for calls, one call (its fixed opening and closing written, its
    arguments decoded), then "another call or the end", as long as parallel calls are allowed
    and MAX_CALLS is not reached; a call identical to one already made (same function, same
@@ -219,7 +220,7 @@ async def _staged(
                 yield TextDelta(written + first.text, first.logprobs)
                 yield stages.totals.finish(stages.last_reason)
                 return
-        if not first.text or not grounded(first):
+        if not first.text or not grounded(first) or _calls(written + first.text + call.tail)[0] in plan.made:
             async for item in stages.run("" if plan.native else MESSAGE + "\n", plan.text_answer):
                 yield item
             yield stages.totals.finish(stages.last_reason)
