@@ -101,11 +101,7 @@ def plan_chat(body: ChatRequest, *, always_call: bool = False) -> Plan | None:
             )
         plan.choice = "required" if plan.choice == "auto" else plan.choice
         plan.function_call_field = True
-    plan.call_names, plan.history = check_messages(body.messages)
-    plan.made = {
-        (c["function"]["name"], json.dumps(call_arguments(c["function"].get("arguments"), ""), sort_keys=True))
-        for m in body.messages if m.role == "assistant" and m.tool_calls for c in m.tool_calls
-    }
+    plan.call_names, plan.history, plan.made = check_messages(body.messages)
     grammar = plan_grammar(plan, body.response_format)
     if grammar is not None:
         plan.grammar, plan.call, plan.text_answer = grammar.text, grammar.call, grammar.text_answer
@@ -181,9 +177,11 @@ def parse_choice(raw: Any, tools: list[Tool], param: str) -> tuple[str, str | No
     raise InvalidRequest(f"{param} must be a string or an object.", param=param)
 
 
-def check_messages(messages: list[ChatMessage]) -> tuple[dict[str, str], bool]:
-    """Each tool result must answer a call made earlier; returns (call id -> name, any history)."""
+def check_messages(messages: list[ChatMessage]) -> tuple[dict[str, str], bool, set[tuple[str, str]]]:
+    """Each tool result must answer a call made earlier; returns (call id -> name, any history,
+    the calls made as (name, arguments as canonical JSON))."""
     names: dict[str, str] = {}
+    made: set[tuple[str, str]] = set()
     history = False
     for i, m in enumerate(messages):
         if m.role == "assistant" and m.tool_calls:
@@ -195,8 +193,9 @@ def check_messages(messages: list[ChatMessage]) -> tuple[dict[str, str], bool]:
                     raise InvalidRequest(f"{where} must have an id and a function {{name, arguments}}.", param=where)
                 if not isinstance(fn.get("name"), str):
                     raise InvalidRequest(f"{where}.function.name must be a string.", param=f"{where}.function.name")
-                call_arguments(fn.get("arguments"), f"{where}.function.arguments")
+                arguments = call_arguments(fn.get("arguments"), f"{where}.function.arguments")
                 names[call["id"]] = fn["name"]
+                made.add((fn["name"], json.dumps(arguments, sort_keys=True)))
         elif m.role == "tool":
             history = True
             where = f"messages[{i}].tool_call_id"
@@ -212,7 +211,7 @@ def check_messages(messages: list[ChatMessage]) -> tuple[dict[str, str], bool]:
             if not m.name:
                 where = f"messages[{i}].name"
                 raise InvalidRequest(f"{where} is required for a function result.", param=where)
-    return names, history
+    return names, history, made
 
 
 def call_arguments(raw: Any, param: str) -> dict[str, Any]:

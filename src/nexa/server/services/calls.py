@@ -246,9 +246,9 @@ async def _staged(
             break
         more = await _joined(stages.arguments(written + NEXT + call.head, plan))
         text = call.head + more.text + call.tail
-        if stages.last_reason != "stop" or _calls(text)[0] in made:
+        if stages.last_reason != "stop" or (new := _calls(text))[0] in made:
             break  # ran out of tokens inside the call, or repeated a call
-        made += _calls(text)
+        made += new
         written += NEXT + text
         yield TextDelta(NEXT + text, more.logprobs)
     # A later call cut by max_tokens is dropped whole: the calls already sent are complete.
