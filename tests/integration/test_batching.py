@@ -107,6 +107,45 @@ def test_a_repeated_long_request_reuses_its_cache_and_answers_the_same(four):
     assert again[:-1] == first[:-1]
 
 
+def test_requests_keep_to_consecutive_slots_and_answer_the_same(four):
+    """llama.cpp decodes the KV streams of a step together only when their ids are consecutive
+    (4 requests in slots 0, 2, 4, 6 decode at one request's speed): a request takes a slot next
+    to the busy ones even when its cache sits elsewhere, and when a request in the middle leaves,
+    another moves into its slot. Neither changes a greedy answer."""
+    sched = four.scheduler
+    params = SamplingParams(max_tokens=48, temperature=0)
+    alone = {p: run(four, p, params)[0] for p in PROMPTS[:4]}  # one slot's cache each
+    home = {p: next(s.seq for s in sched.slots if s.cache[: len(four.tokenize(p))] == four.tokenize(p))
+            for p in alone}
+    a, b = next((a, b) for a in alone for b in alone if abs(home[a] - home[b]) > 1)
+
+    def busy() -> list[int]:
+        return sorted(s.seq for s in sched.slots if s.job is not None)
+
+    def consecutive(ids: list[int]) -> bool:
+        return ids == list(range(ids[0], ids[0] + len(ids)))
+
+    lo, hi = sorted((home[a], home[b]))
+    # c's cache outside a's and b's, so that three requests in their own caches' slots would leave a gap.
+    c = min((p for p in alone if p not in (a, b)), key=lambda p: lo < home[p] < hi)
+    cancels = {p: threading.Event() for p in (a, b, c)}
+    streams = {p: four.generate(four.tokenize(p), params, cancels[p]) for p in (a, b, c)}
+    texts = {p: next(streams[p]).text for p in streams}  # all three have started
+    taken = busy()
+    assert len(taken) == 3 and consecutive(taken), taken  # a and b's caches are not neighbours
+    middle = next(p for p in streams for s in sched.slots if s.seq == taken[1] and s.job is not None
+                  and s.job.prompt == four.tokenize(p))
+    cancels[middle].set()
+    list(streams.pop(middle))
+    for p in streams:
+        texts[p] += next(streams[p]).text
+    left = busy()
+    assert len(left) == 2 and consecutive(left), left
+    for p, stream in streams.items():
+        texts[p] += "".join(i.text for i in stream if isinstance(i, TextDelta))
+        assert texts[p] == alone[p], p  # a moved stream is the same bits
+
+
 def test_cancelling_frees_the_slot_at_the_next_step(smollm2):
     eng = LlamaEngine(smollm2.path, name="one", n_ctx=512, parallel=1, max_queue=4)
     try:
