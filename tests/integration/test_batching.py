@@ -107,43 +107,87 @@ def test_a_repeated_long_request_reuses_its_cache_and_answers_the_same(four):
     assert again[:-1] == first[:-1]
 
 
-def test_requests_keep_to_consecutive_slots_and_answer_the_same(four):
+def test_greedy_picks_what_llama_cpps_greedy_chain_picks(four, monkeypatch):
+    """Greedy requests skip llama.cpp's sampler chain (it copies all 49k logits per token)."""
+    params = SamplingParams(max_tokens=32, temperature=0)
+    jobs = [(p, params) for p in PROMPTS]
+    fast = together(four, jobs)
+    monkeypatch.setattr(four, "new_sampler", four._chain)
+    chain = together(four, jobs)
+    assert [f[0] for f in fast] == [c[0] for c in chain]
+    assert len({f[0] for f in fast}) == len(PROMPTS)
+
+
+def busy_slots(eng: LlamaEngine) -> list[int]:
+    return sorted(s.seq for s in eng.scheduler.slots if s.job is not None)
+
+
+def consecutive(ids: list[int]) -> bool:
+    return ids == list(range(ids[0], ids[0] + len(ids)))
+
+
+def test_new_requests_take_consecutive_slots_and_keep_other_caches(four, smollm2):
     """llama.cpp decodes the KV streams of a step together only when their ids are consecutive
-    (4 requests in slots 0, 2, 4, 6 decode at one request's speed): a request takes a slot next
-    to the busy ones even when its cache sits elsewhere, and when a request in the middle leaves,
-    another moves into its slot. Neither changes a greedy answer."""
-    sched = four.scheduler
+    (4 requests in slots 0, 2, 4, 6 decode at one request's speed). Two new requests go next to
+    each other even when the least recently used caches are not neighbours; the cache that the
+    second displaces is copied over the least recently used one, and is found again."""
     params = SamplingParams(max_tokens=48, temperature=0)
-    alone = {p: run(four, p, params)[0] for p in PROMPTS[:4]}  # one slot's cache each
+    for p in PROMPTS[:4]:
+        run(four, p, params)  # one cache per slot
+    sched = four.scheduler
     home = {p: next(s.seq for s in sched.slots if s.cache[: len(four.tokenize(p))] == four.tokenize(p))
-            for p in alone}
-    a, b = next((a, b) for a in alone for b in alone if abs(home[a] - home[b]) > 1)
+            for p in PROMPTS[:4]}
+    a, b = next((a, b) for a in home for b in home if home[b] - home[a] > 1)
+    for p in home:
+        if p not in (a, b):
+            run(four, p, params)  # a's and b's caches are now the least recently used
+    x, y = PROMPTS[4], PROMPTS[5]  # new to this engine
+    cancels = [threading.Event(), threading.Event()]
+    streams = [four.generate(four.tokenize(p), params, c) for p, c in zip((x, y), cancels)]
+    texts = [next(s).text for s in streams]
+    taken = busy_slots(four)
+    assert len(taken) == 2 and consecutive(taken), (taken, home)
+    texts = [t + "".join(i.text for i in s if isinstance(i, TextDelta)) for t, s in zip(texts, streams)]
+    fresh = LlamaEngine(smollm2.path, name="fresh", n_ctx=1024, parallel=4)
+    try:
+        assert texts == [run(fresh, p, params)[0] for p in (x, y)]
+    finally:
+        fresh.close()
+    # Of the four caches only a's and b's (the oldest) were given up.
+    for p in home:
+        if p not in (a, b):
+            assert run(four, p, params)[2].cached_tokens == len(four.tokenize(p)) - 2, p
 
-    def busy() -> list[int]:
-        return sorted(s.seq for s in sched.slots if s.job is not None)
 
-    def consecutive(ids: list[int]) -> bool:
-        return ids == list(range(ids[0], ids[0] + len(ids)))
-
-    lo, hi = sorted((home[a], home[b]))
-    # c's cache outside a's and b's, so that three requests in their own caches' slots would leave a gap.
-    c = min((p for p in alone if p not in (a, b)), key=lambda p: lo < home[p] < hi)
-    cancels = {p: threading.Event() for p in (a, b, c)}
-    streams = {p: four.generate(four.tokenize(p), params, cancels[p]) for p in (a, b, c)}
-    texts = {p: next(streams[p]).text for p in streams}  # all three have started
-    taken = busy()
-    assert len(taken) == 3 and consecutive(taken), taken  # a and b's caches are not neighbours
-    middle = next(p for p in streams for s in sched.slots if s.seq == taken[1] and s.job is not None
-                  and s.job.prompt == four.tokenize(p))
-    cancels[middle].set()
-    list(streams.pop(middle))
-    for p in streams:
-        texts[p] += next(streams[p]).text
-    left = busy()
-    assert len(left) == 2 and consecutive(left), left
-    for p, stream in streams.items():
-        texts[p] += "".join(i.text for i in stream if isinstance(i, TextDelta))
-        assert texts[p] == alone[p], p  # a moved stream is the same bits
+def test_a_request_moves_into_an_empty_slot_to_close_a_gap(four, smollm2):
+    """When a request in the middle of the busy slots leaves, one at the edge moves into an empty
+    slot on the other side (the slot just left keeps its cache for that conversation's next
+    turn); the move does not change a greedy answer."""
+    params = SamplingParams(max_tokens=128, temperature=0)
+    prompts = PROMPTS[:4]
+    alone = [run(four, p, params)[0] for p in prompts]
+    eng = LlamaEngine(smollm2.path, name="gap", n_ctx=1024, parallel=5)
+    try:
+        cancels = [threading.Event() for _ in prompts]
+        streams = [eng.generate(eng.tokenize(p), params, c) for p, c in zip(prompts, cancels)]
+        texts = [next(s).text for s in streams]
+        assert busy_slots(eng) == [0, 1, 2, 3]
+        middle = next(i for i, p in enumerate(prompts) if eng.scheduler.slots[1].job.prompt == eng.tokenize(p))
+        while len(eng.scheduler.slots[1].cache) < 48:  # a cache worth keeping
+            texts[middle] += next(streams[middle]).text
+        cancels[middle].set()
+        list(streams[middle])
+        deadline = time.monotonic() + 2  # the others are still decoding
+        while not consecutive(left := busy_slots(eng)) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert left == [2, 3, 4], left
+        assert eng.scheduler.slots[1].cache[: len(eng.tokenize(prompts[middle]))] == eng.tokenize(prompts[middle])
+        for i, stream in enumerate(streams):
+            if i != middle:
+                texts[i] += "".join(d.text for d in stream if isinstance(d, TextDelta))
+                assert texts[i] == alone[i], prompts[i]  # a moved stream is the same bits
+    finally:
+        eng.close()
 
 
 def test_cancelling_frees_the_slot_at_the_next_step(smollm2):
@@ -166,33 +210,61 @@ def test_cancelling_frees_the_slot_at_the_next_step(smollm2):
 
 
 def test_a_shared_prefix_is_copied_from_a_busy_slot(smollm2):
+    system = "You are the help desk of the city library. " + "Opening hours are 9 to 5 on weekdays. " * 12
+
+    def chat(eng: LlamaEngine, question: str) -> list[int]:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        text, _, special = eng.render_chat(messages)
+        return eng.tokenize_chat(text, special)
+
+    def answer(eng: LlamaEngine, prompt: list[int]):
+        items = list(eng.generate(prompt, SamplingParams(max_tokens=24, temperature=0), threading.Event()))
+        return "".join(i.text for i in items if isinstance(i, TextDelta)), items[-1]
+
     eng = LlamaEngine(smollm2.path, name="two", n_ctx=1024, parallel=2)
     try:
-        system = "You are the help desk of the city library. " + "Opening hours are 9 to 5 on weekdays. " * 12
-
-        def chat(question: str) -> list[int]:
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
-            text, _, special = eng.render_chat(messages)
-            return eng.tokenize_chat(text, special)
-
-        def answer(prompt: list[int]):
-            items = list(eng.generate(prompt, SamplingParams(max_tokens=24, temperature=0), threading.Event()))
-            return "".join(i.text for i in items if isinstance(i, TextDelta)), items[-1]
-
-        a, b = chat("Can I renew a book online?"), chat("When do you open on Monday?")
+        a, b = chat(eng, "Can I renew a book online?"), chat(eng, "When do you open on Monday?")
         shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-        cold, first = answer(b)
-        assert first.cached_tokens == 0
-        # A takes the slot that holds the system prompt and keeps it busy; B then lands in the
-        # empty slot and copies the prefix from A's stream instead of recomputing it.
+        # A takes a slot and keeps it busy; B then lands in the empty slot and copies the prefix
+        # from A's stream instead of recomputing it.
         cancel = threading.Event()
         busy = eng.generate(a, SamplingParams(max_tokens=900, temperature=0), cancel)
         next(busy)
-        warm, second = answer(b)
+        warm, second = answer(eng, b)
         cancel.set()
         list(busy)
         assert second.cached_tokens == shared > 100
+    finally:
+        eng.close()
+    eng = LlamaEngine(smollm2.path, name="two", n_ctx=1024, parallel=2)
+    try:
+        cold, first = answer(eng, b)
+        assert first.cached_tokens == 0
         assert warm == cold  # the copied cells are the same bits
+    finally:
+        eng.close()
+
+
+def test_a_conversations_cache_survives_another_taking_its_slot(smollm2):
+    """A request that shares a prefix with a free slot's cache takes that slot; the longer
+    conversation the slot held is copied over an older slot first, and its next turn finds it."""
+    eng = LlamaEngine(smollm2.path, name="two", n_ctx=1024, parallel=2)
+    try:
+        system = "You are the help desk of the city library. " + "Opening hours are 9 to 5 on weekdays. " * 12
+        first = [{"role": "system", "content": system}, {"role": "user", "content": "Can I renew a book online?"}]
+        text, _, special = eng.render_chat(first)
+        prompt = eng.tokenize_chat(text, special)
+        reply = "".join(i.text for i in eng.generate(prompt, SamplingParams(max_tokens=48, temperature=0),
+                                                     threading.Event()) if isinstance(i, TextDelta))
+        other = [{"role": "system", "content": system}, {"role": "user", "content": "Where is the cafe?"}]
+        text, _, special = eng.render_chat(other)
+        list(eng.generate(eng.tokenize_chat(text, special), SamplingParams(max_tokens=4, temperature=0),
+                          threading.Event()))  # takes the slot that holds the system prompt
+        turn = [*first, {"role": "assistant", "content": reply}, {"role": "user", "content": "Thanks!"}]
+        text, _, special = eng.render_chat(turn)
+        again = eng.tokenize_chat(text, special)
+        items = list(eng.generate(again, SamplingParams(max_tokens=4, temperature=0), threading.Event()))
+        assert items[-1].cached_tokens > len(prompt) + 24
     finally:
         eng.close()
 

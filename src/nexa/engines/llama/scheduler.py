@@ -269,26 +269,49 @@ class Scheduler:
         return admitted
 
     def _pick_slot(self, job: Job, free: list[Slot]) -> Slot:
-        """First the slot that keeps the busy sequence ids in the fewest runs: llama.cpp decodes
-        separate KV streams together only when their ids are consecutive, and splits a step into
-        one decode per run otherwise (4 requests in slots 0, 2, 4, 6 decode at 1-request speed).
-        Then the longest cached start of the prompt, if over a tenth of it (not worth another
-        conversation's cache otherwise), then the least recently used. A cache in a slot that
-        loses on the first rule is copied over by `_borrow_prefix`."""
+        """A free slot for `job`, by these rules in order:
+        1. Lose no cache that least-recently-used eviction would keep. A request whose cache is
+           in a free slot (a tenth of its prompt or more, as llama-server) evicts nothing by
+           taking that slot; a new one evicts the least recently used cache, or an empty slot.
+           Another slot is as good when what it holds can first be copied over the stream that
+           may be given up.
+        2. Keep the busy sequence ids in the fewest runs: llama.cpp decodes separate KV streams
+           together only when their ids are consecutive, and splits a step into one decode per
+           run otherwise (4 requests in slots 0, 2, 4, 6 decode at 1 request's speed).
+        3. The longest cached start of the prompt (copied over from elsewhere otherwise, see
+           `_donor`), then the least recently used."""
         busy = {s.seq for s in self.slots if s.job is not None}
+        keep = {s.seq: self.engine.reusable(s, job.prompt)[0] for s in free}
 
-        def rank(slot: Slot) -> tuple[int, int, float]:
-            keep = self.engine.reusable(slot, job.prompt)[0]
-            return _runs(busy | {slot.seq}), -(keep if keep >= SIMILAR * len(job.prompt) else 0), slot.used_at
+        def worth(s: Slot) -> int:
+            return keep[s.seq] if keep[s.seq] >= SIMILAR * len(job.prompt) else 0
 
-        return min(free, key=rank)
+        own = max(free, key=lambda s: (worth(s), -s.used_at))
+        spare = [s for s in free if len(s.cache) < MIN_SHARED]  # nothing worth keeping
+        if not worth(own) and not spare:
+            spare = [min(free, key=lambda s: s.used_at)]
+
+        def save_to(s: Slot) -> Slot | None:
+            return min((z for z in spare if z is not s), key=lambda z: z.used_at, default=None)
+
+        def loses(s: Slot) -> bool:
+            kept = (s is own and worth(own) > 0) or s in spare or len(s.cache) - keep[s.seq] < MIN_SHARED
+            return not kept and save_to(s) is None
+
+        slot = min(free, key=lambda s: (loses(s), _runs(busy | {s.seq}), -worth(s), s.used_at))
+        keeper = save_to(slot)
+        if slot not in spare and keeper is not None and len(slot.cache) - keep[slot.seq] >= MIN_SHARED:
+            self._copy(slot, keeper)
+        return slot
 
     def _start(self, job: Job) -> None:
         slot = job.slot
         assert slot is not None
         job.started = time.perf_counter()
         keep, job.cached = self.engine.reusable(slot, job.prompt)
-        if self._borrow_prefix(job, slot, keep):
+        donor = self._donor(job, slot, keep)
+        if donor is not None:
+            self._copy(donor, slot)
             keep, job.cached = self.engine.reusable(slot, job.prompt)
         if not self._lc.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
             self._lc.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
@@ -309,22 +332,21 @@ class Scheduler:
         job.prompt_done = time.perf_counter()
         self._sample(job, -1)
 
-    def _borrow_prefix(self, job: Job, slot: Slot, keep: int) -> bool:
-        """Copy another slot's stream when it holds a much longer start of this prompt (a shared
-        system prompt, a chat whose slot is busy): copying a stream costs far less than
-        recomputing the prefix, and the copied cells are the same bits. True if it copied."""
+    def _donor(self, job: Job, slot: Slot, keep: int) -> Slot | None:
+        """Another slot whose stream holds a much longer start of this prompt (a shared system
+        prompt, a chat whose slot is busy or not next to the busy ones): copying a stream costs
+        far less than recomputing the prefix, and the copied cells are the same bits."""
         others = [(self.engine.reusable(s, job.prompt)[0], s) for s in self.slots if s is not slot]
         if not others:
-            return False
+            return None
         longest, donor = max(others, key=lambda o: o[0])
-        if longest < keep + MIN_SHARED:
-            return False
-        # llama.cpp copies between streams whole, at the start of the next decode (before that
-        # decode writes anything): the donor's cells up to its current length are what arrive.
-        self._lc.llama_memory_seq_cp(self._mem, donor.seq, slot.seq, -1, -1)
-        slot.cache = list(donor.cache)
-        slot.images = dict(donor.images)
-        return True
+        return donor if longest >= keep + MIN_SHARED else None
+
+    def _copy(self, src: Slot, dst: Slot) -> None:
+        # llama.cpp copies between streams whole, in order, at the start of the next decode
+        # (before that decode writes anything): src's cells up to its current length arrive.
+        self._lc.llama_memory_seq_cp(self._mem, src.seq, dst.seq, -1, -1)
+        dst.cache, dst.images, dst.used_at = list(src.cache), dict(src.images), src.used_at
 
     def decode_tokens(self, slot: Slot, tokens: list[int], logits_last: bool) -> None:
         """Decode tokens of one sequence on their own (prompt text around images)."""
@@ -350,30 +372,32 @@ class Scheduler:
         """Move one generating request into a free slot when that joins runs of busy ids (see
         `_pick_slot`): requests that finish at different times leave gaps, and a gap costs a
         decode per step until the slot fills again, while a move copies the KV stream once.
-        One move per step, the one that joins the most runs."""
+        Only into a slot with nothing worth keeping: a slot just left holds the cache of a
+        conversation that may come back."""
         busy = {s.seq for s in self.slots if s.job is not None}
         runs = _runs(busy)
         if runs < 2:
             return
         moves = [
-            (_runs(busy - {src.seq} | {dst.seq}), src, dst)
+            (_runs(busy - {src.seq} | {dst.seq}), src.seq, dst.seq, src, dst)
             for src in self.slots
             if src.job is not None and src.job.next_token is not None
             for dst in self.slots
-            if dst.job is None
+            if dst.job is None and len(dst.cache) < MIN_SHARED
         ]
-        best = min(moves, key=lambda m: m[0], default=None)
-        if best is None or best[0] >= runs:
-            return
-        _, src, dst = best
+        best = min(moves, default=None)
+        if best is not None and best[0] < runs:
+            self._move(best[3], best[4])
+
+    def _move(self, src: Slot, dst: Slot) -> None:
+        """Move the request in `src` to the free slot `dst`, its cache with it."""
         job = src.job
         assert job is not None
-        # The copy happens at the start of the next decode, before it writes this request's next token.
-        self._lc.llama_memory_seq_cp(self._mem, src.seq, dst.seq, -1, -1)
+        self._copy(src, dst)
         self._lc.llama_memory_seq_rm(self._mem, src.seq, -1, -1)
-        dst.cache, dst.images, src.cache, src.images = src.cache, src.images, [], {}
+        src.forget_from(0)
+        src.used_at = 0.0  # nothing left to keep
         dst.job, job.slot, src.job = job, dst, None
-        src.used_at = time.perf_counter()
 
     def _step(self) -> None:
         self._compact()
