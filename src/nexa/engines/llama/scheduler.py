@@ -8,7 +8,8 @@ one row for every request that is generating in one `llama_decode`, samples each
 own row with its own llama.cpp sampler chain (seed, penalties, grammar), then feeds new prompts
 in chunks. A finished request leaves its tokens in its slot: the next request whose prompt
 starts the same way (the next turn of a chat, a shared system prompt) takes that slot, or copies
-it, and decodes only what is new.
+it, and decodes only what is new. Which slot a request takes, and when a running one moves so that
+a step decodes in one piece: placement.py.
 
 Same tokens alone or in company. llama.cpp's CPU kernels give a row the same bits whatever else
 is in the batch only if the row takes the same path every time, so:
@@ -39,14 +40,14 @@ from typing import Any, Protocol
 
 from nexa.channel import END, Channel, Stream
 from nexa.engines.base import EngineStats, Finish, SamplingParams, TextDelta, TokenLogprob
+from nexa.engines.llama import placement
 from nexa.engines.llama.batch import TokenBatch
+from nexa.engines.llama.placement import MIN_SHARED
 from nexa.engines.stops import StopMatcher
 from nexa.errors import Overloaded
 
 log = logging.getLogger("nexa.engine.scheduler")
 
-SIMILAR = 0.1  # a slot is chosen for its cache when it holds this share of the prompt (as llama-server)
-MIN_SHARED = 32  # a busy slot's prefix is copied when it is this many tokens longer
 FA_TILE = 64  # llama.cpp's CPU flash attention tiles 64+ query rows (GGML_FA_TILE_Q)
 TAIL = 32  # rows of a prompt's last chunk: under FA_TILE, see the module notes
 CHUNK = 256  # prompt rows per decode: as fast per token as 512 here, and half the stall for others
@@ -57,11 +58,6 @@ def next_chunk(left: int) -> int:
     if left < FA_TILE:
         return left  # every row takes the row-by-row path in one decode
     return min(CHUNK, left - TAIL)
-
-
-def _runs(ids: set[int]) -> int:
-    """How many runs of consecutive numbers `ids` makes: {0, 1, 3} is two."""
-    return sum(1 for i in ids if i - 1 not in ids)
 
 
 def redecode(n: int) -> int:
@@ -251,7 +247,7 @@ class Scheduler:
             self._retire(job, exc)
 
     def _admit(self) -> list[Job]:
-        """Give waiting requests free slots (see `_pick_slot`)."""
+        """Give waiting requests free slots (see placement.py)."""
         admitted = []
         while self._waiting:
             job = self._waiting[0]
@@ -262,47 +258,15 @@ class Scheduler:
             if not free:
                 break
             self._waiting.popleft()
-            slot = self._pick_slot(job, free)
+            choice = placement.choose(self.slots, {s.seq: self.engine.reusable(s, job.prompt)[0] for s in free},
+                                      len(job.prompt))
+            slot = choice.slot
+            if choice.save_to is not None:
+                self._copy(slot, choice.save_to)  # a cache LRU eviction would keep
             slot.job, job.slot = job, slot
             self._active.append(job)
             admitted.append(job)
         return admitted
-
-    def _pick_slot(self, job: Job, free: list[Slot]) -> Slot:
-        """A free slot for `job`, by these rules in order:
-        1. Lose no cache that least-recently-used eviction would keep. A request whose cache is
-           in a free slot (a tenth of its prompt or more, as llama-server) evicts nothing by
-           taking that slot; a new one evicts the least recently used cache, or an empty slot.
-           Another slot is as good when what it holds can first be copied over the stream that
-           may be given up.
-        2. Keep the busy sequence ids in the fewest runs: llama.cpp decodes separate KV streams
-           together only when their ids are consecutive, and splits a step into one decode per
-           run otherwise (4 requests in slots 0, 2, 4, 6 decode at 1 request's speed).
-        3. The longest cached start of the prompt (copied over from elsewhere otherwise, see
-           `_donor`), then the least recently used."""
-        busy = {s.seq for s in self.slots if s.job is not None}
-        keep = {s.seq: self.engine.reusable(s, job.prompt)[0] for s in free}
-
-        def worth(s: Slot) -> int:
-            return keep[s.seq] if keep[s.seq] >= SIMILAR * len(job.prompt) else 0
-
-        own = max(free, key=lambda s: (worth(s), -s.used_at))
-        spare = [s for s in free if len(s.cache) < MIN_SHARED]  # nothing worth keeping
-        if not worth(own) and not spare:
-            spare = [min(free, key=lambda s: s.used_at)]
-
-        def save_to(s: Slot) -> Slot | None:
-            return min((z for z in spare if z is not s), key=lambda z: z.used_at, default=None)
-
-        def loses(s: Slot) -> bool:
-            kept = (s is own and worth(own) > 0) or s in spare or len(s.cache) - keep[s.seq] < MIN_SHARED
-            return not kept and save_to(s) is None
-
-        slot = min(free, key=lambda s: (loses(s), _runs(busy | {s.seq}), -worth(s), s.used_at))
-        keeper = save_to(slot)
-        if slot not in spare and keeper is not None and len(slot.cache) - keep[slot.seq] >= MIN_SHARED:
-            self._copy(slot, keeper)
-        return slot
 
     def _start(self, job: Job) -> None:
         slot = job.slot
@@ -369,25 +333,10 @@ class Scheduler:
             raise RuntimeError(f"llama_decode failed with code {rc} on a batch of {self.batch.n} tokens")
 
     def _compact(self) -> None:
-        """Move one generating request into a free slot when that joins runs of busy ids (see
-        `_pick_slot`): requests that finish at different times leave gaps, and a gap costs a
-        decode per step until the slot fills again, while a move copies the KV stream once.
-        Only into a slot with nothing worth keeping: a slot just left holds the cache of a
-        conversation that may come back."""
-        busy = {s.seq for s in self.slots if s.job is not None}
-        runs = _runs(busy)
-        if runs < 2:
-            return
-        moves = [
-            (_runs(busy - {src.seq} | {dst.seq}), src.seq, dst.seq, src, dst)
-            for src in self.slots
-            if src.job is not None and src.job.next_token is not None
-            for dst in self.slots
-            if dst.job is None and len(dst.cache) < MIN_SHARED
-        ]
-        best = min(moves, default=None)
-        if best is not None and best[0] < runs:
-            self._move(best[3], best[4])
+        """Close a gap between busy slots by moving one generating request (see placement.py)."""
+        move = placement.gap_move(self.slots, {j.slot.seq for j in self._active if j.next_token is not None and j.slot})
+        if move is not None:
+            self._move(*move)
 
     def _move(self, src: Slot, dst: Slot) -> None:
         """Move the request in `src` to the free slot `dst`, its cache with it."""
