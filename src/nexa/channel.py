@@ -32,9 +32,22 @@ class Channel:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: collections.deque[Any] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._forward: Callable[[Any], None] | None = None
+
+    def forward(self, fn: Callable[[Any], None]) -> None:
+        """From now on hand every item to `fn` in the producer's thread, those waiting first, in
+        order: a model worker sends a stream's tokens from the scheduler's thread this way,
+        without waking a thread per token. `fn` must not raise."""
+        with self._lock:
+            while not self._blocking.empty():
+                fn(self._blocking.get_nowait())
+            self._forward = fn
 
     def put(self, item: Any) -> None:
         with self._lock:
+            if self._forward is not None:
+                self._forward(item)
+                return
             if self._loop is None:
                 self._blocking.put(item)
                 return
@@ -80,6 +93,10 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+def _same(item: Any) -> Any:
+    return item
+
+
 class Stream(Generic[T]):
     """A channel's items as an iterator (blocking) and an async iterator (on a loop): one of
     the two, once. `decode` turns what the producer put into the item (or END, or raises);
@@ -88,7 +105,7 @@ class Stream(Generic[T]):
     waits), to notice a cancel event."""
 
     def __init__(
-        self, channel: Channel, decode: Callable[[Any], Any] = lambda item: item,
+        self, channel: Channel, decode: Callable[[Any], Any] = _same,
         ended: Callable[[bool], None] | None = None, poll: Callable[[], None] | None = None,
     ):
         self.channel = channel
@@ -96,6 +113,11 @@ class Stream(Generic[T]):
         self._ended = ended
         self._poll = poll
         self._sync: Generator[T, None, None] | None = None
+
+    @property
+    def plain(self) -> bool:
+        """Whether the items are the channel's own, with nothing to run as they pass."""
+        return self._ended is None and self._poll is None and self._decode is _same
 
     def _check(self, item: Any) -> Any:
         if item is END:

@@ -70,3 +70,27 @@ def test_a_consumer_that_leaves_early_tells_the_producer() -> None:
     next(blocking)
     blocking.close()
     assert ended == [True, True]
+
+
+def test_forwarded_items_keep_their_order_across_the_switch() -> None:
+    # A model worker forwards a scheduler's stream to its socket: items put before `forward`
+    # go first, then each put reaches the function in the producer's thread, in order.
+    channel = Channel()
+    channel.put(0)
+    channel.put(1)
+    got: list[object] = []
+    started = threading.Event()
+
+    def produce() -> None:
+        started.set()
+        for i in range(2, 2000):
+            channel.put(i)
+        channel.put(END)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    started.wait()
+    channel.forward(got.append)
+    producer.join()
+    assert got == [*range(2000), END]
+    assert Stream(channel).plain and not Stream(channel, decode=str).plain

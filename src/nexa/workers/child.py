@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from nexa.channel import END, Stream
 from nexa.config import Settings
 from nexa.engines import base
 from nexa.models.startup import load_in_process
@@ -70,6 +71,10 @@ class Worker:
             args = tuple(self.unwrap(a, cancel) for a in args)
             kwargs = {k: self.unwrap(v, cancel) for k, v in kwargs.items()}
             result = getattr(self.engine, method)(*args, **kwargs)
+            if isinstance(result, Stream) and result.plain:  # the text scheduler's
+                self.send(("stream", call_id))
+                result.channel.forward(Forward(self, call_id))
+                return
             if isinstance(result, Iterator):
                 self.send(("stream", call_id))
                 try:
@@ -84,8 +89,7 @@ class Worker:
                 self.send(("ok", call_id, self.wrap(result)))
         except Exception as exc:
             self.send(("err", call_id, RemoteError.of(exc)))
-        finally:
-            self.cancels.pop(call_id, None)
+        self.cancels.pop(call_id, None)
 
     def unwrap(self, value: Any, cancel: threading.Event) -> Any:
         if isinstance(value, CancelToken):
@@ -105,6 +109,32 @@ class Worker:
         ref = Ref(next(self.ids), type(value).__name__)
         self.kept[ref.id] = value
         return ref
+
+
+class Forward:
+    """Sends a stream's items as the producer puts them (see Channel.forward), until its end."""
+
+    def __init__(self, worker: Worker, call_id: int):
+        self.worker, self.call_id, self.done = worker, call_id, False
+
+    def __call__(self, item: Any) -> None:
+        if self.done:
+            return
+        if item is END or isinstance(item, BaseException):
+            self.done = True
+            self.worker.cancels.pop(self.call_id, None)
+        if item is END:
+            message: tuple[Any, ...] = ("end", self.call_id)
+        elif isinstance(item, BaseException):
+            message = ("err", self.call_id, RemoteError.of(item))
+        elif isinstance(item, (base.TextDelta, base.Finish)):  # plain data: no need to test that it travels
+            message = ("item", self.call_id, item)
+        else:
+            message = ("item", self.call_id, self.worker.wrap(item))
+        try:
+            self.worker.send(message)
+        except (OSError, ValueError):  # the server is gone; serve() sees it and ends the worker
+            self.done = True
 
 
 def facts(engine: base.Engine) -> EngineFacts:
