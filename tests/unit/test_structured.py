@@ -126,3 +126,17 @@ def test_an_enum_of_plain_values_beside_type_array_is_the_items_enum():
     # An enum of arrays beside type array stays an enum of whole values.
     whole = schema_grammar({"type": "array", "enum": [["a"], ["b", "c"]]}, "tools")
     assert not any(line.startswith("array") for line in whole.splitlines())
+
+
+def test_value_starts_are_string_values_and_numbers_not_keys():
+    from nexa.server.services.grounding import value_starts
+
+    def starts(text: str) -> list[str]:
+        return [text[i : i + 3] for i in value_starts(text)]
+
+    assert starts('"get_weather", "arguments": {"city": "Paris", "unit": "celsius"}') == ["Par", "cel"]
+    # Escapes, empty strings (no first token to judge), true/null, nested containers.
+    assert starts('{"n": -12.5e3, "xs": [1, "a\\"b", ""], "o": {"k": true, "z": null, "s": ""}, "e": []}') == [
+        "-12", "1, ", 'a\\"'
+    ]
+    assert starts('{"a": {"b": [{"c": 7}]}}') == ["7}]"] and starts("no json") == []

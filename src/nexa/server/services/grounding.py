@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 from nexa.engines.base import TextDelta
+from nexa.structured.jsonscan import VALUE, JsonScan
 
 SURE = math.log(0.5)  # the log-probability a copied value's first token reaches (measured: -0.1 to -0.2)
 _NUMBER = "-0123456789"
@@ -24,34 +25,16 @@ def value_starts(text: str) -> list[int]:
     """Offsets of the first character of each non-empty string value and each number in the
     JSON of a call (object keys are not values); text before the first "{" (a function's
     name) is skipped."""
-    starts: list[int] = []
-    stack: list[str] = []
-    key_next = False
-    i = max(text.find("{"), 0)
-    while i < len(text):
-        c = text[i]
-        if c == '"':
-            j = i + 1
-            while j < len(text) and text[j] != '"':
-                j += 2 if text[j] == "\\" else 1
-            if not (stack and stack[-1] == "{" and key_next) and j > i + 1:
-                starts.append(i + 1)
-            i = j + 1
+    first = max(text.find("{"), 0)
+    starts = []
+    for event, i in JsonScan().feed(text[first:]):
+        at = first + i
+        if event != VALUE:
             continue
-        if c in "{[":
-            stack.append(c)
-            key_next = c == "{"
-        elif c in "}]":
-            if stack:
-                stack.pop()
-            key_next = False
-        elif c == ",":
-            key_next = bool(stack) and stack[-1] == "{"
-        elif c == ":":
-            key_next = False
-        elif c in _NUMBER and text[i - 1] not in _NUMBER + ".eE+":
-            starts.append(i)
-        i += 1
+        if text[at] == '"' and text[at + 1 : at + 2] not in ('"', ""):
+            starts.append(at + 1)
+        elif text[at] in _NUMBER:
+            starts.append(at)
     return starts
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nexa.structured.jsonscan import VALUE, JsonScan
+
 
 @dataclass
 class Repeat:
@@ -24,65 +26,35 @@ class ArrayWatch:
     piece at a time, as valid JSON written by a grammar."""
 
     def __init__(self) -> None:
-        self.text = ""
-        self._stack: list[str] = []
-        self._string: int | None = None  # where the string being read opened
-        self._escaped = False
-        self._key_next = False
-        self._key = ""
-        self._item: int | None = None  # where the current top-level array item started
+        self._scan = JsonScan()
+        self._key = ""  # the argument whose array is open
+        self._item: int | None = None  # where the current item of that array started
         self._previous: tuple[str, int] | None = None  # (the item before, where it ended)
+
+    @property
+    def text(self) -> str:
+        return self._scan.text
 
     @property
     def in_array(self) -> bool:
         """Whether a top-level argument's array is open: its items may yet be cut."""
-        return self._stack[:2] == ["{", "["]
+        return self._scan.stack[:2] == ["{", "["]
 
     def feed(self, piece: str) -> Repeat | None:
-        start = len(self.text)
-        self.text += piece
-        for i in range(start, len(self.text)):
-            found = self._char(i, self.text[i])
-            if found is not None:
-                return found
-        return None
-
-    def _char(self, i: int, c: str) -> Repeat | None:
-        if self._string is not None:
-            if self._escaped:
-                self._escaped = False
-            elif c == "\\":
-                self._escaped = True
-            elif c == '"':
-                if self._key_next and len(self._stack) == 1:
-                    self._key = self.text[self._string + 1 : i]
-                self._string = None
-            return None
-        if c == '"':
-            self._string = i
-            if self.in_array and len(self._stack) == 2 and self._item is None:
+        scan = self._scan
+        for event, i in scan.feed(piece):
+            if event == VALUE and scan.stack == ["{"] and scan.text[i] == "[":  # an argument's array opens
+                self._key, self._item, self._previous = scan.key, None, None
+            elif len(scan.stack) != 2 or not self.in_array:
+                continue
+            elif event == VALUE:
                 self._item = i
-        elif c in "{[":
-            if self.in_array and len(self._stack) == 2 and self._item is None:
-                self._item = i
-            if c == "[" and self._stack == ["{"]:
-                self._item, self._previous = None, None
-            self._stack.append(c)
-            self._key_next = c == "{"
-        elif c in "}]":
-            if len(self._stack) == 2 and self.in_array:
-                self._end_item(i)
-            if self._stack:
-                self._stack.pop()
-            self._key_next = False
-        elif c == ",":
-            if len(self._stack) == 2 and self.in_array:
-                return self._end_item(i)
-            self._key_next = bool(self._stack) and self._stack[-1] == "{"
-        elif c == ":":
-            self._key_next = False
-        elif not c.isspace() and self.in_array and len(self._stack) == 2 and self._item is None:
-            self._item = i  # a number, true, false or null
+            elif scan.text[i] == ",":
+                found = self._end_item(i)
+                if found is not None:
+                    return found
+            else:
+                self._end_item(i)  # a repeat closed by "]" is kept: the array ends there anyway
         return None
 
     def _end_item(self, end: int) -> Repeat | None:
