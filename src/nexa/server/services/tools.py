@@ -32,12 +32,14 @@ def finish_reason(plan: Plan, parser: CallParser, finish: Finish) -> str:
 
 
 def response(plan: Plan, out: Collected, reply: ChatReply, logprobs: bool) -> ChatCompletion:
-    """A chat.completion whose message holds the calls (or text, where the model chose text)."""
+    """A chat.completion whose message holds the calls (or text, where the model chose text).
+    A call cut by max_tokens is there as far as it was written, with finish_reason "length",
+    as the streamed chunks gave it (and as OpenAI and vLLM do): never our call markup as text."""
     assert out.finish is not None
     parser = new_parser(plan)
     parser.feed(out.text)
-    calls = parser.complete_calls
-    message = AssistantMessage(content=out.text)
+    calls = parser.complete_calls if out.finish.reason == "stop" else parser.calls
+    message = AssistantMessage(content="" if parser.mode == "calls" else out.text)
     if calls:
         tool_calls = [ToolCall.model_validate(c.as_openai()) for c in calls]
         legacy: dict[str, Any] = {"function_call": tool_calls[0].function} if plan.function_call_field else {}
