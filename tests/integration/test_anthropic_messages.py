@@ -103,6 +103,16 @@ def test_stop_sequence(claude: anthropic.Anthropic) -> None:
     assert streamed.content[0].text == reply.content[0].text
 
 
+def test_a_tool_use_cut_by_max_tokens_is_max_tokens(claude: anthropic.Anthropic) -> None:
+    # Its input is not JSON yet: the message says max_tokens and holds no half-made tool_use.
+    forced: dict[str, Any] = {"type": "tool", "name": "get_weather"}
+    reply = claude.messages.create(
+        model="smollm2", max_tokens=4, messages=PARIS, tools=[WEATHER], tool_choice=forced, **GREEDY
+    )
+    assert reply.stop_reason == "max_tokens"
+    assert [block.type for block in reply.content] == ["text"] and "<" not in reply.content[0].text
+
+
 def test_tool_use_then_tool_result(claude: anthropic.Anthropic) -> None:
     forced: dict[str, Any] = {"type": "tool", "name": "get_weather"}
     kwargs: dict[str, Any] = {

@@ -188,6 +188,15 @@ def test_a_client_leaving_stops_the_generation(live, served, monkeypatch):
 # -- function tools -----------------------------------------------------------------------------------------------
 
 
+def test_a_function_call_cut_by_max_output_tokens_is_incomplete(client):
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    response = client.responses.create(input=question, tools=[TOOL], tool_choice=FORCED, temperature=0,
+                                       max_output_tokens=4)
+    [call] = response.output
+    assert call.type == "function_call" and call.name == "get_weather" and call.status == "incomplete"
+    assert response.status == "incomplete" and response.incomplete_details.reason == "max_output_tokens"
+
+
 def test_forced_function_call_then_its_result(client, live):
     question = [{"role": "user", "content": "What is the weather in Paris?"}]
     body: dict[str, Any] = {"tools": [TOOL], "tool_choice": FORCED, "temperature": 0, "max_output_tokens": 48}

@@ -232,7 +232,13 @@ def to_message(c: ChatCompletion, stops: list[str]) -> Message:
     if choice.message.content or not choice.message.tool_calls:
         content.append(TextContent(text=choice.message.content or ""))
     for call in choice.message.tool_calls or []:
-        content.append(ToolUseContent(id=call.id, name=call.function.name, input=json.loads(call.function.arguments)))
+        try:
+            arguments = json.loads(call.function.arguments)
+        except json.JSONDecodeError:  # a call cut by max_tokens (stop_reason says so): no input to give
+            continue
+        content.append(ToolUseContent(id=call.id, name=call.function.name, input=arguments))
+    if not content:
+        content.append(TextContent(text=""))
     reason, sequence = _stop_reason(choice.finish_reason, c._stop_sequence, stops)
     usage = MessageUsage(input_tokens=c.usage.prompt_tokens, output_tokens=c.usage.completion_tokens)
     return Message(

@@ -10,6 +10,7 @@ this API's fields (`max_tokens` -> `max_output_tokens`, `messages[2]` -> `input[
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from nexa.schemas.responses import (
     ResponseObject,
     ResponsesRequest,
     ResponseUsage,
+    Status,
     StreamEvent,
 )
 from nexa.schemas.text import ChatCompletion, ChatMessage, ChatRequest, ImagePart, ImageUrl, ResponseFormat, TextPart
@@ -284,15 +286,23 @@ class Reply:
         message, status = choice.message, item_status(choice.finish_reason)
         output: list[OutputItem]
         if message.tool_calls:
-            output = [  # only whole calls are parsed into tool_calls, even when the answer was cut after them
-                FunctionCallItem(id=item_id("fc"), status="completed", call_id=call.id, name=call.function.name,
-                                 arguments=call.function.arguments)
+            output = [  # the last may have been cut by max_output_tokens
+                FunctionCallItem(id=item_id("fc"), status=_call_status(call.function.arguments), call_id=call.id,
+                                 name=call.function.name, arguments=call.function.arguments)
                 for call in message.tool_calls
             ]
         else:
             text = OutputText(text=message.content or "")
             output = [OutputMessage(id=item_id("msg"), status=status, content=[text])]
         return self.response(answer.model, output, choice.finish_reason, answer.usage)
+
+
+def _call_status(arguments: str) -> Status:
+    try:
+        json.loads(arguments)
+    except json.JSONDecodeError:
+        return "incomplete"
+    return "completed"
 
 
 def _usage(usage: Usage) -> ResponseUsage:
