@@ -206,7 +206,8 @@ def main() -> None:
         for rep in range(args.reps):
             for c in levels:
                 for server in running:
-                    got = load(server.url, c, args.rounds, f"{server.name}-{c}-{rep}")
+                    # The same prompts for every server in a pass (each has its own cache), new ones each pass.
+                    got = load(server.url, c, args.rounds, f"{c}-{rep}")
                     runs[server.name][c].append(got)
                     cut = f", {got[3]} requests cut off" if got[3] else ""
                     print(f"  pass {rep + 1}: {server.name:<17} {c} clients: {got[0]:7.1f} tok/s  "
