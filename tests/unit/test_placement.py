@@ -3,7 +3,7 @@ behaviour under them is in tests/integration/test_batching.py."""
 
 from __future__ import annotations
 
-from nexa.engines.llama.placement import MIN_SHARED, choose, gap_move, runs
+from nexa.engines.llama.placement import MIN_SHARED, choose, donor, gap_move, runs
 from nexa.engines.llama.scheduler import Slot
 
 LONG = MIN_SHARED + 20
@@ -49,7 +49,7 @@ def test_a_conversation_takes_its_own_cache_rather_than_evict_another():
 
 def test_with_an_empty_slot_spare_a_conversation_goes_next_to_the_busy_ones():
     # Slot 1's cache can go to the empty slot 4; the conversation's own cache (slot 3) is copied
-    # to slot 1 when the request starts (scheduler._donor).
+    # to slot 1 when the request starts (placement.donor).
     s = slots((True, LONG, 5), (False, LONG, 3), (False, LONG, 2), (False, LONG + 10, 4), (False, 0, 0))
     c = choose(s, {1: 0, 2: 0, 3: LONG, 4: 0}, LONG + 20)
     assert c.slot.seq == 1 and c.save_to is not None and c.save_to.seq == 4
@@ -68,3 +68,17 @@ def test_a_gap_is_closed_only_through_an_empty_slot():
     s[4].cache = [4] * LONG  # slot 4 now holds a cache too: keep the gap
     assert gap_move(s, {0, 2, 3}) is None
     assert gap_move(slots((True, 0, 0), (True, 0, 0), (False, 0, 0)), {0, 1}) is None  # one run already
+
+
+def test_a_request_copies_a_much_longer_start_or_its_whole_prompt():
+    s = slots((False, 0, 0), (True, LONG, 1), (False, 20, 4))
+    # 20 tokens, 18 of them cached in slot 2 (all but the two always decoded again): a repeat,
+    # short as it is, copies its first run's cells.
+    assert donor(s, s[0], {0: 0, 1: 0, 2: 18}, 20) is s[2]
+    assert donor(s, s[0], {0: 0, 1: 0, 2: 10}, 20) is None  # a shorter shared start is recomputed
+    assert donor(s, s[0], {0: 0, 1: MIN_SHARED + 5, 2: 10}, 80) is s[1]  # a busy slot's long prefix
+    assert donor(s, s[0], {0: 18, 1: 0, 2: 18}, 20) is None  # already here
+    # Nor is such a cache the stream given up for another's: slot 1's goes to the empty slot 3.
+    s = slots((True, LONG, 5), (False, LONG, 3), (False, 20, 1), (False, 0, 2))
+    c = choose(s, {1: 0, 2: 18, 3: 0}, 20)
+    assert c.slot.seq == 1 and c.save_to is s[3]

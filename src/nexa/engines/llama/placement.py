@@ -40,9 +40,9 @@ def choose(slots: list[Slot], keep: dict[int, int], n_prompt: int) -> Choice:
     """A free slot for a request whose prompt has `n_prompt` tokens, `keep[seq]` of them
     cached in free slot `seq`. The rules, in order:
     1. Lose no cache that least-recently-used eviction would keep. A request whose cache is in
-       a free slot evicts nothing by taking it; a new request evicts an empty stream or the
-       least recently used cache. Any other slot is as good when what it holds can first be
-       copied over that stream.
+       a free slot (MIN_SHARED tokens and a tenth of its prompt) evicts nothing by taking it; a
+       new request evicts an empty stream or the least recently used cache. Any other slot is
+       as good when what it holds can first be copied over that stream.
     2. Keep the busy ids in the fewest runs.
     3. The longest cached start of the prompt, then the least recently used."""
     free = [s for s in slots if s.job is None]
@@ -52,7 +52,8 @@ def choose(slots: list[Slot], keep: dict[int, int], n_prompt: int) -> Choice:
         return keep[s.seq] if keep[s.seq] >= max(MIN_SHARED, SIMILAR * n_prompt) else 0
 
     own = max(free, key=lambda s: (worth(s), -s.used_at))
-    spare = [s for s in free if len(s.cache) < MIN_SHARED]  # nothing worth keeping
+    # Nothing worth keeping, unless it is this very prompt (a short repeat copies it, see donor).
+    spare = [s for s in free if len(s.cache) < MIN_SHARED and not 0 < n_prompt - 2 <= keep[s.seq]]
     if not worth(own) and not spare:
         spare = [min(free, key=lambda s: s.used_at)]
 
@@ -67,6 +68,22 @@ def choose(slots: list[Slot], keep: dict[int, int], n_prompt: int) -> Choice:
     if slot in spare or len(slot.cache) - keep[slot.seq] < MIN_SHARED:
         return Choice(slot)
     return Choice(slot, save_to(slot))
+
+
+def donor(slots: list[Slot], slot: Slot, keep: dict[int, int], n_prompt: int) -> Slot | None:
+    """Another slot whose cache the request in `slot` should copy, `keep[seq]` being what each
+    slot holds of its prompt: one with MIN_SHARED more tokens of it (a shared system prompt, a
+    chat whose cache is not next to the busy slots), or with the whole prompt (all but the two
+    tokens always decoded again). A repeated request, however short, must meet the cells its
+    first run left: recomputed from another start, the same tokens may round otherwise and a
+    greedy answer change."""
+    others = [s for s in slots if s is not slot]
+    if not others:
+        return None
+    best = max(others, key=lambda s: keep[s.seq])
+    longest = keep[best.seq]
+    whole = longest > keep[slot.seq] and longest >= n_prompt - 2
+    return best if longest >= keep[slot.seq] + MIN_SHARED or whole else None
 
 
 def gap_move(slots: list[Slot], movable: set[int]) -> tuple[Slot, Slot] | None:

@@ -42,7 +42,6 @@ from nexa.channel import END, Channel, Stream
 from nexa.engines.base import EngineStats, Finish, SamplingParams, TextDelta, TokenLogprob
 from nexa.engines.llama import placement
 from nexa.engines.llama.batch import TokenBatch
-from nexa.engines.llama.placement import MIN_SHARED
 from nexa.engines.stops import StopMatcher
 from nexa.errors import Overloaded
 
@@ -273,7 +272,8 @@ class Scheduler:
         assert slot is not None
         job.started = time.perf_counter()
         keep, job.cached = self.engine.reusable(slot, job.prompt)
-        donor = self._donor(job, slot, keep)
+        keeps = {s.seq: self.engine.reusable(s, job.prompt)[0] for s in self.slots}
+        donor = placement.donor(self.slots, slot, keeps, len(job.prompt))
         if donor is not None:
             self._copy(donor, slot)
             keep, job.cached = self.engine.reusable(slot, job.prompt)
@@ -295,16 +295,6 @@ class Scheduler:
         job.fed = job.n_prompt
         job.prompt_done = time.perf_counter()
         self._sample(job, -1)
-
-    def _donor(self, job: Job, slot: Slot, keep: int) -> Slot | None:
-        """Another slot whose stream holds a much longer start of this prompt (a shared system
-        prompt, a chat whose slot is busy or not next to the busy ones): copying a stream costs
-        far less than recomputing the prefix, and the copied cells are the same bits."""
-        others = [(self.engine.reusable(s, job.prompt)[0], s) for s in self.slots if s is not slot]
-        if not others:
-            return None
-        longest, donor = max(others, key=lambda o: o[0])
-        return donor if longest >= keep + MIN_SHARED else None
 
     def _copy(self, src: Slot, dst: Slot) -> None:
         # llama.cpp copies between streams whole, in order, at the start of the next decode
