@@ -77,14 +77,17 @@ class Worker:
                 return
             if isinstance(result, Iterator):
                 self.send(("stream", call_id))
+                forward = Forward(self, call_id)
                 try:
                     for item in result:
-                        self.send(("item", call_id, self.wrap(item)))
+                        forward(item)
+                        if forward.done:  # the server is gone
+                            break
                 finally:
                     close = getattr(result, "close", None)
                     if close is not None:
                         close()
-                self.send(("end", call_id))
+                forward(END)
             else:
                 self.send(("ok", call_id, self.wrap(result)))
         except Exception as exc:
@@ -112,7 +115,8 @@ class Worker:
 
 
 class Forward:
-    """Sends a stream's items as the producer puts them (see Channel.forward), until its end."""
+    """Sends a stream's items, then its end or error: from the producer's thread as it puts them
+    (see Channel.forward), or from the call's own thread iterating the result."""
 
     def __init__(self, worker: Worker, call_id: int):
         self.worker, self.call_id, self.done = worker, call_id, False

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +263,7 @@ class LlamaEngine(TextEngine):
 
     def new_sampler(self, p: SamplingParams) -> Any:
         if not p.grammar and p.temperature <= 0 and not _penalised(p):
-            return Greedy(self._n_vocab)
+            return Greedy(self._logits)
         chain = self._chain(p)
         if not p.grammar:
             return chain
@@ -304,8 +304,11 @@ class LlamaEngine(TextEngine):
 
     def logprob_at(self, ctx: Any, idx: int, token: int, top_n: int) -> TokenLogprob:
         """The model's log-probabilities at batch row `idx` of `ctx` (not the sampler's)."""
-        ptr = self._llama_cpp.llama_get_logits_ith(ctx, idx)
-        return token_logprob(np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)), token, top_n, self.piece)
+        return token_logprob(self._logits(ctx, idx), token, top_n, self.piece)
+
+    def _logits(self, ctx: Any, idx: int) -> np.ndarray:
+        """The logits of batch row `idx` of the llama_context `ctx`, as a view (no copy)."""
+        return np.ctypeslib.as_array(self._llama_cpp.llama_get_logits_ith(ctx, idx), shape=(self._n_vocab,))
 
     def embed(self, inputs: list[Any], **options: Any) -> Any:
         """Mean-pooled embeddings from a second, embedding-mode context on these same weights."""
@@ -336,13 +339,11 @@ class Greedy:
     into a token array (65 us a token for a 49k vocabulary here, against 4 us for this). The
     first highest logit, as llama.cpp's greedy sampler picks it."""
 
-    def __init__(self, n_vocab: int):
-        self.n_vocab = n_vocab
+    def __init__(self, logits: Callable[[Any, int], np.ndarray]):
+        self._logits = logits  # LlamaEngine._logits
 
     def sample(self, ctx: Any, idx: int) -> int:
-        import llama_cpp
-
-        return int(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, idx), shape=(self.n_vocab,)).argmax())
+        return int(self._logits(ctx.ctx, idx).argmax())
 
     def close(self) -> None:
         pass

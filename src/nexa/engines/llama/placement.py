@@ -53,7 +53,7 @@ def choose(slots: list[Slot], keep: dict[int, int], n_prompt: int) -> Choice:
 
     own = max(free, key=lambda s: (worth(s), -s.used_at))
     # Nothing worth keeping, unless it is this very prompt (a short repeat copies it, see donor).
-    spare = [s for s in free if len(s.cache) < MIN_SHARED and not 0 < n_prompt - 2 <= keep[s.seq]]
+    spare = [s for s in free if len(s.cache) < MIN_SHARED and not _all_cached(keep[s.seq], n_prompt)]
     if not worth(own) and not spare:
         spare = [min(free, key=lambda s: s.used_at)]
 
@@ -82,8 +82,14 @@ def donor(slots: list[Slot], slot: Slot, keep: dict[int, int], n_prompt: int) ->
         return None
     best = max(others, key=lambda s: keep[s.seq])
     longest = keep[best.seq]
-    whole = longest > keep[slot.seq] and longest >= n_prompt - 2
+    whole = longest > keep[slot.seq] and _all_cached(longest, n_prompt)
     return best if longest >= keep[slot.seq] + MIN_SHARED or whole else None
+
+
+def _all_cached(keep: int, n_prompt: int) -> bool:
+    """Whether `keep` is all of a prompt a cache can give: all but the last two tokens, which
+    are always decoded again (scheduler.redecode)."""
+    return 0 < n_prompt - 2 <= keep
 
 
 def gap_move(slots: list[Slot], movable: set[int]) -> tuple[Slot, Slot] | None:

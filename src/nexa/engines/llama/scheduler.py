@@ -272,7 +272,7 @@ class Scheduler:
         assert slot is not None
         job.started = time.perf_counter()
         keep, job.cached = self.engine.reusable(slot, job.prompt)
-        keeps = {s.seq: self.engine.reusable(s, job.prompt)[0] for s in self.slots}
+        keeps = {s.seq: keep if s is slot else self.engine.reusable(s, job.prompt)[0] for s in self.slots}
         donor = placement.donor(self.slots, slot, keeps, len(job.prompt))
         if donor is not None:
             self._copy(donor, slot)
