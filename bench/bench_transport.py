@@ -12,8 +12,9 @@
 3. The same decoding read on an event loop as the server reads it, 1 and --streams streams at
    once: through a bridge thread per request (the blocking iterator, then call_soon_threadsafe
    per token: how streams were read before channel.Stream) against handed straight to the loop
-   by the thread that produces the tokens. Wall tokens/s, and this process's CPU per token
-   (for the worker, that is the whole HTTP-side cost of a token: the worker decodes elsewhere).
+   (in-process, by the scheduler's thread; from a worker, read off its socket by the loop
+   itself, as `remote.read_on` has the server do). Wall tokens/s, and this process's CPU per
+   token (for the worker, that is the whole HTTP-side cost of a token: the worker decodes elsewhere).
 
     .venv/bin/python bench/bench_transport.py [--messages 20000] [--reps 5] [--streams 8]
 
@@ -40,6 +41,7 @@ from nexa.engines.base import SamplingParams, TextDelta
 from nexa.models.startup import load_in_process
 from nexa.models.store import ModelStore
 from nexa.server.threads import in_thread, iterate, iterate_in_thread
+from nexa.workers import remote
 from nexa.workers.remote import RemoteEngine
 
 ITEM = ("item", 7, TextDelta(" token", []))
@@ -92,6 +94,16 @@ def raw(n: int) -> dict[str, float]:
 
 
 async def _on_loop(engine: Any, prompt: list[int], params: SamplingParams, streams: int, straight: bool) -> int:
+    loop = asyncio.get_running_loop()
+    if straight:
+        remote.read_on(loop)  # a worker's replies are read by this loop, as in the server
+    try:
+        return await _streams(engine, prompt, params, streams, straight)
+    finally:
+        remote.stop_reading_on(loop)
+
+
+async def _streams(engine: Any, prompt: list[int], params: SamplingParams, streams: int, straight: bool) -> int:
     async def one() -> int:
         cancel = threading.Event()
         items = await in_thread(engine.generate, prompt, params, cancel)

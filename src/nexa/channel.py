@@ -26,10 +26,15 @@ END: Any = object()
 
 
 class Channel:
-    def __init__(self) -> None:
+    def __init__(self, pump: Callable[[Channel], None] | None = None) -> None:
+        """`pump(channel)` runs before a blocking `get` waits: a producer that is fed by the
+        calling thread itself (a model worker's replies, read on the loop that waits) feeds
+        the channel there."""
         self._blocking: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pump = pump
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._ready: collections.deque[Any] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._forward: Callable[[Any], None] | None = None
@@ -56,6 +61,9 @@ class Channel:
             if waiter is None:  # the consumer is busy; it takes this item with the others
                 return
             loop = self._loop
+        if threading.get_ident() == self._loop_thread:  # put on the loop itself: no wake-up to send
+            _wake(waiter)
+            return
         try:
             loop.call_soon_threadsafe(_wake, waiter)
         except RuntimeError:  # the loop has closed (shutting down): nobody is listening
@@ -63,7 +71,13 @@ class Channel:
 
     def get(self, timeout: float | None = None) -> Any:
         """The next item, blocking (queue.Empty after `timeout`)."""
+        if self._pump is not None and self._blocking.empty():
+            self._pump(self)
         return self._blocking.get(timeout=timeout)
+
+    def empty(self) -> bool:
+        """Whether a blocking `get` would wait."""
+        return self._blocking.empty()
 
     async def batch(self) -> list[Any]:
         """Every item ready now, waiting for one if there is none. Binds the channel to the
@@ -72,7 +86,7 @@ class Channel:
         while True:
             with self._lock:
                 if self._loop is None:
-                    self._loop = loop
+                    self._loop, self._loop_thread = loop, threading.get_ident()
                     while not self._blocking.empty():
                         self._ready.append(self._blocking.get_nowait())
                 if self._ready:

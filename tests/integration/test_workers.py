@@ -106,12 +106,32 @@ def test_cancel_reaches_the_worker(worker: RemoteEngine) -> None:
     assert worker.stats().running == 0
 
 
+def test_replies_are_read_on_the_servers_loop(smollm2: ResolvedModel) -> None:
+    engine = RemoteEngine.start(smollm2, Settings(n_ctx=1024))
+    assert engine._thread is not None  # outside a server, a reader thread
+    with TestClient(create_app(Settings(), ModelManager(engine, smollm2))) as served:  # the lifespan runs
+        assert engine._loop is not None and engine._thread is None
+        with served.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
+            chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+        assert text == served.post("/v1/chat/completions", json=CHAT).json()["choices"][0]["message"]["content"]
+        # A blocking call made on the loop itself reads its own reply there instead of waiting forever.
+        assert served.portal.call(engine.tokenize, "Once upon a time") == engine.tokenize("Once upon a time")
+        assert engine._loop is not None  # still the loop's to read
+    assert engine._loop is None  # handed back before the workers closed
+    assert not engine.alive
+
+
+@pytest.mark.parametrize("on_loop", [False, True], ids=["reader-thread", "servers-loop"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])
 def test_a_crash_mid_stream_fails_only_that_request(
-    smollm2: ResolvedModel, client: TestClient, sig: signal.Signals, caplog: pytest.LogCaptureFixture
+    smollm2: ResolvedModel, client: TestClient, sig: signal.Signals, on_loop: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine = RemoteEngine.start(smollm2, Settings(n_ctx=1024))
     remote = _client(engine, smollm2)
+    if on_loop:  # the lifespan runs: the server's loop reads the worker's replies
+        remote.__enter__()
+        assert engine._loop is not None
     caplog.set_level(logging.ERROR, logger="nexa.workers")
     try:
         with remote.stream("POST", "/v1/chat/completions", json={**CHAT, "max_tokens": 300, "stream": True}) as r:
@@ -136,6 +156,8 @@ def test_a_crash_mid_stream_fails_only_that_request(
         # Everything else in this process still answers.
         assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
     finally:
+        if on_loop:
+            remote.__exit__(None, None, None)
         engine.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,6 +38,7 @@ from nexa.server.routers import (
 )
 from nexa.server.security import install as install_security
 from nexa.server.threads import Pool
+from nexa.workers import remote
 
 log = logging.getLogger("nexa.server")
 
@@ -46,7 +48,10 @@ def create_app(settings: Settings, manager: ModelManager) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = ", ".join(m["id"] for m in manager.loaded())
         log.info("serving %s (default %s) on http://%s:%d", loaded, manager.model_id, settings.host, settings.port)
+        loop = asyncio.get_running_loop()
+        remote.read_on(loop)  # model workers' replies are read on this loop (see workers/remote.py)
         yield
+        remote.stop_reading_on(loop)
         manager.close()
         preprocess.close()
 

@@ -1,5 +1,7 @@
-"""The model worker: `python -m nexa.workers.child FD` loads one model and serves its engine
-over the socket FD until told to close or the socket closes (the server went away).
+"""The model worker: `python -m nexa.workers.child CALLS REPLIES` loads one model and serves its
+engine: it reads calls from the socket CALLS and answers on the socket REPLIES, until told to
+close or the server goes away. Two sockets, one way each, so that the server can read its end of
+REPLIES on its event loop (non-blocking) while it writes calls blocking (see remote.py).
 
 Each call runs in a thread of its own, as it did in the server before workers: engines are
 built for concurrent callers (the text scheduler batches them, image and speech engines queue
@@ -33,8 +35,9 @@ _PLAIN = (str, int, float, bool, type(None), Path, frozenset, tuple, list, dict)
 
 
 class Worker:
-    def __init__(self, conn: Connection, engine: base.Engine):
-        self.conn = conn
+    def __init__(self, calls: Connection, replies: Connection, engine: base.Engine):
+        self.calls = calls
+        self.replies = replies
         self.engine = engine
         self.send_lock = threading.Lock()
         self.cancels: dict[int, threading.Event] = {}
@@ -43,12 +46,12 @@ class Worker:
 
     def send(self, message: tuple[Any, ...]) -> None:
         with self.send_lock:
-            self.conn.send(message)
+            self.replies.send(message)
 
     def serve(self) -> None:
         while True:
             try:
-                message = self.conn.recv()
+                message = self.calls.recv()
             except (EOFError, OSError):  # the server is gone: nothing left to serve
                 return
             kind = message[0]
@@ -172,10 +175,10 @@ def facts(engine: base.Engine) -> EngineFacts:
     return EngineFacts(f"{kind.__module__}:{kind.__qualname__}", attributes, methods, local)
 
 
-def main(fd: int) -> int:
+def main(calls_fd: int, replies_fd: int) -> int:
     faulthandler.enable()  # a native crash prints the Python stack to stderr, which the server keeps
-    conn = Connection(fd)
-    model, settings = conn.recv()
+    calls, replies = Connection(calls_fd, writable=False), Connection(replies_fd, readable=False)
+    model, settings = calls.recv()
     assert isinstance(model, ResolvedModel) and isinstance(settings, Settings)
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -185,18 +188,18 @@ def main(fd: int) -> int:
     try:
         engine = load_in_process(model, settings)
     except Exception as exc:
-        conn.send(("failed", str(exc)))
+        replies.send(("failed", str(exc)))
         return 1
-    conn.send(("ready", facts(engine)))
+    replies.send(("ready", facts(engine)))
     try:
-        Worker(conn, engine).serve()
+        Worker(calls, replies, engine).serve()
     finally:
         engine.close()
     return 0
 
 
 if __name__ == "__main__":
-    code = main(int(sys.argv[1]))
+    code = main(int(sys.argv[1]), int(sys.argv[2]))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # engine threads (the text scheduler) must not keep a closed worker alive

@@ -8,27 +8,39 @@ the HTTP work.
 The proxy answers attribute reads from facts the worker sent once it had loaded, runs the
 common checks of engines/base.py here (require, check_prompt...) unless the engine overrides
 them, and sends every other method call to the worker. A call that returns an iterator in the
-worker returns one here, fed item by item by the thread reading the socket: a channel.Stream,
-which the server awaits on its event loop with no thread of the request's own in between. If
-the worker dies, every call waiting on it fails with ModelCrashed (a 500 in the error envelope;
-a stream ends with an error event), and `alive` turns False so that the model manager starts a
-new worker on the next request.
+worker returns one here, fed item by item as the replies arrive: a channel.Stream, which the
+server awaits on its event loop with no thread of the request's own in between. If the worker
+dies, every call waiting on it fails with ModelCrashed (a 500 in the error envelope; a stream
+ends with an error event), and `alive` turns False so that the model manager starts a new worker
+on the next request.
+
+Who reads the replies. Outside a server (tests, benches, a blocking caller), a thread per worker.
+Inside one, the server's event loop itself (`read_on`, from the app's lifespan): a streamed token
+then wakes one thread, the loop, where the reader thread cost a second wake-up, a hand-over of
+the interpreter lock and a write to the loop's wake-up pipe, about a third of the HTTP process's
+CPU per token (bench/bench_batching.py). The loop reads a socket of its own, one way (replies),
+made non-blocking; calls go out on another socket, blocking.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import importlib
 import io
 import itertools
 import logging
 import os
+import pickle
 import queue
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
+import weakref
 from multiprocessing.connection import Connection
 from typing import IO, Any
 
@@ -43,6 +55,30 @@ log = logging.getLogger("nexa.workers")
 TAIL_LINES = 40  # worker output kept to explain a crash
 CLOSE_WAIT_S = 10.0  # for a worker to close its engine before it is killed
 _GONE = ("gone",)
+READ_SIZE = 1 << 16
+
+# The server's event loop and its thread, once it reads the workers' replies (read_on).
+_reading: tuple[asyncio.AbstractEventLoop, int] | None = None
+_engines: weakref.WeakSet[RemoteEngine] = weakref.WeakSet()
+
+
+def read_on(loop: asyncio.AbstractEventLoop) -> None:
+    """From now on read every worker's replies on `loop`, the server's; call on its thread, and
+    `stop_reading_on` before it stops."""
+    global _reading
+    _reading = (loop, threading.get_ident())
+    for engine in list(_engines):
+        engine._read_on_loop(loop)
+
+
+def stop_reading_on(loop: asyncio.AbstractEventLoop) -> None:
+    """Workers whose replies `loop` reads go back to a reader thread; call on the loop's thread."""
+    global _reading
+    if _reading is not None and _reading[0] is loop:
+        _reading = None
+    for engine in list(_engines):
+        if engine._loop is loop:
+            engine._read_in_thread()
 
 
 class Kept:
@@ -108,55 +144,75 @@ def _child_env() -> dict[str, str]:
 
 class RemoteEngine:
     def __init__(
-        self, model: ResolvedModel, process: subprocess.Popen[bytes], conn: Connection, facts: EngineFacts,
-        output: WorkerOutput,
+        self, model: ResolvedModel, process: subprocess.Popen[bytes], calls: Connection, replies: socket.socket,
+        facts: EngineFacts, output: WorkerOutput,
     ):
         self.model = model
         self.process = process
         self.pid = process.pid
         self.facts = facts
         self.alive = True
-        self._conn = conn
+        self._conn = calls
+        self._replies = replies
+        self._replies.setblocking(False)  # read only when there is something to read (a loop sets this too)
+        self._buffer = bytearray()  # the start of a reply not yet whole
         self._output = output
         self._calls: dict[int, Channel] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._closing = False
-        threading.Thread(target=self._read, name=f"nexa-worker-{self.pid}", daemon=True).start()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the server's, once it reads our replies
+        self._loop_thread = 0
+        self._stop_r, self._stop_w = os.pipe()  # tells the reader thread to hand over to the loop
+        self._thread: threading.Thread | None = None
+        self._read_in_thread()
+        _engines.add(self)
+        if _reading is not None:
+            loop, _ = _reading
+            try:
+                loop.call_soon_threadsafe(self._read_on_loop, loop)
+            except RuntimeError:  # that loop has closed: the thread goes on reading
+                pass
 
     @classmethod
     def start(cls, model: ResolvedModel, settings: Settings) -> RemoteEngine:
         """Start a worker and load the model in it; blocks until the model is ready.
         StartupError (with the worker's own words) if it cannot load."""
-        ours, theirs = socket.socketpair()
+        calls, calls_theirs = socket.socketpair()
+        replies, replies_theirs = socket.socketpair()
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "nexa.workers.child", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, env=_child_env(),
+                [sys.executable, "-m", "nexa.workers.child", str(calls_theirs.fileno()), str(replies_theirs.fileno())],
+                pass_fds=(calls_theirs.fileno(), replies_theirs.fileno()), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_child_env(),
                 start_new_session=True,  # Ctrl-C in a terminal reaches the server alone, which then closes its workers
             )
         finally:
-            theirs.close()
+            calls_theirs.close()
+            replies_theirs.close()
         assert process.stdout is not None
         output = WorkerOutput(process.stdout)
-        conn = Connection(ours.detach())
+        conn = Connection(calls.detach(), readable=False)
+        handshake = Connection(os.dup(replies.fileno()), writable=False)  # blocking: the one reply before any reader
         log.info("worker for %s started (pid %d)", model.name, process.pid)
         try:
             conn.send((model, settings))
-            first = conn.recv()
+            first = handshake.recv()
         except (EOFError, OSError):
+            first = None
+        finally:
+            handshake.close()
+        if first is None or first[0] != "ready":
             code = process.wait()
             conn.close()
+            replies.close()
+            if first is not None:
+                raise StartupError(first[1])
             raise StartupError(
                 f"The worker loading {model.name} stopped ({exit_reason(code)}). Its last lines:\n{output.tail()}"
-            ) from None
-        if first[0] != "ready":
-            process.wait()
-            conn.close()
-            raise StartupError(first[1])
-        return cls(model, process, conn, first[1], output)
+            )
+        return cls(model, process, conn, replies, first[1], output)
 
     # -- the engine's face -------------------------------------------------------------------
 
@@ -204,6 +260,7 @@ class RemoteEngine:
             self.process.wait()
         self.alive = False
         self._conn.close()
+        self._close_replies()
         log.info("worker for %s (pid %d) ended", self.model.name, self.pid)
 
     # -- calls -------------------------------------------------------------------------------
@@ -220,7 +277,7 @@ class RemoteEngine:
         if not self.alive:
             raise self._crashed()
         cancels = [a for a in (*args, *kwargs.values()) if isinstance(a, threading.Event)]
-        replies = Channel()
+        replies = Channel(pump=self._pump)
         with self._lock:
             call_id = next(self._ids)
             self._calls[call_id] = replies
@@ -296,17 +353,99 @@ class RemoteEngine:
             f"while answering; the next request starts it again."
         )
 
-    def _read(self) -> None:
-        """The one reader of the worker's replies: hands each to the call waiting for it."""
+    # -- reading the replies -------------------------------------------------------------------
+
+    def _pull(self) -> bool:
+        """Hand every whole reply the socket holds to the call waiting for it; False once the
+        worker is gone. Framed as multiprocessing's Connection frames them (the worker sends
+        with one)."""
         try:
-            while True:
-                message = self._conn.recv()
-                with self._lock:
-                    replies = self._calls.get(message[1])
-                if replies is not None:  # None: a call we stopped waiting for
-                    replies.put(message)
-        except (EOFError, OSError):
-            pass
+            data = self._replies.recv(READ_SIZE)
+        except BlockingIOError:
+            return True
+        except OSError:  # closed under us (close())
+            return False
+        if not data:
+            return False
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= 4:
+            (size,), start = struct.unpack_from("!i", buffer), 4
+            if size == -1:  # over 2 GiB
+                if len(buffer) < 12:
+                    break
+                (size,), start = struct.unpack_from("!Q", buffer, 4), 12
+            if len(buffer) < start + size:
+                break
+            message = pickle.loads(bytes(buffer[start : start + size]))
+            del buffer[: start + size]
+            with self._lock:
+                replies = self._calls.get(message[1])
+            if replies is not None:  # None: a call we stopped waiting for
+                replies.put(message)
+        return True
+
+    def _read(self) -> None:
+        """The reader thread, until the worker is gone or the loop takes over."""
+        poll = select.poll()
+        poll.register(self._replies, select.POLLIN)
+        poll.register(self._stop_r, select.POLLIN)
+        while True:
+            ready = {fd for fd, _ in poll.poll()}
+            if self._stop_r in ready:
+                os.read(self._stop_r, 1)
+                return
+            if not self._pull():
+                break
+        self._gone()
+
+    def _read_in_thread(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self._replies.fileno())
+            self._loop = None
+        if self.alive and not self._closing:
+            self._thread = threading.Thread(target=self._read, name=f"nexa-worker-{self.pid}", daemon=True)
+            self._thread.start()
+
+    def _read_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Take the reading over from the thread; on `loop`'s thread."""
+        if self._loop is not None or self._closing or _reading is None or _reading[0] is not loop:
+            return
+        if self._thread is not None:
+            os.write(self._stop_w, b"x")
+            self._thread.join()  # at once: it stops between two reads
+            self._thread = None
+        if not self.alive or self._closing:
+            return
+        self._loop, self._loop_thread = loop, threading.get_ident()
+        loop.add_reader(self._replies.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        if not self._pull():
+            self._lost()
+            threading.Thread(target=self._gone, daemon=True).start()  # it waits for the process
+
+    def _lost(self) -> None:
+        self.alive = False
+        if self._loop is not None:
+            self._loop.remove_reader(self._replies.fileno())
+            self._loop = None
+
+    def _pump(self, replies: Channel) -> None:
+        """A blocking wait on the loop that reads the replies would wait forever: there, read
+        them here until this call has one (the loop is held meanwhile, as it was by any blocking
+        call)."""
+        if self._loop is None or threading.get_ident() != self._loop_thread:
+            return
+        while replies.empty():
+            select.select([self._replies], [], [])
+            if not self._pull():
+                self._lost()
+                self._gone()
+                return
+
+    def _gone(self) -> None:
+        """The worker is gone: say why, and fail every call still waiting."""
         self.alive = False
         if not self._closing:
             code = self.process.wait()
@@ -318,6 +457,23 @@ class RemoteEngine:
             waiting = list(self._calls.values())
         for replies in waiting:
             replies.put(_GONE)
+
+    def _close_replies(self) -> None:
+        """Close the reading end once nobody reads it: the loop's reader goes first, on the loop."""
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            try:
+                loop.call_soon_threadsafe(self._close_replies)
+                return
+            except RuntimeError:  # the loop has closed, and its reader with it
+                self._loop = None
+        self._lost()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)  # the worker has exited: it sees the end at once
+        self._thread = None
+        self._replies.close()
+        for fd in (self._stop_r, self._stop_w):
+            os.close(fd)
 
 
 def _outgoing(value: Any) -> Any:
