@@ -30,5 +30,5 @@ find "$S" -name __pycache__ -prune -exec rm -rf {} +
 PYTHONPATH=$S/llama.cpp/gguf-py python3 "$HERE/make_model.py" --meta "$MODEL" --out "$G/smollm2_meta.gguf" --shape meta
 python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d "$G/whl" fastapi uvicorn diskcache python-multipart
+  -d "$G/whl" fastapi uvicorn diskcache python-multipart pydantic-settings httptools
 du -sh "$G"; ls -la "$G" "$G/whl"

@@ -2,13 +2,18 @@
 
 Each engine's library is built for its devices when it is installed (README, "GPUs"): this
 asks each one what it has, loading no model. A library that is missing or fails to load is
-reported, not raised: the command exists to find out what is wrong.
+reported, not raised: the command exists to find out what is wrong. Each is asked in a process
+of its own, so that one that crashes (a segfault in a GPU runtime, as `nexa gpu` once met on an
+H200 with the libraries of that machine) is reported with how it ended, and the others still
+answer.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import mmap
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,21 +81,48 @@ def onnx_lines() -> list[str]:
     return [f"onnxruntime ({_version('onnxruntime')}): execution providers {providers}"]
 
 
-def report() -> list[str]:
-    lines: list[str] = []
-    checks: list[tuple[str, Callable[[], list[str]]]] = [
-        ("llama.cpp", llama_lines), ("stable-diffusion.cpp", diffusion_lines),
-        ("faster-whisper", whisper_lines), ("onnxruntime", onnx_lines),
-    ]  # fmt: skip
-    for name, check in checks:
-        try:
-            lines += check()
-        except Exception as exc:  # noqa: BLE001 - a broken library is what this command reports
-            lines.append(f"{name}: cannot be loaded ({type(exc).__name__}: {exc})")
-    return lines
+CHECKS: dict[str, Callable[[], list[str]]] = {
+    "llama.cpp": llama_lines, "stable-diffusion.cpp": diffusion_lines,
+    "faster-whisper": whisper_lines, "onnxruntime": onnx_lines,
+}  # fmt: skip
+
+
+def lines_of(name: str) -> list[str]:
+    """One library's lines, asked here."""
+    try:
+        return CHECKS[name]()
+    except Exception as exc:  # noqa: BLE001 - a broken library is what this command reports
+        return [f"{name}: cannot be loaded ({type(exc).__name__}: {exc})"]
+
+
+def ask(name: str, command: list[str] | None = None, timeout_s: float = 120) -> list[str]:
+    """One library's lines, asked in a process of its own (`command`, for tests)."""
+    from nexa.workers.remote import exit_reason
+
+    try:
+        done = subprocess.run(command or [sys.executable, "-m", "nexa.gpu_check", name], capture_output=True,
+                              text=True, timeout=timeout_s)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return [f"{name}: no answer in {timeout_s:.0f}s (a GPU runtime hanging at start-up?)"]
+    if done.returncode == 0:
+        return done.stdout.splitlines()
+    said = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    fatal = next((i for i, line in enumerate(said) if line.startswith("Fatal Python error")), None)
+    said = said[fatal : fatal + 10] if fatal is not None else said[-5:]  # where it crashed, from faulthandler
+    return [f"{name}: crashed while loading ({exit_reason(done.returncode)}); its last lines:",
+            *(f"  | {line}" for line in said)]  # fmt: skip
 
 
 def main() -> int:
-    for line in report():
-        print(line)
+    for name in CHECKS:
+        for line in ask(name):
+            print(line, flush=True)
     return 0
+
+
+if __name__ == "__main__":
+    import faulthandler
+
+    faulthandler.enable()  # a native crash prints where it happened, which the parent shows
+    for line in lines_of(sys.argv[1]):
+        print(line)
