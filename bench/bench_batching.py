@@ -13,6 +13,9 @@ question at the end.
 
     .venv/bin/pip install -e '.[bench]'
     .venv/bin/python bench/bench_batching.py [--model PATH] [--reps 3] [--rounds 2] [--only nexa,llama-server]
+    # a change against the code before it, same run: a worktree of main as "nexa-baseline"
+    git worktree add ../base main && .venv/bin/python bench/bench_batching.py --baseline ../base \
+        --only nexa,nexa-baseline,llama-server
 
 llama-server is built from the llama.cpp that the pinned llama-cpp-python's source archive
 vendors, outside the repo (bench/peers.py; several minutes the first time). This is a script,
@@ -56,10 +59,11 @@ PREFIX_PARAGRAPH = (
 )
 
 
-def servers(model: Path, parallel: int, n_ctx: int, threads: int) -> list[ServerProcess]:
-    """Every server on its own port, each ready when /v1/models answers."""
+def servers(model: Path, parallel: int, n_ctx: int, threads: int, baseline: Path | None = None) -> list[ServerProcess]:
+    """Every server on its own port, each ready when /v1/models answers. `baseline`: another
+    checkout of nexa (say, a worktree of main before a change), served as "nexa-baseline"."""
     py = sys.executable
-    names = ("nexa", "nexa-in-process", "llama-server", "llama_cpp.server", "example-server")
+    names = ("nexa", "nexa-in-process", "nexa-baseline", "llama-server", "llama_cpp.server", "example-server")
     port = {name: free_port() for name in names}
     config = {
         "server": {"host": HOST, "port": port["example-server"]},
@@ -85,6 +89,9 @@ def servers(model: Path, parallel: int, n_ctx: int, threads: int) -> list[Server
         "example-server": [py, str(peers.example_server()), "-C", str(config_path)],
     }
     env = {"llama-server": {**os.environ, "LD_LIBRARY_PATH": str(peers.llama_server().parent)}}
+    if baseline is not None:  # the same command, importing nexa from the other checkout
+        commands["nexa-baseline"] = [*commands["nexa"][:7], str(port["nexa-baseline"]), *commands["nexa"][8:]]
+        env["nexa-baseline"] = {**os.environ, "PYTHONPATH": str(baseline.resolve() / "src")}
     return [ServerProcess(cmd, port[name], name=name, ready_path="/v1/models", env=env.get(name))
             for name, cmd in commands.items()]
 
@@ -177,13 +184,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--levels", default="1,4,8")
     ap.add_argument("--only", default="", help="comma-separated server names")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another nexa checkout (e.g. `git worktree add ../base main`), served as nexa-baseline")
     args = ap.parse_args()
     if args.model is None:
         from nexa.models.store import ModelStore
 
         args.model = ModelStore().resolve(None).path
     levels = [int(x) for x in args.levels.split(",")]
-    chosen = [s for s in servers(args.model, args.parallel, args.nctx, args.threads)
+    chosen = [s for s in servers(args.model, args.parallel, args.nctx, args.threads, args.baseline)
               if not args.only or s.name in args.only.split(",")]
     log_dir = Path(tempfile.mkdtemp(prefix="bench_batching_"))
     print(f"model {args.model.name}, {args.parallel} slots x {args.nctx} tokens, {args.threads} threads, "
