@@ -160,7 +160,11 @@ class RemoteEngine:
         self._calls: dict[int, Channel] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
+        # Reentrant: a finalizer (Kept.__del__, an abandoned stream's `ended`) that the garbage
+        # collector runs in the middle of a send on this thread posts too; it is sent after.
+        self._send_lock = threading.RLock()
+        self._sending = False
+        self._deferred: list[tuple[Any, ...]] = []
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None  # the server's, once it reads our replies
         self._loop_thread = 0
@@ -268,7 +272,16 @@ class RemoteEngine:
     def _post(self, message: tuple[Any, ...]) -> bool:
         try:
             with self._send_lock:
-                self._conn.send(message)
+                if self._sending:  # re-entered on this thread mid-send (see _send_lock)
+                    self._deferred.append(message)
+                    return True
+                self._sending = True
+                try:
+                    self._conn.send(message)
+                    while self._deferred:
+                        self._conn.send(self._deferred.pop(0))
+                finally:
+                    self._sending = False
         except (OSError, ValueError):  # the worker is gone; _read reports it
             return False
         return True
