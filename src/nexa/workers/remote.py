@@ -382,16 +382,20 @@ class RemoteEngine:
             return False
         buffer = self._buffer
         buffer += data
-        while len(buffer) >= 4:
-            (size,), start = struct.unpack_from("!i", buffer), 4
-            if size == -1:  # over 2 GiB
-                if len(buffer) < 12:
+        messages, pos = [], 0
+        with memoryview(buffer) as view:  # each message unpickled in place; the buffer trimmed once
+            while len(buffer) - pos >= 4:
+                (size,), start = struct.unpack_from("!i", buffer, pos), pos + 4
+                if size == -1:  # over 2 GiB
+                    if len(buffer) - pos < 12:
+                        break
+                    (size,), start = struct.unpack_from("!Q", buffer, pos + 4), pos + 12
+                if len(buffer) < start + size:
                     break
-                (size,), start = struct.unpack_from("!Q", buffer, 4), 12
-            if len(buffer) < start + size:
-                break
-            message = pickle.loads(bytes(buffer[start : start + size]))
-            del buffer[: start + size]
+                messages.append(pickle.loads(view[start : start + size]))
+                pos = start + size
+        del buffer[:pos]
+        for message in messages:
             with self._lock:
                 replies = self._calls.get(message[1])
             if replies is not None:  # None: a call we stopped waiting for
