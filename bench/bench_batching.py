@@ -214,7 +214,8 @@ def main() -> None:
     try:
         for rep in range(args.reps):
             for c in levels:
-                for server in running:
+                # Each pass starts with the next server: none always runs right after the same one.
+                for server in running[rep % len(running):] + running[: rep % len(running)]:
                     # The same prompts for every server in a pass (each has its own cache), new ones each pass.
                     got = load(server.url, c, args.rounds, f"{c}-{rep}")
                     runs[server.name][c].append(got)

@@ -240,7 +240,6 @@ class CompletionChunk(ResponseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
-    _sse: bytes | None = PrivateAttr(None)  # its SSE frame, when built from a template (see server/sse.py)
 
 
 class Completion(CompletionChunk):
@@ -326,4 +325,3 @@ class ChatCompletionChunk(ResponseModel):
     choices: list[ChunkChoice]
     usage: Usage | None = None
     _stop_sequence: str | None = PrivateAttr(None)  # on the usage chunk, as on ChatCompletion
-    _sse: bytes | None = PrivateAttr(None)  # its SSE frame, when built from a template (see server/sse.py)

@@ -24,9 +24,8 @@ def _plain(value: Any) -> Any:
 
 
 def _frame(data: Any) -> bytes:
-    framed = getattr(data, "_sse", None)
-    if framed is not None:
-        return framed  # type: ignore[no-any-return]
+    if type(data) is bytes:  # framed already (FrameTemplate)
+        return data
     return f"data: {json.dumps(data, ensure_ascii=False, default=_plain)}\n\n".encode()
 
 
@@ -48,9 +47,10 @@ class FrameTemplate:
         return self.head + json.dumps(text, ensure_ascii=False).encode() + self.tail
 
 
-def sse_response(chunks: AsyncIterator[BaseModel | dict[str, Any]]) -> StreamingResponse:
-    """`data: {json}` per chunk, then `data: [DONE]`; an error mid-stream becomes an error event
-    (OpenAI's envelope, without the `detail` that only the original's plain responses carry)."""
+def sse_response(chunks: AsyncIterator[BaseModel | dict[str, Any] | bytes]) -> StreamingResponse:
+    """`data: {json}` per chunk (bytes: a frame made already), then `data: [DONE]`; an error
+    mid-stream becomes an error event (OpenAI's envelope, without the `detail` that only the
+    original's plain responses carry)."""
 
     async def body() -> AsyncIterator[bytes]:
         try:

@@ -15,6 +15,7 @@ import inspect
 import itertools
 import logging
 import os
+import pickle
 import sys
 import threading
 from collections.abc import Iterator
@@ -45,8 +46,12 @@ class Worker:
         self.ids = itertools.count(1)
 
     def send(self, message: tuple[Any, ...]) -> None:
+        # Plain pickle, framed as Connection.send frames it: Connection.send builds a pickler with
+        # multiprocessing's reducers (for sockets and descriptors, which no reply carries) per
+        # message, and a streamed token is one message.
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         with self.send_lock:
-            self.replies.send(message)
+            self.replies.send_bytes(data)
 
     def serve(self) -> None:
         while True:
@@ -134,6 +139,8 @@ class Forward:
             message: tuple[Any, ...] = ("end", self.call_id)
         elif isinstance(item, BaseException):
             message = ("err", self.call_id, RemoteError.of(item))
+        elif type(item) is base.TextDelta and not item.logprobs:  # a streamed token: the cheapest message
+            message = ("text", self.call_id, item.text)
         elif isinstance(item, (base.TextDelta, base.Finish)):  # plain data: no need to test that it travels
             message = ("item", self.call_id, item)
         else:

@@ -9,7 +9,9 @@ Worker to parent:
   ("ready", EngineFacts) | ("failed", message)   once, after loading
   ("ok", id, value) | ("err", id, RemoteError)   a call's result
   ("stream", id), then ("item", id, x)*, then ("end", id) or ("err", id, RemoteError)
-                                                 a call that returned an iterator
+                                                 a call that returned an iterator; a TextDelta
+                                                 without logprobs (a streamed token) travels as
+                                                 ("text", id, str), a tenth of the unpickling
 
 Values that cannot travel (an image prompt holding native pointers, a decoded recording of
 hundreds of MB) stay in the worker and travel as a `Ref`; a Ref given back as an argument

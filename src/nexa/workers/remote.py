@@ -46,6 +46,7 @@ from typing import IO, Any
 
 from nexa.channel import END, Channel, Stream
 from nexa.config import Settings
+from nexa.engines.base import TextDelta
 from nexa.errors import ModelCrashed, StartupError
 from nexa.models.types import ResolvedModel
 from nexa.workers.protocol import CancelToken, EngineFacts, Ref, RemoteError
@@ -309,6 +310,8 @@ class RemoteEngine:
         them straight to it)."""
 
         def decode(message: tuple[Any, ...]) -> Any:
+            if message[0] == "text":
+                return TextDelta(message[2])
             if message[0] == "item":
                 return self._incoming(message[2])
             if message[0] == "end":

@@ -54,6 +54,11 @@ class TokenBatch:
         n, k = self.n, len(tokens)
         if k == 0 or n + k > self.capacity:
             raise ValueError(f"{k} tokens do not fit a batch with {self.capacity - n} free rows")
+        if k == 1:  # a generating row, once per token: item assignment is several times cheaper than slices
+            self._tok[n], self._pos[n], self._seq[n], self._out[n] = tokens[0], start_pos, seq, outputs != "none"
+            self.n = n + 1
+            self.struct.n_tokens = self.n
+            return n
         self._tok[n : n + k] = tokens
         self._pos[n : n + k] = np.arange(start_pos, start_pos + k, dtype=np.int32)
         self._seq[n : n + k] = seq

@@ -214,20 +214,25 @@ class Scheduler:
 
     def _run(self) -> None:
         while True:
-            with self._cond:
-                while not self._closing and not self._waiting and not self._active:
-                    self._cond.wait()
-                if self._closing:
-                    for job in [*self._waiting, *self._active]:
-                        job.out.put(RuntimeError("the server is shutting down"))
-                    return
-                try:
-                    admitted = self._admit()
-                except Exception as exc:  # never leave a request waiting on a dead thread
-                    log.exception("admitting requests failed")
-                    admitted = []
-                    while self._waiting:
-                        self._waiting.popleft().out.put(exc)
+            admitted: list[Job] = []
+            # Between the steps of running requests the lock is taken only when a request waits
+            # or the scheduler closes (read without it: whatever comes meanwhile is seen at the
+            # next step); taking it every step cost as much as the rest of a token's bookkeeping.
+            if self._waiting or self._closing or not self._active:
+                with self._cond:
+                    while not self._closing and not self._waiting and not self._active:
+                        self._cond.wait()
+                    if self._closing:
+                        for job in [*self._waiting, *self._active]:
+                            job.out.put(RuntimeError("the server is shutting down"))
+                        return
+                    try:
+                        admitted = self._admit()
+                    except Exception as exc:  # never leave a request waiting on a dead thread
+                        log.exception("admitting requests failed")
+                        admitted = []
+                        while self._waiting:
+                            self._waiting.popleft().out.put(exc)
             for job in admitted:
                 self._guard(job, self._start)
             try:
@@ -324,6 +329,8 @@ class Scheduler:
 
     def _compact(self) -> None:
         """Close a gap between busy slots by moving one generating request (see placement.py)."""
+        if len(self._active) < 2:  # one busy slot is one run: nothing to close (the common case, per token)
+            return
         move = placement.gap_move(self.slots, {j.slot.seq for j in self._active if j.next_token is not None and j.slot})
         if move is not None:
             self._move(*move)
@@ -438,6 +445,8 @@ class Scheduler:
         for job in list(self._active):
             if job.cancel.is_set():
                 self._retire(job, END)
+        if not self._waiting:  # read without the lock: a request queued meanwhile is seen next step
+            return
         with self._cond:
             for job in [j for j in self._waiting if j.cancel.is_set()]:
                 self._waiting.remove(job)

@@ -16,5 +16,5 @@ router = APIRouter(tags=["text"], responses=ERRORS)
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=streamed(ChatCompletionChunk))
 async def chat_completions(body: ChatRequest, request: Request) -> ChatCompletion | StreamingResponse:
-    answer = await chat.chat(request, body)
+    answer = await chat.chat(request, body, frames=True)
     return answer if isinstance(answer, ChatCompletion) else sse_response(answer)

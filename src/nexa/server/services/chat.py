@@ -10,7 +10,7 @@ server-sent events. The generation is queued before either is returned, so a ful
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal, overload
 
 from fastapi import Request
 
@@ -29,10 +29,18 @@ from nexa.structured import prompting
 from nexa.structured.plan import Plan, plan_chat
 
 Answer = ChatCompletion | AsyncIterator[ChatCompletionChunk]
+# With `frames`, a plain streamed token comes as its SSE frame already (ChatReply.token_frame).
+Framed = ChatCompletion | AsyncIterator[ChatCompletionChunk | bytes]
 Prompt = tuple[Any, list[str]]  # (the engine's prompt: token ids, or text and images; the template's stops)
 
 
-async def chat(request: Request, body: ChatRequest) -> Answer:
+@overload
+async def chat(request: Request, body: ChatRequest) -> Answer: ...
+@overload
+async def chat(request: Request, body: ChatRequest, *, frames: Literal[True]) -> Framed: ...
+async def chat(request: Request, body: ChatRequest, *, frames: bool = False) -> Framed:
+    """`frames`: for a router that sends the stream as server-sent events (see Framed); the
+    Responses and Messages APIs read every chunk."""
     task = Task.VISION if any(m.has_images() for m in body.messages) else Task.CHAT
     endpoint = "image input" if task == Task.VISION else "/v1/chat/completions"
     engine: TextEngine = await engine_for(request, task, endpoint, body.model, body.keep_alive)
@@ -45,10 +53,10 @@ async def chat(request: Request, body: ChatRequest) -> Answer:
         prompt = await _vision_prompt(request, engine, body, plan)
     else:
         prompt = await in_thread(_prompt, engine, body, plan)
-    return await _answer(request, engine, body, params, plan, prompt)
+    return await _answer(request, engine, body, params, plan, prompt, frames)
 
 
-async def function_calling(request: Request, body: FunctionCallingRequest) -> Answer:
+async def function_calling(request: Request, body: FunctionCallingRequest) -> Framed:
     engine: TextEngine = await engine_for(request, Task.TOOLS, "/v1/function-calling", body.model, body.keep_alive)
     _check_size(request, engine, body)
     params = body.sampling(body.logprob_count())
@@ -85,8 +93,9 @@ def _grammar_param(body: ChatRequest) -> str:
 
 
 async def _answer(
-    request: Request, engine: TextEngine, body: ChatRequest, params: SamplingParams, plan: Plan | None, prompt: Prompt
-) -> Answer:
+    request: Request, engine: TextEngine, body: ChatRequest, params: SamplingParams, plan: Plan | None, prompt: Prompt,
+    frames: bool = False,
+) -> Framed:
     tokens, template_stops = prompt
     if plan is not None:
         params.grammar = plan.grammar
@@ -101,7 +110,7 @@ async def _answer(
     if body.stream:
         if calls is not None:
             return tools.stream(calls, items, reply, body.include_usage, logprobs)
-        return _stream(items, reply, body.include_usage, logprobs)
+        return _stream(items, reply, body.include_usage, logprobs, frames)
     out = await collect_items(request, items)
     if calls is not None:
         return tools.response(calls, out, reply, logprobs)
@@ -146,8 +155,8 @@ def _prompt(engine: TextEngine, body: ChatRequest, plan: Plan | None) -> tuple[l
 
 
 async def _stream(
-    items: AsyncIterator[TextDelta | Finish], reply: ChatReply, include_usage: bool, logprobs: bool
-) -> AsyncIterator[ChatCompletionChunk]:
+    items: AsyncIterator[TextDelta | Finish], reply: ChatReply, include_usage: bool, logprobs: bool, frames: bool
+) -> AsyncIterator[ChatCompletionChunk | bytes]:
     yield reply.chunk(Delta(role="assistant", content=""))
     async for item in items:
         if isinstance(item, Finish):
@@ -157,4 +166,4 @@ async def _stream(
         elif logprobs:
             yield reply.chunk(Delta(content=item.text), chat_logprobs(item.logprobs))
         else:
-            yield reply.token_chunk(item.text)
+            yield reply.token_frame(item.text) if frames else reply.chunk(Delta(content=item.text))

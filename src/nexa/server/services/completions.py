@@ -18,7 +18,7 @@ from nexa.server.threads import in_thread
 from nexa.structured.grammars import response_format_grammar
 
 
-async def complete(request: Request, body: CompletionRequest) -> Completion | AsyncIterator[CompletionChunk]:
+async def complete(request: Request, body: CompletionRequest) -> Completion | AsyncIterator[CompletionChunk | bytes]:
     engine: TextEngine = await engine_for(request, Task.COMPLETION, "/v1/completions", body.model, body.keep_alive)
     params = body.sampling(body.logprobs)
     params.grammar = await compile_in_thread(  # JSON that always parses
@@ -55,18 +55,12 @@ async def _stream(
     created: int,
     model: str,
     echo: str,
-) -> AsyncIterator[CompletionChunk]:
+) -> AsyncIterator[CompletionChunk | bytes]:
     def chunk(text: str, logprobs: CompletionLogprobs | None = None, finish: str | None = None) -> CompletionChunk:
         choice = CompletionChoice(text=text, index=0, logprobs=logprobs, finish_reason=finish)
         return CompletionChunk(id=cid, created=created, model=model, choices=[choice])
 
-    token_frame = FrameTemplate(chunk(FrameTemplate.MARK))
-
-    def token_chunk(text: str) -> CompletionChunk:
-        """chunk(text) with its frame filled in from the template: the chunk sent per token."""
-        out = chunk(text)
-        out._sse = token_frame.fill(text)
-        return out
+    token_frame = FrameTemplate(chunk(FrameTemplate.MARK))  # the SSE frame of chunk(text), sent per token
 
     if echo:
         yield chunk(echo)
@@ -78,7 +72,7 @@ async def _stream(
                 yield CompletionChunk(id=cid, created=created, model=model, choices=[], usage=finish_usage(item))
         else:
             if params.logprobs is None:
-                yield token_chunk(item.text)
+                yield token_frame.fill(item.text)
                 continue
             lp = completion_logprobs(item.logprobs, offset)
             offset += len(item.text)

@@ -133,12 +133,11 @@ class ChatReply:
         choice = ChunkChoice(index=0, delta=delta, logprobs=logprobs, finish_reason=finish)
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice])
 
-    def token_chunk(self, text: str) -> ChatCompletionChunk:
-        """`chunk(Delta(content=text))`, the one chunk sent per token, with its frame filled in
-        from a template rather than serialised."""
-        chunk = self.chunk(Delta(content=text))
-        chunk._sse = self._token_frame.fill(text)
-        return chunk
+    def token_frame(self, text: str) -> bytes:
+        """The SSE frame of `chunk(Delta(content=text))`, the one chunk sent per token, filled in
+        from a template: neither the chunk nor its JSON is built per token (building the chunk
+        alone cost about a tenth of the server's CPU per streamed token)."""
+        return self._token_frame.fill(text)
 
     @cached_property
     def _token_frame(self) -> FrameTemplate:
