@@ -242,6 +242,15 @@ def main() -> None:
             tratio = f"{base[c][1] / ttft:.2f}x" if base else "-"
             print(f"{c:>7}  {name:<17} {tps:7.1f} {ttft * 1000:8.0f}  {ratio:>22}  {tratio:>26}")
     print("(both ratios: above 1.0x means faster than llama-server; the target is >= 1.0x for nexa)")
+    if "llama-server" in runs:
+        # The same pass's figures side by side: noise from elsewhere on the machine moves both.
+        print("\ntok/s against llama-server's in the same pass: median (lowest-highest), passes at >= 1.0x")
+        for name in (n for n in runs if n != "llama-server"):
+            for c in levels:
+                ratios = [a[0] / b[0] for a, b in zip(runs[name][c], runs["llama-server"][c]) if b[0] > 0]
+                if ratios:
+                    print(f"{c:>7}  {name:<17} {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}), "
+                          f"{sum(r >= 1.0 for r in ratios)} of {len(ratios)}")
     if "nexa" in results:
         cold, warm = results["nexa"]["prefix"]
         print(f"nexa: repeated 1k-token prefix TTFT {warm / cold:.2f}x the cold one (target <= 0.2x)")
