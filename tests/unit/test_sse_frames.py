@@ -17,7 +17,7 @@ TEXTS = ["Hello", " world", "", 'say "hi"', "back\\slash", "line\nbreak", "tab\t
 @pytest.mark.parametrize("text", TEXTS)
 def test_a_token_frame_is_the_chunk_serialised(text: str) -> None:
     reply = ChatReply.new("SmolLM2-135M-Instruct.Q4_1.gguf")
-    framed = reply.token_frame(text)
+    framed = reply.token_frame.fill(text)
     assert framed == _frame(reply.chunk(Delta(content=text)))
     assert framed.startswith(b"data: ") and framed.endswith(b"\n\n")
     chunk = json.loads(framed[len(b"data: "):])

@@ -166,4 +166,4 @@ async def _stream(
         elif logprobs:
             yield reply.chunk(Delta(content=item.text), chat_logprobs(item.logprobs))
         else:
-            yield reply.token_frame(item.text) if frames else reply.chunk(Delta(content=item.text))
+            yield reply.token_frame.fill(item.text) if frames else reply.chunk(Delta(content=item.text))
