@@ -49,6 +49,10 @@ class Channel:
             self._forward = fn
 
     def put(self, item: Any) -> None:
+        forward = self._forward  # set once and never unset: read without the lock, once per token
+        if forward is not None:
+            forward(item)
+            return
         with self._lock:
             if self._forward is not None:
                 self._forward(item)

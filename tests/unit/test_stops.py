@@ -27,6 +27,14 @@ def test_held_prefix_is_released_when_it_turns_out_not_to_be_a_stop():
     assert not m.stopped
 
 
+def test_text_ending_in_no_stop_strings_start_is_not_held():
+    m = StopMatcher(["END"])
+    assert m.feed(b"the D") == "the D"  # "D" ends "END" but starts no part of it a later token could finish
+    assert m.feed(b" and E") == " and "
+    assert m.feed(b"NDED") == ""
+    assert m.stopped and m.matched == "END"
+
+
 def test_earliest_of_several_stops_wins():
     m = StopMatcher(["world", "lo w"])
     assert feed_all(m, [b"hello world"]) == "hel"

@@ -19,6 +19,9 @@ class StopMatcher:
 
     def __init__(self, stop: list[str]):
         self.stop = [s for s in stop if s]
+        # Characters a held-back tail can end with (all but the last of each stop string):
+        # text ending in any other cannot be the start of one, the common case per token.
+        self._inner = set("".join(s[:-1] for s in self.stop))
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._held = ""
         self.stopped = False
@@ -35,6 +38,9 @@ class StopMatcher:
             first, self.matched = min(found, key=lambda f: f[0])
             self.stopped = True
             out, self._held = self._held[:first], ""
+            return out
+        if self._held[-1:] not in self._inner:
+            out, self._held = self._held, ""
             return out
         keep = self._longest_stop_prefix_suffix()
         cut = len(self._held) - keep

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from json.encoder import encode_basestring
+from typing import Any, cast
 
 from pydantic import BaseModel
 from starlette.responses import StreamingResponse
+from starlette.types import Send
 
 from nexa.errors import NexaError
 from nexa.schemas.common import ErrorBody
@@ -44,31 +46,48 @@ class FrameTemplate:
         self.head, self.tail = head, tail
 
     def fill(self, text: str) -> bytes:
-        return self.head + json.dumps(text, ensure_ascii=False).encode() + self.tail
+        # What json.dumps(text, ensure_ascii=False) returns, without the encoder it builds per call.
+        return self.head + encode_basestring(text).encode() + self.tail
+
+
+class EventStream(StreamingResponse):
+    """`data: {json}` per chunk (bytes: a frame made already), then `data: [DONE]`; an error
+    mid-stream becomes an error event (OpenAI's envelope, without the `detail` that only the
+    original's plain responses carry). Sent by the response itself, not through a generator
+    around the chunks: that was one more layer to pass per streamed token."""
+
+    def __init__(self, chunks: AsyncIterator[BaseModel | dict[str, Any] | bytes]):
+        super().__init__(cast(AsyncIterator[bytes], chunks), media_type="text/event-stream",  # framed below
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.chunks = chunks
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            while True:
+                try:  # only the chunks' own failures become error events; a failed send ends the response
+                    chunk = await anext(self.chunks)
+                except StopAsyncIteration:
+                    end = DONE
+                    break
+                except NexaError as exc:
+                    end = error_events(exc.message, exc.type, exc.code, param=exc.param)
+                    break
+                except Exception:
+                    log.exception("stream failed")
+                    end = error_events("The server failed while streaming.", "server_error")
+                    break
+                await send({"type": "http.response.body", "body": _frame(chunk), "more_body": True})
+        finally:
+            close = getattr(self.chunks, "aclose", None)
+            if close is not None:  # now, not when collected: the engine stops at once
+                await close()
+        await send({"type": "http.response.body", "body": end, "more_body": False})
 
 
 def sse_response(chunks: AsyncIterator[BaseModel | dict[str, Any] | bytes]) -> StreamingResponse:
-    """`data: {json}` per chunk (bytes: a frame made already), then `data: [DONE]`; an error
-    mid-stream becomes an error event (OpenAI's envelope, without the `detail` that only the
-    original's plain responses carry)."""
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in chunks:
-                yield _frame(chunk)
-        except NexaError as exc:
-            yield error_events(exc.message, exc.type, exc.code, param=exc.param)
-        except Exception:
-            log.exception("stream failed")
-            yield error_events("The server failed while streaming.", "server_error")
-        else:
-            yield DONE
-
-    return StreamingResponse(
-        body(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    """The chunks as server-sent events (see EventStream)."""
+    return EventStream(chunks)
 
 
 def _error(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:

@@ -51,7 +51,7 @@ class _Failed:
 
 async def iterate_in_thread(
     make: Callable[[threading.Event], Iterator[T]], cancel: threading.Event | None = None
-) -> AsyncIterator[T]:
+) -> AsyncGenerator[T, None]:
     """`make(cancel)` runs in the worker thread. `cancel`: an event the caller already handed
     to the engine (one is made otherwise)."""
     loop = asyncio.get_running_loop()
@@ -105,19 +105,13 @@ async def iterate_in_thread(
         cancel.set()
 
 
-async def iterate(items: Iterator[T], cancel: threading.Event) -> AsyncGenerator[T, None]:
-    """An engine's iterator consumed on the loop; `cancel` is set when the consumer goes away."""
-    if not isinstance(items, Stream):
-        async for item in iterate_in_thread(lambda _: items, cancel):
-            yield item
-        return
-    source = items.__aiter__()
-    try:
-        async for item in source:
-            yield item
-    finally:
-        cancel.set()
-        await source.aclose()  # now, not when collected: a model worker is told to stop at once
+def iterate(items: Iterator[T], cancel: threading.Event) -> AsyncGenerator[T, None]:
+    """An engine's iterator consumed on the loop: a Stream's own async iterator (no layer in
+    between, once per token), anything else through a thread. The caller sets `cancel` and
+    closes the iterator (`aclose`) when it is done: a model worker is then told to stop at once."""
+    if isinstance(items, Stream):
+        return items.__aiter__()
+    return iterate_in_thread(lambda _: items, cancel)
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:

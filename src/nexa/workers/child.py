@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import pickle
+import struct
 import sys
 import threading
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ from nexa.workers.protocol import CancelToken, EngineFacts, Ref, RemoteError, st
 
 log = logging.getLogger("nexa.worker")
 
+SMALL = 16384  # replies up to this size go out in one write of their own (see Worker.send)
+_SIZE = struct.Struct("!i")  # a reply's length, as multiprocessing's Connection frames it
 _PLAIN = (str, int, float, bool, type(None), Path, frozenset, tuple, list, dict)
 
 
@@ -39,6 +42,7 @@ class Worker:
     def __init__(self, calls: Connection, replies: Connection, engine: base.Engine):
         self.calls = calls
         self.replies = replies
+        self.replies_fd = replies.fileno()
         self.engine = engine
         self.send_lock = threading.Lock()
         self.cancels: dict[int, threading.Event] = {}
@@ -48,10 +52,15 @@ class Worker:
     def send(self, message: tuple[Any, ...]) -> None:
         # Plain pickle, framed as Connection.send frames it: Connection.send builds a pickler with
         # multiprocessing's reducers (for sockets and descriptors, which no reply carries) per
-        # message, and a streamed token is one message.
+        # message, and a streamed token is one message: written here in one call.
         data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         with self.send_lock:
-            self.replies.send_bytes(data)
+            if len(data) > SMALL:
+                self.replies.send_bytes(data)
+                return
+            frame = _SIZE.pack(len(data)) + data
+            while frame:  # a blocking socket writes it whole, unless a signal cuts in
+                frame = frame[os.write(self.replies_fd, frame) :]
 
     def serve(self) -> None:
         while True:
@@ -132,15 +141,12 @@ class Forward:
     def __call__(self, item: Any) -> None:
         if self.done:
             return
-        if item is END or isinstance(item, BaseException):
+        if type(item) is base.TextDelta and not item.logprobs:  # a streamed token: the cheapest message, first
+            message: tuple[Any, ...] = ("text", self.call_id, item.text)
+        elif item is END or isinstance(item, BaseException):
             self.done = True
             self.worker.cancels.pop(self.call_id, None)
-        if item is END:
-            message: tuple[Any, ...] = ("end", self.call_id)
-        elif isinstance(item, BaseException):
-            message = ("err", self.call_id, RemoteError.of(item))
-        elif type(item) is base.TextDelta and not item.logprobs:  # a streamed token: the cheapest message
-            message = ("text", self.call_id, item.text)
+            message = ("end", self.call_id) if item is END else ("err", self.call_id, RemoteError.of(item))
         elif isinstance(item, (base.TextDelta, base.Finish)):  # plain data: no need to test that it travels
             message = ("item", self.call_id, item)
         else:

@@ -57,6 +57,7 @@ TAIL_LINES = 40  # worker output kept to explain a crash
 CLOSE_WAIT_S = 10.0  # for a worker to close its engine before it is killed
 _GONE = ("gone",)
 READ_SIZE = 1 << 16
+_SIZE = struct.Struct("!i")  # a reply's length, as multiprocessing's Connection frames it
 
 # The server's event loop and its thread, once it reads the workers' replies (read_on).
 _reading: tuple[asyncio.AbstractEventLoop, int] | None = None
@@ -384,11 +385,14 @@ class RemoteEngine:
         if not data:
             return False
         buffer = self._buffer
+        if not buffer and len(data) > 4 and _SIZE.unpack_from(data)[0] == len(data) - 4:
+            self._deliver(pickle.loads(data[4:]))  # one whole reply: a streamed token, mostly
+            return True
         buffer += data
         messages, pos = [], 0
         with memoryview(buffer) as view:  # each message unpickled in place; the buffer trimmed once
             while len(buffer) - pos >= 4:
-                (size,), start = struct.unpack_from("!i", buffer, pos), pos + 4
+                (size,), start = _SIZE.unpack_from(buffer, pos), pos + 4
                 if size == -1:  # over 2 GiB
                     if len(buffer) - pos < 12:
                         break
@@ -399,11 +403,13 @@ class RemoteEngine:
                 pos = start + size
         del buffer[:pos]
         for message in messages:
-            with self._lock:
-                replies = self._calls.get(message[1])
-            if replies is not None:  # None: a call we stopped waiting for
-                replies.put(message)
+            self._deliver(message)
         return True
+
+    def _deliver(self, message: tuple[Any, ...]) -> None:
+        replies = self._calls.get(message[1])  # one dict read needs no lock; the lock orders ids and inserts
+        if replies is not None:  # None: a call we stopped waiting for
+            replies.put(message)
 
     def _read(self) -> None:
         """The reader thread, until the worker is gone or the loop takes over."""

@@ -92,6 +92,15 @@ class LlamaEngine(TextEngine):
         self._vocab = self._model.vocab
         self.n_vocab = self._n_vocab = self._model.n_vocab()
         self._row_type = ctypes.c_float * self._n_vocab  # one row of logits (see _logits)
+        # The logits pointer as a plain address (llama-cpp-python's prototype returns a POINTER
+        # object), and a view per address the rows have been at: llama.cpp keeps its output
+        # buffer until a bigger batch needs more rows, so a handful of addresses recur.
+        self._logits_ith = llama_cpp.llama_cpp._lib["llama_get_logits_ith"]  # a prototype of our own
+        self._logits_ith.argtypes, self._logits_ith.restype = [ctypes.c_void_p, ctypes.c_int32], ctypes.c_void_p
+        self._rows: dict[int, np.ndarray] = {}
+        # What the scheduler asks of every generated token, remembered: each was a ctypes call.
+        self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
         self._piece_buf = ctypes.create_string_buffer(64)
         self._embedder_lock = threading.Lock()
         self._formatter = self._chat_formatter(chat_format, llama_chat_format)
@@ -260,7 +269,10 @@ class LlamaEngine(TextEngine):
         raise TypeError(f"{type(self).__name__} takes token prompts only")
 
     def is_eog(self, token: int) -> bool:
-        return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        return eog
 
     def new_sampler(self, p: SamplingParams) -> Any:
         if not p.grammar and p.temperature <= 0 and not _penalised(p):
@@ -294,6 +306,12 @@ class LlamaEngine(TextEngine):
         return s
 
     def piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._token_piece(token)
+        return piece
+
+    def _token_piece(self, token: int) -> bytes:
         # Our own buffer handling: llama-cpp-python's token_to_piece returns its whole
         # 32-byte buffer, NULs included.
         buf = self._piece_buf
@@ -308,11 +326,17 @@ class LlamaEngine(TextEngine):
         return token_logprob(self._logits(ctx, idx), token, top_n, self.piece)
 
     def _logits(self, ctx: Any, idx: int) -> np.ndarray:
-        """The logits of batch row `idx` of the llama_context `ctx`, as a view (no copy). Once per
-        generated token: a view through one ctypes array type made at load costs half of what
-        np.ctypeslib.as_array does, which builds the type again each call."""
-        ptr = self._llama_cpp.llama_get_logits_ith(ctx, idx)
-        return np.frombuffer(self._row_type.from_address(ctypes.addressof(ptr.contents)), np.float32)
+        """The logits of batch row `idx` of the llama_context `ctx`, as a view (no copy), valid
+        until the next decode. Once per generated token, so the view of an address is kept."""
+        address = self._logits_ith(ctx, idx)
+        if not address:
+            raise RuntimeError(f"llama.cpp has no logits for batch row {idx}")
+        row = self._rows.get(address)
+        if row is None:
+            if len(self._rows) >= 4 * self.parallel + 16:  # the buffer moved: old addresses are stale
+                self._rows.clear()
+            row = self._rows[address] = np.frombuffer(self._row_type.from_address(address), np.float32)
+        return row
 
     def embed(self, inputs: list[Any], **options: Any) -> Any:
         """Mean-pooled embeddings from a second, embedding-mode context on these same weights."""

@@ -348,7 +348,11 @@ class Scheduler:
     def _step(self) -> None:
         self._compact()
         batch = self.batch
-        generating = sorted((j for j in self._active if j.next_token is not None), key=lambda j: j.slot.seq)  # type: ignore[union-attr]
+        active = self._active
+        if len(active) == 1:  # the common case, once per token: no sort
+            generating = [active[0]] if active[0].next_token is not None else []
+        else:
+            generating = sorted((j for j in active if j.next_token is not None), key=lambda j: j.slot.seq)  # type: ignore[union-attr]
         if generating:
             # One row per generating request, in sequence order: llama.cpp splits a batch over
             # per-sequence streams in order, and rows out of order cost a step 1.8x the time.
@@ -357,11 +361,14 @@ class Scheduler:
                 assert job.slot is not None and job.next_token is not None
                 job.row = batch.add([job.next_token], len(job.slot.cache), job.slot.seq)
             self._decode()
-            self.stats.recent.append((time.perf_counter(), len(generating), 0))
+            # Bookkeeping after every token is out: the server handles a token meanwhile.
             for job in generating:
-                assert job.slot is not None and job.next_token is not None
-                job.slot.cache.append(job.next_token)
-                self._guard(job, lambda j: self._sample(j, j.row))
+                job.slot.cache.append(job.next_token)  # type: ignore[union-attr,arg-type]
+                try:
+                    self._sample(job, job.row)
+                except Exception as exc:
+                    self._retire(job, exc)
+            self.stats.recent.append((time.perf_counter(), len(generating), 0))
         # Then new prompts, oldest first, a chunk per decode, up to n_batch rows this step.
         budget = self.n_batch
         for job in [j for j in self._active if j.next_token is None and j.fed < j.n_prompt]:

@@ -39,13 +39,15 @@ async def generate(
     started = await in_thread(engine.generate, prompt, params, cancel)
 
     async def items() -> AsyncIterator[TextDelta | Finish]:
+        source = iterate(started, cancel)
         try:
-            async for item in iterate(started, cancel):
+            async for item in source:
                 if isinstance(item, Finish):
                     request.state.generation = (item.completion_tokens, item.generation_seconds)
                 yield item
         finally:
             cancel.set()
+            await source.aclose()
 
     return items()
 
