@@ -37,6 +37,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("nexa.models")
 
 COMMAND_LINE = "command line"
+# A name that found nothing in the store or --models-dir is not looked up again for this long
+# (OpenAI's clients send `gpt-4o-mini` with every request; each lookup reads the disk in a
+# thread): a model pulled or copied there meanwhile is found once it has passed.
+MISS_TTL_S = 5.0
+MISSES_KEPT = 256
 # The model types made for a task, preferred for it over others that can do it too.
 SPECIALISTS: dict[Task, tuple[ModelType, ...]] = {Task.EMBEDDING: (ModelType.TEXT_EMBEDDING,)}
 
@@ -77,6 +82,7 @@ class ModelManager:
         self.known: dict[str, Known] = {}  # the command line's first (the default first), then found ones
         self.default_id = ""
         self._lock = threading.Lock()
+        self._misses: dict[str, float] = {}  # name -> when it last found nothing (MISS_TTL_S)
         self.pulling = threading.Lock()  # one download at a time (requests' pulls and /v1/download_model)
         if engine is not None:
             self.default_id = engine.name
@@ -172,8 +178,10 @@ class ModelManager:
         name = (name or "").strip()
         if name:
             known = self._match(name)
-            if known is None and not self.sources.empty:
+            if known is None and not self.sources.empty and not self._missed(name):
                 known = await in_own_thread(self._find, name)
+                if known is None:
+                    self._miss(name)
             if known is not None:
                 if task not in known.tasks:
                     raise self._refusal(known, task, endpoint, "Name a model of the right type in `model`.")
@@ -203,6 +211,15 @@ class ModelManager:
             slot.engine.require(task, endpoint)
         can = ", ".join(sorted(t.value for t in known.tasks)) or "nothing"
         return UnsupportedTask(f"The model '{known.id}' cannot serve {endpoint} (it supports: {can}). {advice}")
+
+    def _missed(self, name: str) -> bool:
+        seen = self._misses.get(name)
+        return seen is not None and time.monotonic() - seen < MISS_TTL_S
+
+    def _miss(self, name: str) -> None:
+        if len(self._misses) >= MISSES_KEPT:  # names are the clients': keep a bounded few
+            self._misses.clear()
+        self._misses[name] = time.monotonic()
 
     def _match(self, name: str) -> Known | None:
         with self._lock:

@@ -46,7 +46,10 @@ async def chat(request: Request, body: ChatRequest, *, frames: bool = False) -> 
     engine: TextEngine = await engine_for(request, task, endpoint, body.model, body.keep_alive)
     _check_size(request, engine, body)
     params = body.sampling(body.logprob_count())
-    plan = await compile_in_thread(plan_chat, body, param=_grammar_param(body))  # None for a plain chat
+    if _builds_grammar(body):
+        plan = await compile_in_thread(plan_chat, body, param=_grammar_param(body))
+    else:  # a plain chat's plan is a few checks (None, mostly): no thread for it
+        plan = plan_chat(body)
     if plan is not None and plan.calls:
         engine.require(Task.TOOLS, "tools")
     if task == Task.VISION:
@@ -86,6 +89,11 @@ def _check_size(request: Request, engine: TextEngine, body: ChatRequest) -> None
             param="messages", code="too_many_messages",
         )
     engine.check_prompt_chars(sum(len(m.as_template_dict()["content"]) for m in body.messages), "messages")
+
+
+def _builds_grammar(body: ChatRequest) -> bool:
+    """Whether plan_chat compiles a grammar, which may take long enough to want a thread."""
+    return bool(body.tools) or body.functions is not None or body.response_format is not None
 
 
 def _grammar_param(body: ChatRequest) -> str:
