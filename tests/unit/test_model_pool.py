@@ -16,6 +16,7 @@ from nexa.cli import build_parser, settings_from_args
 from nexa.config import Settings, parse_duration, parse_size
 from nexa.engines.base import Engine, Task
 from nexa.errors import NotFound, Overloaded, StartupError, UnsupportedTask
+from nexa.models import manager as manager_module
 from nexa.models.manager import ModelManager
 from nexa.models.pool import LOADED, NOT_LOADED, LoadFailed, ModelPool
 from nexa.models.servable import Sources, match, short_name
@@ -258,6 +259,17 @@ def test_each_request_reaches_a_model_of_the_right_type() -> None:
         routed(m, Task.CHAT, "whisper-tiny")
     with pytest.raises(UnsupportedTask, match="'chat' cannot serve"):
         routed(m, Task.TXT2IMG, None)
+
+
+def test_a_name_that_found_nothing_is_looked_up_again_only_after_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = manager(Factory(), models_dir=str(tmp_path))
+    assert routed(m, Task.CHAT, "newchat") == "chat"  # nothing of that name: the default
+    (tmp_path / "newchat.gguf").write_bytes(b"GGUF")
+    assert routed(m, Task.CHAT, "newchat") == "chat"  # the miss is remembered: no disk read per request
+    monkeypatch.setattr(manager_module, "MISS_TTL_S", 0.0)
+    assert routed(m, Task.CHAT, "newchat") == "newchat"  # once it has passed, the new file is found
 
 
 def test_strict_model_refuses_unknown_names() -> None:
