@@ -27,7 +27,7 @@ from PIL import Image
 
 from minilm_gguf import minilm_gguf
 from nexa.config import Settings
-from nexa.engines.base import SamplingParams
+from nexa.engines.base import Finish, SamplingParams, TextDelta
 from nexa.errors import ContextLengthExceeded, InvalidRequest, ModelCrashed, StartupError
 from nexa.models.manager import ModelManager
 from nexa.models.startup import model_factory
@@ -76,6 +76,19 @@ def test_stream_through_the_worker(worker: RemoteEngine, smollm2: ResolvedModel)
     whole = remote.post("/v1/chat/completions", json=CHAT).json()["choices"][0]["message"]["content"]
     assert text == whole and text
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_a_whole_answer_comes_as_one_text_item(worker: RemoteEngine) -> None:
+    # A request without `stream` reads the whole answer anyway: the worker joins the text.
+    prompt = worker.tokenize("Once upon a time")
+    params = SamplingParams(max_tokens=24, temperature=0, logprobs=1)
+    streamed = list(worker.generate(prompt, params, threading.Event()))
+    gathered = list(worker.gathered("generate", prompt, params, threading.Event()))
+    texts = [item for item in streamed if isinstance(item, TextDelta)]
+    assert len(texts) > 1 and [type(item) for item in gathered] == [TextDelta, Finish]
+    assert gathered[0].text == "".join(t.text for t in texts)
+    assert [lp.token for lp in gathered[0].logprobs] == [lp.token for t in texts for lp in t.logprobs]
+    assert len(gathered[0].logprobs) == gathered[1].completion_tokens == streamed[-1].completion_tokens
 
 
 def test_errors_raised_in_the_worker_keep_their_type(worker: RemoteEngine, smollm2: ResolvedModel) -> None:

@@ -70,8 +70,8 @@ class Worker:
                 return
             kind = message[0]
             if kind == "call":
-                _, call_id, method, args, kwargs = message
-                threading.Thread(target=self.run, args=(call_id, method, args, kwargs), daemon=True).start()
+                _, call_id, method, args, kwargs, gather = message
+                threading.Thread(target=self.run, args=(call_id, method, args, kwargs, gather), daemon=True).start()
             elif kind == "cancel":
                 event = self.cancels.get(message[1])
                 if event is not None:
@@ -81,7 +81,7 @@ class Worker:
             elif kind == "close":
                 return
 
-    def run(self, call_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def run(self, call_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], gather: bool) -> None:
         cancel = threading.Event()
         self.cancels[call_id] = cancel
         try:
@@ -90,11 +90,11 @@ class Worker:
             result = getattr(self.engine, method)(*args, **kwargs)
             if isinstance(result, Stream) and result.plain:  # the text scheduler's
                 self.send(("stream", call_id))
-                result.channel.forward(Forward(self, call_id))
+                result.channel.forward(Forward(self, call_id, gather))
                 return
             if isinstance(result, Iterator):
                 self.send(("stream", call_id))
-                forward = Forward(self, call_id)
+                forward = Forward(self, call_id, gather)
                 try:
                     for item in result:
                         forward(item)
@@ -133,14 +133,32 @@ class Worker:
 
 class Forward:
     """Sends a stream's items, then its end or error: from the producer's thread as it puts them
-    (see Channel.forward), or from the call's own thread iterating the result."""
+    (see Channel.forward), or from the call's own thread iterating the result. With `gather`, the
+    text items are joined and sent as one just before whatever comes next (the end, mostly): the
+    caller reads the whole answer anyway, and a token then costs no message on either side."""
 
-    def __init__(self, worker: Worker, call_id: int):
-        self.worker, self.call_id, self.done = worker, call_id, False
+    def __init__(self, worker: Worker, call_id: int, gather: bool = False):
+        self.worker, self.call_id, self.done, self.gather = worker, call_id, False, gather
+        self.texts: list[str] = []
+        self.logprobs: list[Any] = []
 
     def __call__(self, item: Any) -> None:
         if self.done:
             return
+        if self.gather:
+            if type(item) is base.TextDelta:
+                self.texts.append(item.text)
+                self.logprobs.extend(item.logprobs)
+                return
+            if self.texts or self.logprobs:
+                gathered = base.TextDelta("".join(self.texts), self.logprobs)
+                self.texts, self.logprobs = [], []
+                self.send(gathered)
+                if self.done:
+                    return
+        self.send(item)
+
+    def send(self, item: Any) -> None:
         if type(item) is base.TextDelta and not item.logprobs:  # a streamed token: the cheapest message, first
             message: tuple[Any, ...] = ("text", self.call_id, item.text)
         elif item is END or isinstance(item, BaseException):

@@ -1,7 +1,10 @@
 """What the HTTP process and a model worker say to each other over their socket.
 
 Messages are pickled tuples (multiprocessing's Connection frames them). Parent to worker:
-  ("call", id, method, args, kwargs)   run engine.method(*args, **kwargs) in a thread of its own
+  ("call", id, method, args, kwargs, gather)
+                                       run engine.method(*args, **kwargs) in a thread of its own;
+                                       with `gather`, a stream's text items come as one, before
+                                       its end (a caller that reads the whole answer anyway)
   ("cancel", id)                       set the cancel event the call was given
   ("release", ref)                     drop an object the worker kept for the parent
   ("close",)                           close the engine and exit

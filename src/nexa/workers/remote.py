@@ -288,7 +288,13 @@ class RemoteEngine:
             return False
         return True
 
-    def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def gathered(self, method: str, *args: Any) -> Any:
+        """`method(*args)`, a call that streams text, with the worker joining the text into one
+        item sent just before the end: for a caller that reads the whole answer anyway (a request
+        without `stream`), a token then costs no message on either side."""
+        return self._call(method, args, {}, gather=True)
+
+    def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], gather: bool = False) -> Any:
         if not self.alive:
             raise self._crashed()
         cancels = [a for a in (*args, *kwargs.values()) if isinstance(a, threading.Event)]
@@ -298,7 +304,7 @@ class RemoteEngine:
             self._calls[call_id] = replies
         out_args = tuple(_outgoing(a) for a in args)
         out_kwargs = {k: _outgoing(v) for k, v in kwargs.items()}
-        if not self._post(("call", call_id, method, out_args, out_kwargs)):
+        if not self._post(("call", call_id, method, out_args, out_kwargs, gather)):
             replies.put(_GONE)
         first = self._first(call_id, replies, cancels)
         if first[0] == "stream":

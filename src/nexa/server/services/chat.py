@@ -114,7 +114,7 @@ async def _answer(
     if calls is not None:
         items = await staged(request, engine, tokens, params, calls)
     else:
-        items = await generate(request, engine, tokens, params)
+        items = await generate(request, engine, tokens, params, whole=not body.stream)
     if body.stream:
         if calls is not None:
             return tools.stream(calls, items, reply, body.include_usage, logprobs)

@@ -30,13 +30,19 @@ from nexa.server.threads import collect, in_thread, iterate
 
 
 async def generate(
-    request: Request, engine: TextEngine, prompt: list[int], params: SamplingParams
+    request: Request, engine: TextEngine, prompt: list[int], params: SamplingParams, *, whole: bool = False
 ) -> AsyncIterator[TextDelta | Finish]:
+    """`whole`: the caller reads the whole answer before it answers (no `stream`); a model
+    worker then sends the text once, at the end, rather than a message per token."""
     # Queued before the iterator is returned, so a request the engine cannot queue (503) fails
     # before any response starts; engines do their work only when the returned iterator is read.
     # In a thread: for a model in a worker process, queueing is a round trip to it.
     cancel = threading.Event()
-    started = await in_thread(engine.generate, prompt, params, cancel)
+    gathered = getattr(engine, "gathered", None) if whole else None  # a RemoteEngine's
+    if gathered is not None:
+        started = await in_thread(gathered, "generate", prompt, params, cancel)
+    else:
+        started = await in_thread(engine.generate, prompt, params, cancel)
 
     async def items() -> AsyncIterator[TextDelta | Finish]:
         source = iterate(started, cancel)
@@ -60,7 +66,7 @@ class Collected:
 
 
 async def generate_all(request: Request, engine: TextEngine, prompt: list[int], params: SamplingParams) -> Collected:
-    return await collect_items(request, await generate(request, engine, prompt, params))
+    return await collect_items(request, await generate(request, engine, prompt, params, whole=True))
 
 
 async def collect_items(request: Request, items: AsyncIterator[TextDelta | Finish]) -> Collected:
