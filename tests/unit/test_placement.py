@@ -56,9 +56,9 @@ def test_with_an_empty_slot_spare_a_conversation_goes_next_to_the_busy_ones():
 
 
 def test_a_short_shared_prefix_is_not_a_cache_worth_scattering_for():
-    # 15 tokens of a system prompt shared with slot 3 (over a tenth of the prompt, under MIN_SHARED).
+    # A few tokens of a system prompt shared with slot 3 (over a tenth of the prompt, under MIN_SHARED).
     s = slots((True, LONG, 5), (False, 0, 0), (False, LONG, 1), (False, LONG, 4))
-    assert choose(s, {1: 0, 2: 0, 3: 15}, 45).slot.seq == 1
+    assert choose(s, {1: 0, 2: 0, 3: MIN_SHARED - 1}, 45).slot.seq == 1
 
 
 def test_a_gap_is_closed_only_through_an_empty_slot():
@@ -75,7 +75,8 @@ def test_a_request_copies_a_much_longer_start_or_its_whole_prompt():
     # 20 tokens, 18 of them cached in slot 2 (all but the two always decoded again): a repeat,
     # short as it is, copies its first run's cells.
     assert donor(s, s[0], {0: 0, 1: 0, 2: 18}, 20) is s[2]
-    assert donor(s, s[0], {0: 0, 1: 0, 2: 10}, 20) is None  # a shorter shared start is recomputed
+    assert donor(s, s[0], {0: 0, 1: 0, 2: MIN_SHARED - 1}, 20) is None  # a shorter shared start is recomputed
+    assert donor(s, s[0], {0: 0, 1: 0, 2: MIN_SHARED}, 20) is s[2]  # a system prompt's worth is copied
     assert donor(s, s[0], {0: 0, 1: MIN_SHARED + 5, 2: 10}, 80) is s[1]  # a busy slot's long prefix
     assert donor(s, s[0], {0: 18, 1: 0, 2: 18}, 20) is None  # already here
     # Nor is such a cache the stream given up for another's: slot 1's goes to the empty slot 3.

@@ -62,7 +62,8 @@ def test_an_event_stream_sends_each_chunk_then_done() -> None:
         yield b"data: framed\n\n"
 
     sent = stream(chunks())
-    assert sent[0]["type"] == "http.response.start" and (b"content-type", b"text/event-stream; charset=utf-8") in sent[0]["headers"]
+    assert sent[0]["type"] == "http.response.start"
+    assert (b"content-type", b"text/event-stream; charset=utf-8") in sent[0]["headers"]
     assert [m["body"] for m in sent[1:]] == [b'data: {"n": 1}\n\n', b"data: framed\n\n", DONE]
     assert [m["more_body"] for m in sent[1:]] == [True, True, False]
 
