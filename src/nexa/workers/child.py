@@ -16,7 +16,6 @@ import itertools
 import logging
 import os
 import pickle
-import struct
 import sys
 import threading
 from collections.abc import Iterator
@@ -29,12 +28,11 @@ from nexa.config import Settings
 from nexa.engines import base
 from nexa.models.startup import load_in_process
 from nexa.models.types import ResolvedModel
-from nexa.workers.protocol import CancelToken, EngineFacts, Ref, RemoteError, stays_in_worker
+from nexa.workers.protocol import FRAME_SIZE, CancelToken, EngineFacts, Ref, RemoteError, stays_in_worker
 
 log = logging.getLogger("nexa.worker")
 
 SMALL = 16384  # replies up to this size go out in one write of their own (see Worker.send)
-_SIZE = struct.Struct("!i")  # a reply's length, as multiprocessing's Connection frames it
 _PLAIN = (str, int, float, bool, type(None), Path, frozenset, tuple, list, dict)
 
 
@@ -58,7 +56,7 @@ class Worker:
             if len(data) > SMALL:
                 self.replies.send_bytes(data)
                 return
-            frame = _SIZE.pack(len(data)) + data
+            frame = FRAME_SIZE.pack(len(data)) + data
             while frame:  # a blocking socket writes it whole, unless a signal cuts in
                 frame = frame[os.write(self.replies_fd, frame) :]
 

@@ -25,10 +25,15 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+# A message's length before its bytes, as multiprocessing's Connection frames it (both ends
+# write and read small messages themselves: Worker.send, RemoteEngine._pull).
+FRAME_SIZE = struct.Struct("!i")
 
 # A decoded hour of audio is 230 MB of float32: sent there and back it would cost more than the
 # work. Arrays above this size stay in the worker.

@@ -49,7 +49,7 @@ from nexa.config import Settings
 from nexa.engines.base import TextDelta
 from nexa.errors import ModelCrashed, StartupError
 from nexa.models.types import ResolvedModel
-from nexa.workers.protocol import CancelToken, EngineFacts, Ref, RemoteError
+from nexa.workers.protocol import FRAME_SIZE, CancelToken, EngineFacts, Ref, RemoteError
 
 log = logging.getLogger("nexa.workers")
 
@@ -57,7 +57,6 @@ TAIL_LINES = 40  # worker output kept to explain a crash
 CLOSE_WAIT_S = 10.0  # for a worker to close its engine before it is killed
 _GONE = ("gone",)
 READ_SIZE = 1 << 16
-_SIZE = struct.Struct("!i")  # a reply's length, as multiprocessing's Connection frames it
 
 # The server's event loop and its thread, once it reads the workers' replies (read_on).
 _reading: tuple[asyncio.AbstractEventLoop, int] | None = None
@@ -391,14 +390,14 @@ class RemoteEngine:
         if not data:
             return False
         buffer = self._buffer
-        if not buffer and len(data) > 4 and _SIZE.unpack_from(data)[0] == len(data) - 4:
+        if not buffer and len(data) > 4 and FRAME_SIZE.unpack_from(data)[0] == len(data) - 4:
             self._deliver(pickle.loads(data[4:]))  # one whole reply: a streamed token, mostly
             return True
         buffer += data
         messages, pos = [], 0
         with memoryview(buffer) as view:  # each message unpickled in place; the buffer trimmed once
             while len(buffer) - pos >= 4:
-                (size,), start = _SIZE.unpack_from(buffer, pos), pos + 4
+                (size,), start = FRAME_SIZE.unpack_from(buffer, pos), pos + 4
                 if size == -1:  # over 2 GiB
                     if len(buffer) - pos < 12:
                         break
