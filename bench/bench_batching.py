@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -174,6 +175,15 @@ def prefix_reuse(url: str) -> tuple[float, float]:
     return cold, warm
 
 
+def median_interval(values: list[float], resamples: int = 4000) -> tuple[float, float]:
+    """A 95% bootstrap interval of the median: how far the median of this many passes may be
+    from the machine's true ratio, given the pass-to-pass noise (seeded: the same figures give
+    the same interval)."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=None, help="GGUF (default: SmolLM2-135M-Instruct from MODELS.md)")
@@ -249,8 +259,10 @@ def main() -> None:
             for c in levels:
                 ratios = [a[0] / b[0] for a, b in zip(runs[name][c], runs["llama-server"][c]) if b[0] > 0]
                 if ratios:
-                    print(f"{c:>7}  {name:<17} {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}), "
-                          f"{sum(r >= 1.0 for r in ratios)} of {len(ratios)}")
+                    low, high = median_interval(ratios)
+                    print(f"{c:>7}  {name:<17} {statistics.median(ratios):.3f}x ({min(ratios):.2f}-{max(ratios):.2f}), "
+                          f"{sum(r >= 1.0 for r in ratios)} of {len(ratios)}, 95% interval of the median "
+                          f"{low:.3f}-{high:.3f}")
     if "nexa" in results:
         cold, warm = results["nexa"]["prefix"]
         print(f"nexa: repeated 1k-token prefix TTFT {warm / cold:.2f}x the cold one (target <= 0.2x)")
