@@ -18,6 +18,7 @@ from openai import OpenAI
 from nexa.config import Settings
 from nexa.engines.base import Finish, SamplingParams, TextDelta
 from nexa.engines.llama.engine import LlamaEngine
+from nexa.engines.llama.scheduler import FA_TILE, PAD_FROM, TAIL
 from nexa.models.manager import ModelManager
 from nexa.server.app import create_app
 from nexa.structured.schema import schema_grammar
@@ -218,29 +219,36 @@ def test_a_shared_prefix_is_copied_from_a_busy_slot(smollm2):
         return eng.tokenize_chat(text, special)
 
     def answer(eng: LlamaEngine, prompt: list[int]):
-        items = list(eng.generate(prompt, SamplingParams(max_tokens=24, temperature=0), threading.Event()))
-        return "".join(i.text for i in items if isinstance(i, TextDelta)), items[-1]
+        params = SamplingParams(max_tokens=24, temperature=0, logprobs=1)
+        items = list(eng.generate(prompt, params, threading.Event()))
+        deltas = [i for i in items if isinstance(i, TextDelta)]
+        return ["".join(d.text for d in deltas), [lp.logprob for d in deltas for lp in d.logprobs]], items[-1]
 
     eng = LlamaEngine(smollm2.path, name="two", n_ctx=1024, parallel=2)
     try:
-        a, b = chat(eng, "Can I renew a book online?"), chat(eng, "When do you open on Monday?")
+        question = (
+            "When do you open on Monday? I would like to bring my two children, who are six and nine, to the"
+            " story hour in the reading room that the poster in the hall mentions, and to return three books."
+        )
+        a, b = chat(eng, "Can I renew a book online?"), chat(eng, question)
         shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        assert PAD_FROM <= len(b) - TAIL - shared < FA_TILE  # B's own rows need a tile that starts early
         # A takes a slot and keeps it busy; B then lands in the empty slot and copies the prefix
-        # from A's stream instead of recomputing it.
+        # from A's stream instead of recomputing it, all but the rows its tile decodes again.
         cancel = threading.Event()
         busy = eng.generate(a, SamplingParams(max_tokens=900, temperature=0), cancel)
         next(busy)
         warm, second = answer(eng, b)
         cancel.set()
         list(busy)
-        assert second.cached_tokens == shared > 100
+        assert second.cached_tokens == len(b) - TAIL - FA_TILE > 100
     finally:
         eng.close()
     eng = LlamaEngine(smollm2.path, name="two", n_ctx=1024, parallel=2)
     try:
         cold, first = answer(eng, b)
         assert first.cached_tokens == 0
-        assert warm == cold  # the copied cells are the same bits
+        assert warm == cold  # the same bits: the copied cells, and the tile's (logprobs exactly equal)
     finally:
         eng.close()
 

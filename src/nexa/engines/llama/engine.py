@@ -31,7 +31,7 @@ from nexa.engines.base import (
     TokenLogprob,
     token_logprob,
 )
-from nexa.engines.llama.scheduler import Scheduler, Slot, redecode
+from nexa.engines.llama.scheduler import Scheduler, Slot, kept
 from nexa.engines.llama.weights import load_model
 from nexa.engines.specials import SpecialTokens
 from nexa.errors import InvalidRequest
@@ -262,7 +262,7 @@ class LlamaEngine(TextEngine):
             common += 1
         # Leave some prompt to decode again, so that a repeated greedy request takes the same
         # kernel paths as its first run and answers the same (see llama/scheduler.py).
-        common = max(0, min(common, len(prompt) - redecode(len(prompt))))
+        common = kept(len(prompt), common)
         return common, common
 
     def feed_special(self, scheduler: Scheduler, slot: Slot, prompt: Any, keep: int) -> None:

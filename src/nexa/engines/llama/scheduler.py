@@ -20,8 +20,13 @@ is in the batch only if the row takes the same path every time, so:
   ubatches of equal rows per sequence, and a chunk's rows would take other paths;
 - flash attention has a tiled kernel for 64+ query rows and a row-by-row one below, which round
   differently. A cached prompt still decodes its last two tokens (a one-row batch rounds
-  differently again), so every prompt ends with a chunk of under 64 rows: a repeated request
-  decodes those two rows on the same path as its first run did, and answers the same.
+  differently again), so a prompt's last two rows are always a decode of their own: a repeated
+  request decodes them in a batch of the same shape as its first run did, and answers the same.
+  The rows before them go in chunks of 64+ rows, whose bits do not depend on where a chunk
+  starts: the row-by-row kernel costs 3 to 8 times as much per row at 200 to 2k cells (a 32-row
+  last chunk was a tenth of a 950-token prompt's time). A prompt that finds all but a few rows
+  cached decodes them row by row, cheaper than a tile but not to a cold run's bits; from PAD_FROM
+  rows on, a tile is the cheaper of the two, and it starts on cached rows to be whole (`kept`).
 The price is KV memory for `parallel` full contexts, which sizes the default.
 
 The scheduler thread is the only one that touches the context. Requests come in through
@@ -48,21 +53,35 @@ from nexa.errors import Overloaded
 log = logging.getLogger("nexa.engine.scheduler")
 
 FA_TILE = 64  # llama.cpp's CPU flash attention tiles 64+ query rows (GGML_FA_TILE_Q)
-TAIL = 32  # rows of a prompt's last chunk: under FA_TILE, see the module notes
+TAIL = 2  # rows of a prompt's last decode: the rows a cached prompt decodes again (redecode)
 CHUNK = 256  # prompt rows per decode: as fast per token as 512 here, and half the stall for others
+PAD_FROM = 32  # rows before the tail from which one tile costs less than decoding them row by row
 
 
 def next_chunk(left: int) -> int:
-    """Rows of the next prompt chunk when `left` remain: the last chunk has under FA_TILE."""
+    """Rows of the next prompt decode when `left` remain: the last TAIL rows on their own, the
+    rows before them in chunks of FA_TILE to CHUNK rows (see the module notes)."""
     if left < FA_TILE:
         return left  # every row takes the row-by-row path in one decode
-    return min(CHUNK, left - TAIL)
+    head = left - TAIL
+    if head <= CHUNK:
+        return head
+    return min(CHUNK, head - FA_TILE)  # leaves at least FA_TILE rows for the next chunk
 
 
 def redecode(n: int) -> int:
     """Prompt tokens decoded again even when all are cached: a logits row for the first
     token, and one more because llama.cpp rounds a one-row batch differently."""
-    return min(n, 2)
+    return min(n, TAIL)
+
+
+def kept(n: int, common: int) -> int:
+    """Rows to keep of the `common` first ones of an n-token prompt that a slot holds: all but
+    the last TAIL, or fewer where the rows between need a tile (see the module notes)."""
+    keep = max(0, min(common, n - redecode(n)))
+    if PAD_FROM <= n - TAIL - keep < FA_TILE <= n - TAIL:
+        keep = n - TAIL - FA_TILE  # cached rows decoded again, to the bits they already have
+    return keep
 
 
 class Slot:
