@@ -26,6 +26,9 @@ SETTINGS_ENV = "NEXA_SERVER_SETTINGS"
 ENV_PREFIX = "NEXA_"
 
 
+FLASH_ATTN_CTX = 8192  # --flash-attn auto uses it on the CPU above this context (its buffers grow less)
+
+
 def usable_cores() -> int:
     # llama.cpp is fastest with one thread per physical core; affinity respects cgroups/taskset.
     try:
@@ -175,6 +178,11 @@ class Settings(BaseSettings):
             "slower prompts on Q4_0/Q4_K/Q8_0); AMX is never used either way",
         ),
     ] = Field(True, description="weights in llama.cpp's repacked CPU layouts where the CPU has kernels for them")
+    # llama.cpp's flash attention for text models (engines/llama/engine.py:use_flash_attn says when).
+    flash_attn: Annotated[Literal["auto", "on", "off"], flag("--flash-attn", "-fa", metavar="auto|on|off")] = Field(
+        "auto", description="llama.cpp's flash attention for text models: auto uses it where layers run on a GPU "
+        f"or the context is over {FLASH_ATTN_CTX} tokens, not on the CPU below that (tokens decode faster without it)",
+    )
 
     # -- image generation (/v1/txt2img, /v1/img2img, /v1/images/*) -------------------------------
     # Clients never choose paths: images are written into image_output_dir and served from there;

@@ -210,7 +210,8 @@ def test_cancelling_frees_the_slot_at_the_next_step(smollm2):
         eng.close()
 
 
-def test_a_shared_prefix_is_copied_from_a_busy_slot(smollm2):
+@pytest.mark.parametrize("flash_attn", ["on", "off"])  # off is the CPU's default (--flash-attn auto)
+def test_a_shared_prefix_is_copied_from_a_busy_slot(smollm2, flash_attn):
     system = "You are the help desk of the city library. " + "Opening hours are 9 to 5 on weekdays. " * 12
 
     def chat(eng: LlamaEngine, question: str) -> list[int]:
@@ -224,7 +225,7 @@ def test_a_shared_prefix_is_copied_from_a_busy_slot(smollm2):
         deltas = [i for i in items if isinstance(i, TextDelta)]
         return ["".join(d.text for d in deltas), [lp.logprob for d in deltas for lp in d.logprobs]], items[-1]
 
-    eng = LlamaEngine(smollm2.path, name="two", n_ctx=1024, parallel=2)
+    eng = LlamaEngine(smollm2.path, name="two", n_ctx=1024, parallel=2, flash_attn=flash_attn)
     try:
         question = (
             "When do you open on Monday? I would like to bring my two children, who are six and nine, to the"
@@ -232,7 +233,7 @@ def test_a_shared_prefix_is_copied_from_a_busy_slot(smollm2):
         )
         a, b = chat(eng, "Can I renew a book online?"), chat(eng, question)
         shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-        assert PAD_FROM <= len(b) - TAIL - shared < FA_TILE  # B's own rows need a tile that starts early
+        assert PAD_FROM <= len(b) - TAIL - shared < FA_TILE  # with flash attention: a tile that starts early
         # A takes a slot and keeps it busy; B then lands in the empty slot and copies the prefix
         # from A's stream instead of recomputing it, all but the rows its tile decodes again.
         cancel = threading.Event()
@@ -241,10 +242,10 @@ def test_a_shared_prefix_is_copied_from_a_busy_slot(smollm2):
         warm, second = answer(eng, b)
         cancel.set()
         list(busy)
-        assert second.cached_tokens == len(b) - TAIL - FA_TILE > 100
+        assert second.cached_tokens == (len(b) - TAIL - FA_TILE if flash_attn == "on" else shared) > 100
     finally:
         eng.close()
-    eng = LlamaEngine(smollm2.path, name="two", n_ctx=1024, parallel=2)
+    eng = LlamaEngine(smollm2.path, name="two", n_ctx=1024, parallel=2, flash_attn=flash_attn)
     try:
         cold, first = answer(eng, b)
         assert first.cached_tokens == 0

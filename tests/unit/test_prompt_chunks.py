@@ -2,6 +2,7 @@
 
 import pytest
 
+from nexa.engines.llama.engine import use_flash_attn
 from nexa.engines.llama.scheduler import CHUNK, FA_TILE, PAD_FROM, TAIL, kept, next_chunk, redecode
 
 
@@ -44,4 +45,21 @@ def test_a_short_prompt_is_one_decode_and_near_the_tile_the_rest_goes_first():
     ],
 )
 def test_a_cached_prompt_keeps_what_leaves_its_rows_on_a_cold_runs_paths(n, common, keep):
-    assert kept(n, common) == keep
+    assert kept(n, common, flash_attn=True) == keep
+    # plain attention gives a row the same bits however its prompt was cut: nothing decoded again
+    assert kept(n, common, flash_attn=False) == max(0, min(common, n - redecode(n)))
+
+
+@pytest.mark.parametrize(
+    ("setting", "gpu_layers", "n_ctx", "on"),
+    [
+        ("auto", 0, 2048, False),  # the CPU: tokens decode faster without it
+        ("auto", 0, 8192, False),
+        ("auto", 0, 8193, True),  # a long context: its compute buffer stays small
+        ("auto", 1, 2048, True),  # layers on a GPU
+        ("on", 0, 2048, True),
+        ("off", 31, 32768, False),
+    ],
+)
+def test_flash_attention_where_it_pays(setting, gpu_layers, n_ctx, on):
+    assert use_flash_attn(setting, gpu_layers, n_ctx) is on

@@ -44,6 +44,7 @@ ENGINE_FIELDS: dict[str, dict[str, str]] = {
     "tensor_split": {e: "tensor_split" for e in GGUF},
     "whisper_device": {"WhisperEngine": "device"},
     "repack": {e: "repack" for e in GGUF},
+    "flash_attn": {e: "flash_attn" for e in LLAMA},
     "whisper_compute_type": {"WhisperEngine": "compute_type"},
     "whisper_batch_size": {"WhisperEngine": "batch_size"},
     "projector": {"VisionEngine": "projector"},
@@ -126,7 +127,7 @@ def test_every_engine_setting_reaches_its_engines(tmp_path: Path) -> None:
     projector.write_bytes(b"GGUF")
     custom = dict(
         n_ctx=333, n_threads=7, parallel=3, max_queue=5, n_gpu_layers=0, main_gpu=1, tensor_split=(3.0, 1.0),
-        repack=False, whisper_device="cpu", whisper_compute_type="float32", whisper_batch_size=2,
+        repack=False, flash_attn="off", whisper_device="cpu", whisper_compute_type="float32", whisper_batch_size=2,
         projector=str(projector),
     )  # fmt: skip
     assert set(custom) == set(ENGINE_FIELDS)
@@ -206,6 +207,7 @@ def sample(name: str, tmp_path: Path) -> tuple[list[str], Any]:
         "main_gpu": (["1"], 1),
         "tensor_split": (["3,1"], (3.0, 1.0)),
         "whisper_device": (["cuda"], "cuda"),
+        "flash_attn": (["on"], "on"),
     }
     if name in special:
         return special[name]
@@ -231,9 +233,9 @@ def test_every_flag_and_short_name_sets_its_field(tmp_path: Path) -> None:
 
 
 def test_llama_server_short_names() -> None:
-    short = parse("-c", "512", "-t", "3", "-np", "2", "-ngl", "0")
-    assert (short.n_ctx, short.n_threads, short.parallel, short.n_gpu_layers) == (512, 3, 2, 0)
-    long = parse("--nctx", "512", "--threads", "3", "--parallel", "2", "--n-gpu-layers", "0")
+    short = parse("-c", "512", "-t", "3", "-np", "2", "-ngl", "0", "-fa", "off")
+    assert (short.n_ctx, short.n_threads, short.parallel, short.n_gpu_layers, short.flash_attn) == (512, 3, 2, 0, "off")
+    long = parse("--nctx", "512", "--threads", "3", "--parallel", "2", "--n-gpu-layers", "0", "--flash-attn", "off")
     assert short == long
 
 

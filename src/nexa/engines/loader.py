@@ -47,6 +47,7 @@ def _llama(model: ResolvedModel, settings: Settings) -> EngineCall:
             parallel=settings.parallel,
             max_queue=settings.max_queue,
             repack=settings.repack,
+            flash_attn=settings.flash_attn,
         ),
     )
 

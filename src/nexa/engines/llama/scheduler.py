@@ -15,19 +15,22 @@ Same tokens alone or in company. llama.cpp's CPU kernels give a row the same bit
 is in the batch only if the row takes the same path every time, so:
 - one KV stream per slot (`kv_unified=false`): with a unified cache the cells of concurrent
   requests interleave and attention sums them in another order (1 greedy answer in 8 changed);
-- flash attention, whose row-by-row kernel passes over masked cells instead of adding zeros;
 - prompt rows never share a decode with other sequences: llama.cpp would split the batch into
   ubatches of equal rows per sequence, and a chunk's rows would take other paths;
-- flash attention has a tiled kernel for 64+ query rows and a row-by-row one below, which round
-  differently. A cached prompt still decodes its last two tokens (a one-row batch rounds
-  differently again), so a prompt's last two rows are always a decode of their own: a repeated
-  request decodes them in a batch of the same shape as its first run did, and answers the same.
-  The rows before them go in chunks of 64+ rows, whose bits do not depend on where a chunk
-  starts: the row-by-row kernel costs 3 to 8 times as much per row at 200 to 2k cells (a 32-row
-  last chunk was a tenth of a 950-token prompt's time). A prompt that finds all but a few rows
-  cached decodes them row by row, cheaper than a tile but not to a cold run's bits; from PAD_FROM
-  rows on, a tile is the cheaper of the two, and it starts on cached rows to be whole (`kept`).
-The price is KV memory for `parallel` full contexts, which sizes the default.
+- a cached prompt still decodes its last two tokens, and a prompt's last two rows are always a
+  decode of their own: a repeated request decodes them in a batch of the same shape as its first
+  run did, and answers the same.
+On the CPU attention is plain (`--flash-attn auto`, llama/engine.py:use_flash_attn), which gives
+a row the same bits however its prompt was cut into decodes (checked logit for logit). With
+flash attention (layers on a GPU, long contexts, `--flash-attn on`) the CPU kernel has a tiled
+path for 64+ query rows and a row-by-row one below, which round differently, and it passes over
+masked cells rather than adding zeros. So the rows before the last two go in chunks of 64+ rows,
+whose bits do not depend on where a chunk starts: the row-by-row path costs 3 to 8 times as much
+per row at 200 to 2k cells (a 32-row last chunk was a tenth of a 950-token prompt's time). A
+prompt that finds all but a few rows cached decodes them row by row, cheaper than a tile but not
+to a cold run's bits; from PAD_FROM rows on, a tile is the cheaper of the two, and it starts on
+cached rows to be whole (`kept`).
+The price of a stream per slot is KV memory for `parallel` full contexts, which sizes the default.
 
 The scheduler thread is the only one that touches the context. Requests come in through
 `submit` and their results go out through a queue per request, so a slow client never holds
@@ -75,11 +78,12 @@ def redecode(n: int) -> int:
     return min(n, TAIL)
 
 
-def kept(n: int, common: int) -> int:
+def kept(n: int, common: int, flash_attn: bool) -> int:
     """Rows to keep of the `common` first ones of an n-token prompt that a slot holds: all but
-    the last TAIL, or fewer where the rows between need a tile (see the module notes)."""
+    the last TAIL, or with flash attention fewer where the rows between need a tile (see the
+    module notes)."""
     keep = max(0, min(common, n - redecode(n)))
-    if PAD_FROM <= n - TAIL - keep < FA_TILE <= n - TAIL:
+    if flash_attn and PAD_FROM <= n - TAIL - keep < FA_TILE <= n - TAIL:
         keep = n - TAIL - FA_TILE  # cached rows decoded again, to the bits they already have
     return keep
 
