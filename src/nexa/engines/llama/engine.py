@@ -383,7 +383,7 @@ class Greedy:
 def use_flash_attn(setting: str, gpu_layers: int, n_ctx: int) -> bool:
     """--flash-attn: auto uses it where layers run on a GPU, or for a context over FLASH_ATTN_CTX.
     On the CPU, llama.cpp's flash-attention kernel decoded a token 1.1x (100 cells) to 1.7x (800
-    cells) slower than plain attention on SmolLM2, and prompts at 0.9x to 1.05x its speed; without
+    cells) slower than plain attention on SmolLM2, and prompts at 0.83x to 1.05x its speed; without
     it the compute buffer grows with the context (SmolLM2, 4 slots: 26 MiB at 1k tokens, 326 MiB at
     16k, against 15 and 30 MiB with it). Either way a greedy answer is the same alone or in company
     (see llama/scheduler.py)."""
